@@ -1,0 +1,8 @@
+//! `comfy-remote serve` (pending).
+
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+pub fn execute(_args: Args) -> anyhow::Result<i32> {
+    anyhow::bail!("`comfy-remote serve` is not available in this build")
+}

@@ -1,0 +1,72 @@
+//! The `comfy-remote` command line: clap types and command dispatch.
+//!
+//! Kept as a library so the Python package runs the very same CLI
+//! (`python -m comfy_remote`, the `comfy-remote` console script) from its
+//! native module. Each command lives in `commands/<name>.rs` and returns an
+//! exit code; results go to stdout, logs and progress to stderr.
+
+use clap::{Parser, Subcommand};
+
+mod commands;
+
+/// Run any part of a ComfyUI workflow on a remote GPU, and deploy workflows as services.
+#[derive(Debug, Parser)]
+#[command(name = "comfy-remote", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve a remote workflow: a worker gateway in front of a real ComfyUI.
+    Serve(commands::serve::Args),
+    /// Submit a job to a worker and write its outputs.
+    Run(commands::run::Args),
+    /// Scaffold a Modal project for a remote workflow and (optionally) deploy it.
+    Deploy(commands::deploy::DeployArgs),
+    /// Stop (delete) a deployed Modal app.
+    Stop(commands::deploy::StopArgs),
+}
+
+/// Exit codes shared by all commands.
+pub mod exit {
+    /// Success.
+    pub const OK: i32 = 0;
+    /// The job or operation failed (remote failure, deploy failure).
+    pub const FAILED: i32 = 1;
+    /// Bad command line or bad input file.
+    pub const USAGE: i32 = 2;
+    /// The job was canceled.
+    pub const CANCELED: i32 = 3;
+    /// Could not reach the server or a required tool.
+    pub const UNAVAILABLE: i32 = 4;
+}
+
+/// Parse `args` (including the program name) and run the command; returns the exit code.
+pub fn run<I, T>(args: I) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { exit::USAGE } else { exit::OK };
+        }
+    };
+    let result = match cli.command {
+        Command::Serve(args) => commands::serve::execute(args),
+        Command::Run(args) => commands::run::execute(args),
+        Command::Deploy(args) => commands::deploy::deploy(args),
+        Command::Stop(args) => commands::deploy::stop(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            exit::FAILED
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! comfy-remote-client (placeholder).

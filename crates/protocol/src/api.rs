@@ -1,0 +1,304 @@
+//! JSON bodies and header names of the jobs API (protocol v1).
+//!
+//! Status responses are a superset of the simple `status`/`progress`/
+//! `poll_url`/`result` shape, so a client that knows only those fields still
+//! reads them, and the status vocabulary matches Comfy API v2's.
+
+use serde::{Deserialize, Serialize};
+
+/// Header carrying the protocol version on every response.
+pub const HEADER_PROTOCOL: &str = "Comfy-Remote-Protocol";
+/// Header making a submit idempotent: the same key returns the same job.
+pub const HEADER_IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+/// Media type of the binary container.
+pub const CONTAINER_MEDIA_TYPE: &str = "application/vnd.comfy-remote.container";
+/// Name of the base64 JSON transport form, in its `format` field.
+pub const JSON_FORM_FORMAT: &str = "comfy-remote/1+base64";
+
+/// Lifecycle of a job. Terminal: `succeeded`, `canceled`, `failed`, `expired`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Canceling,
+    Canceled,
+    Failed,
+    Expired,
+}
+
+impl JobStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Succeeded | JobStatus::Canceled | JobStatus::Failed | JobStatus::Expired
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Canceling => "canceling",
+            JobStatus::Canceled => "canceled",
+            JobStatus::Failed => "failed",
+            JobStatus::Expired => "expired",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JobStatus> {
+        serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
+    }
+}
+
+/// Where a job is in its run, finer than [`JobStatus`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Queued,
+    Starting,
+    Running,
+    Collecting,
+    Done,
+}
+
+/// A node of the remote workflow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRef {
+    pub id: String,
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub class_type: Option<String>,
+}
+
+/// A `value/max` step counter (e.g. sampler steps).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    pub value: u64,
+    pub max: u64,
+}
+
+/// A complete progress snapshot. `value`/`max` keep the simple `{value,max}`
+/// shape readable; `fraction` is the same number in 0..=1 and never goes
+/// down during a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    pub value: f64,
+    pub max: f64,
+    pub fraction: f64,
+    pub phase: Phase,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<Step>,
+    /// Jobs ahead of this one while `phase` is `queued`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<u64>,
+    /// Nodes finished / nodes to run, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes_done: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes_total: Option<u64>,
+    /// One human-readable line, e.g. `running KSampler (#3) step 12/20`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub text: String,
+}
+
+impl Progress {
+    /// A fresh progress snapshot at `fraction` 0 in `phase`.
+    pub fn start(phase: Phase) -> Self {
+        Progress {
+            value: 0.0,
+            max: 1.0,
+            fraction: 0.0,
+            phase,
+            node: None,
+            step: None,
+            queue_position: None,
+            nodes_done: None,
+            nodes_total: None,
+            text: String::new(),
+        }
+    }
+}
+
+/// Links a client follows instead of building URLs itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobUrls {
+    #[serde(rename = "self")]
+    pub self_: String,
+    pub events: String,
+    pub result: String,
+    pub cancel: String,
+}
+
+/// Description of one input or output of a payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ValueInfo {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub comfy_type: String,
+}
+
+/// Present on a succeeded job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobResult {
+    /// Download URL of the outputs container (same as `urls.result`).
+    pub url: String,
+    pub outputs: Vec<ValueInfo>,
+    pub bytes: u64,
+    /// The outputs in the base64 JSON form, only when small (see limits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline: Option<JsonForm>,
+}
+
+/// The base64 JSON transport form of a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JsonForm {
+    /// Always [`JSON_FORM_FORMAT`].
+    pub format: String,
+    /// Standard base64 (with padding) of the container bytes.
+    pub data: String,
+}
+
+/// A job as returned by submit, status, cancel and the `status`/`done` events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobView {
+    pub id: String,
+    pub status: JobStatus,
+    pub progress: Progress,
+    /// URL to poll for this job's status (same as `urls.self`).
+    pub poll_url: String,
+    pub urls: JobUrls,
+    /// RFC 3339 timestamps.
+    pub created_at: String,
+    pub updated_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<JobResult>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorInfo>,
+}
+
+/// Machine-readable error codes. Stable: clients may match on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    BadRequest,
+    InvalidInput,
+    InvalidPayload,
+    Unauthorized,
+    NotFound,
+    Conflict,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    TooManyRequests,
+    NotReady,
+    Internal,
+    // Job failures (in `JobView.error`).
+    ValidationFailed,
+    ExecutionFailed,
+    ComfyuiUnavailable,
+    WorkerRestarted,
+    Canceled,
+    Expired,
+}
+
+/// `{code, message, details}`: the error object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    pub code: ErrorCode,
+    /// One sentence a user can act on.
+    pub message: String,
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub details: serde_json::Value,
+}
+
+/// The error body of every non-2xx response: `{"error": {...}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorInfo,
+}
+
+/// One input or output of the deployed workflow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignatureItem {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub comfy_type: String,
+    /// Inputs only: the job may omit it (the Remote Input has a default).
+    #[serde(default)]
+    pub optional: bool,
+    /// The Remote Input / Remote Output node id in the workflow.
+    pub node_id: String,
+}
+
+/// Limits the server enforces, published so clients can check first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitsInfo {
+    pub max_body_bytes: u64,
+    pub max_tensors: u64,
+    pub max_rank: u64,
+    pub max_concurrent_jobs: u64,
+}
+
+/// `GET /v1/info`: what the deployed workflow takes and returns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Info {
+    pub protocol: String,
+    pub server_version: String,
+    /// File name of the workflow and the SHA-256 of its canonical JSON.
+    pub workflow: WorkflowInfo,
+    /// In order: the Remote API node maps its inputs by this order.
+    pub inputs: Vec<SignatureItem>,
+    pub outputs: Vec<SignatureItem>,
+    pub limits: LimitsInfo,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkflowInfo {
+    pub name: String,
+    pub sha256: String,
+}
+
+/// A preview image produced by the remote workflow (SSE `preview` event).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviewEvent {
+    /// `image/png` or `image/jpeg`.
+    pub mime: String,
+    /// Standard base64 of the image bytes.
+    pub data: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeRef>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_round_trips_as_snake_case() {
+        for s in [
+            JobStatus::Queued,
+            JobStatus::Running,
+            JobStatus::Succeeded,
+            JobStatus::Canceling,
+            JobStatus::Canceled,
+            JobStatus::Failed,
+            JobStatus::Expired,
+        ] {
+            assert_eq!(JobStatus::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(JobStatus::parse("completed"), None);
+    }
+
+    #[test]
+    fn progress_keeps_the_simple_value_max_shape() {
+        let p = Progress::start(Phase::Queued);
+        let json = serde_json::to_value(&p).expect("serialize");
+        assert_eq!(json["value"], 0.0);
+        assert_eq!(json["max"], 1.0);
+        assert_eq!(json["phase"], "queued");
+    }
+}

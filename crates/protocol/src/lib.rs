@@ -1,0 +1,21 @@
+//! Wire types and the payload container of comfy-remote, protocol v1.
+//!
+//! This crate knows nothing of HTTP, async runtimes or Python. It owns:
+//! - [`value`]: the typed value model ([`Value`], [`Tensor`], [`ComfyType`]);
+//! - [`container`]: the binary container (a safetensors file whose metadata
+//!   carries the value tree) with its limits and decoder checks;
+//! - [`api`]: the JSON bodies of the jobs API (status, progress, events,
+//!   errors, workflow signature) and the header names.
+//!
+//! `docs/protocol.md` is the normative description; this crate implements it.
+
+pub mod api;
+pub mod container;
+pub mod value;
+
+pub use container::{decode, encode, CodecError, Limits};
+pub use value::{ComfyType, DType, Entry, Payload, Tensor, Value};
+
+/// The protocol version string, sent in `Comfy-Remote-Protocol` headers and
+/// in the info document.
+pub const PROTOCOL_VERSION: &str = "comfy-remote/1";

@@ -1,0 +1,16 @@
+//! The `comfy_remote._native` Python module: a thin binding over the Rust crates.
+//!
+//! Each area registers its functions from its own file; Python exceptions
+//! are made in `errors` only.
+
+use pyo3::prelude::*;
+
+mod cli;
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("PROTOCOL_VERSION", comfy_remote_protocol::PROTOCOL_VERSION)?;
+    cli::register(m)?;
+    Ok(())
+}

@@ -1,0 +1,26 @@
+"""The ComfyUI node pack (V3 schema). Imported only inside ComfyUI.
+
+Each node family lives in its own module and exposes ``NODES``, a list of
+``io.ComfyNode`` subclasses; this module gathers them into the extension.
+"""
+
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+CATEGORY = "comfy-remote"
+
+
+def _node_classes() -> list[type[io.ComfyNode]]:
+    from comfy_remote.nodes import modal_deploy, remote_api, remote_io
+
+    return [*remote_api.NODES, *remote_io.NODES, *modal_deploy.NODES]
+
+
+class RemoteExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return _node_classes()
+
+
+async def comfy_entrypoint() -> ComfyExtension:
+    return RemoteExtension()

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Runs every test of comfy-remote from a fresh machine.
+#
+# Rust: fmt, clippy (-D warnings), unit/integration/property tests, the fuzz
+# target compile check. Python: builds the wheel with maturin, installs it in
+# a test virtualenv with torch, runs pytest (codec, nodes, deploy, and the
+# end-to-end tests against a real ComfyUI when COMFYUI_DIR is set; without it
+# they print one SKIPPED line naming the variable).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${COMFY_REMOTE_VENV:-.venv}
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+step "python test environment ($VENV)"
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -r requirements-test.txt
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+step "cargo test"
+cargo test --workspace --locked
+if [ -f fuzz/Cargo.toml ]; then
+  step "fuzz targets compile"
+  cargo check --manifest-path fuzz/Cargo.toml --bins
+fi
+
+step "build the comfy-remote binary and wheel (release)"
+cargo build --release --locked -p comfy-remote-cli
+rm -rf target/wheels
+"$VENV/bin/maturin" build --release --locked --out target/wheels >&2
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps --force-reinstall target/wheels/*.whl
+
+step "pytest"
+export COMFY_REMOTE_BIN="$PWD/target/release/comfy-remote"
+export COMFY_REMOTE_WHEEL
+COMFY_REMOTE_WHEEL=$(ls target/wheels/*.whl | head -n 1)
+"$VENV/bin/python" -m pytest "$@"
