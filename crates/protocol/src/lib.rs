@@ -4,6 +4,8 @@
 //! - [`value`]: the typed value model ([`Value`], [`Tensor`], [`ComfyType`]);
 //! - [`container`]: the binary container (a safetensors file whose metadata
 //!   carries the value tree) with its limits and decoder checks;
+//! - [`tree`]: the value tree as canonical JSON (tags, references, checks);
+//! - [`json`]: the base64 and plain-inputs JSON forms of a payload;
 //! - [`api`]: the JSON bodies of the jobs API (status, progress, events,
 //!   errors, workflow signature) and the header names.
 //!
@@ -11,9 +13,14 @@
 
 pub mod api;
 pub mod container;
+mod error;
+pub mod json;
+pub mod tree;
 pub mod value;
 
-pub use container::{decode, encode, CodecError, Limits};
+pub use container::{decode, encode, read_layout, Layout, Limits};
+pub use error::CodecError;
+pub use json::{decode_json_body, parse_json_body, JsonBody};
 pub use value::{ComfyType, DType, Entry, Payload, Tensor, Value};
 
 /// The protocol version string, sent in `Comfy-Remote-Protocol` headers and

@@ -175,7 +175,9 @@ impl Value<'_> {
             Value::Str(s) => Value::Str(s),
             Value::List(v) => Value::List(v.into_iter().map(Value::into_owned).collect()),
             Value::Tuple(v) => Value::Tuple(v.into_iter().map(Value::into_owned).collect()),
-            Value::Dict(v) => Value::Dict(v.into_iter().map(|(k, v)| (k, v.into_owned())).collect()),
+            Value::Dict(v) => {
+                Value::Dict(v.into_iter().map(|(k, v)| (k, v.into_owned())).collect())
+            }
             Value::Tensor(t) => Value::Tensor(t.into_owned()),
             Value::Bytes(b) => Value::Bytes(Cow::Owned(b.into_owned())),
             Value::Pickle { data, signature } => Value::Pickle {
@@ -236,9 +238,8 @@ impl ComfyType {
     /// `samples` tensor -> LATENT, dict with `waveform` and `sample_rate` ->
     /// AUDIO, scalars -> STRING/INT/FLOAT/BOOLEAN, anything else -> `*`.
     pub fn infer(value: &Value<'_>) -> ComfyType {
-        let is_float = |t: &Tensor<'_>| {
-            matches!(t.dtype, DType::F16 | DType::BF16 | DType::F32 | DType::F64)
-        };
+        let is_float =
+            |t: &Tensor<'_>| matches!(t.dtype, DType::F16 | DType::BF16 | DType::F32 | DType::F64);
         let name = match value {
             Value::Tensor(t) if is_float(t) && t.shape.len() == 4 => Self::IMAGE,
             Value::Tensor(t) if is_float(t) && t.shape.len() == 3 => Self::MASK,
