@@ -1,0 +1,90 @@
+//! The client's error type: what went wrong, against which URL, and what to do.
+
+use std::time::Duration;
+
+/// Why a request to an endpoint, or a job it runs, did not succeed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The endpoint URL (widget or link) is not a usable http(s) URL.
+    #[error("endpoint URL {url:?} is not valid: {reason}; give a full http:// or https:// URL")]
+    InvalidUrl { url: String, reason: String },
+
+    /// The endpoint could not be reached after every retry.
+    #[error("could not reach {url} after {attempts} attempt(s): {source}; check the URL and that the service is up")]
+    Unreachable {
+        url: String,
+        attempts: u32,
+        #[source]
+        source: reqwest::Error,
+    },
+
+    /// The endpoint answered with an error status (after retries, where retryable).
+    #[error("{method} {url} returned HTTP {status}{}: {message}", code.as_deref().map(|c| format!(" ({c})")).unwrap_or_default())]
+    Http {
+        method: &'static str,
+        url: String,
+        status: u16,
+        /// The `error.code` of a comfy-remote error body, when there is one.
+        code: Option<String>,
+        message: String,
+    },
+
+    /// The endpoint answered something this client cannot read.
+    #[error("unexpected response from {url}: {reason}")]
+    Protocol { url: String, reason: String },
+
+    /// The local inputs do not fit the workflow signature the endpoint publishes.
+    #[error("{message}")]
+    Signature {
+        /// Local input name (`value0`, ...), when one input is at fault.
+        input: Option<String>,
+        message: String,
+    },
+
+    /// The remote job ended in `failed` (or `expired`).
+    #[error("remote job {job_id} failed{}: {message}", code.as_deref().map(|c| format!(" ({c})")).unwrap_or_default())]
+    JobFailed {
+        job_id: String,
+        code: Option<String>,
+        message: String,
+    },
+
+    /// The remote job was canceled (by us or by someone else).
+    #[error("remote job {job_id} was canceled")]
+    Canceled { job_id: String },
+
+    /// The job did not finish within the timeout; it was canceled remotely.
+    #[error("remote job {job_id} did not finish within {timeout:?}; it was canceled (raise the timeout for long jobs)")]
+    Timeout { job_id: String, timeout: Duration },
+
+    /// A plain JSON result could not be turned into a container.
+    #[error("could not encode the endpoint's plain result: {0}")]
+    Codec(#[from] comfy_remote_protocol::CodecError),
+}
+
+impl ClientError {
+    pub(crate) fn protocol(url: &str, reason: impl Into<String>) -> Self {
+        ClientError::Protocol {
+            url: url.to_owned(),
+            reason: reason.into(),
+        }
+    }
+
+    /// A short stable name of the error kind, for bindings (`"http"`, `"timeout"`, ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientError::InvalidUrl { .. } => "invalid_url",
+            ClientError::Unreachable { .. } => "unreachable",
+            ClientError::Http { .. } => "http",
+            ClientError::Protocol { .. } => "protocol",
+            ClientError::Signature { .. } => "signature",
+            ClientError::JobFailed { .. } => "job_failed",
+            ClientError::Canceled { .. } => "canceled",
+            ClientError::Timeout { .. } => "timeout",
+            ClientError::Codec(_) => "codec",
+        }
+    }
+}
+
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
