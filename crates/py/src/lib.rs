@@ -6,11 +6,13 @@
 use pyo3::prelude::*;
 
 mod cli;
+mod client;
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("PROTOCOL_VERSION", comfy_remote_protocol::PROTOCOL_VERSION)?;
     cli::register(m)?;
+    client::register(m)?;
     Ok(())
 }

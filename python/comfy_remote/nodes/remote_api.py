@@ -1,7 +1,361 @@
-"""Nodes of comfy-remote: remote_api (pending)."""
+"""The Remote API node (run a remote workflow as one local node) and the
+Remote Result Pick node (one value out of a multi-output result).
+
+The node is thin: values go through ``comfy_remote.codec``; HTTP, retries,
+event streams, polling and cancel are the native client's
+(``comfy_remote._native.Client``). What stays here is ComfyUI's part:
+the schema, progress bar and text, previews and interrupts.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import io as _bytesio
+import logging
+from collections.abc import Iterator, Mapping
+from typing import Any
+
 from comfy_api.latest import io
 
-NODES: list[type[io.ComfyNode]] = []
+from comfy_remote import codec, secrets
+from comfy_remote._native import Client, RemoteError
+
+CATEGORY = "comfy-remote"
+MAX_INPUTS = 32
+# Older ComfyUI (before 0.3.76) has no io.Autogrow: a fixed set of optional inputs.
+FALLBACK_INPUTS = 8
+HAS_AUTOGROW = hasattr(io, "Autogrow") and hasattr(getattr(io, "Autogrow"), "TemplatePrefix")
+# How often the interrupt flag is checked while waiting on the remote job.
+INTERRUPT_CHECK_S = 0.1
+
+log = logging.getLogger("comfy_remote")
+
+
+class RemoteResult(Mapping[str, Any]):
+    """Type ``REMOTE_RESULT``: the outputs of a remote workflow with several
+    Remote Output nodes, in order. Index it by output name or position
+    (``result["image"]``, ``result[0]``), or use the Remote Result Pick node."""
+
+    def __init__(self, outputs: list[tuple[str, str | None, Any]]):
+        self._names = [n for n, _, _ in outputs]
+        self._types = {n: t for n, t, _ in outputs}
+        self._values = {n: v for n, _, v in outputs}
+
+    def __getitem__(self, key: str | int) -> Any:
+        if isinstance(key, int) and not isinstance(key, bool):
+            if not -len(self._names) <= key < len(self._names):
+                raise IndexError(
+                    f"remote result has {len(self._names)} outputs ({', '.join(self._names)}); no index {key}"
+                )
+            return self._values[self._names[key]]
+        if key not in self._values:
+            raise KeyError(f"remote result has no output {key!r}; it has {', '.join(self._names) or 'none'}")
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def type_of(self, name: str) -> str | None:
+        """The Comfy type the remote declared for output ``name``."""
+        return self._types.get(name)
+
+    def __repr__(self) -> str:
+        items = ", ".join(f"{n}: {self._types.get(n) or '?'}" for n in self._names)
+        return f"RemoteResult({items})"
+
+
+def _value_inputs() -> list[Any]:
+    tip = "A value for the remote workflow's Remote Input of the same position (any type)."
+    if HAS_AUTOGROW:
+        return [
+            io.Autogrow.Input(
+                "values",
+                template=io.Autogrow.TemplatePrefix(
+                    input=io.AnyType.Input("value", tooltip=tip),
+                    prefix="value",
+                    min=0,
+                    max=MAX_INPUTS,
+                ),
+                tooltip="Inputs sent to the remote workflow, matched to its Remote Inputs by order. "
+                "Connecting the last one adds another.",
+            )
+        ]
+    return [io.AnyType.Input(f"value{i}", optional=True, tooltip=tip) for i in range(FALLBACK_INPUTS)]
+
+
+def collect_values(values: Mapping[str, Any] | None, kwargs: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """The connected inputs as ``[("value0", v), ...]`` in slot order, from
+    either the Autogrow dict or the fallback's ``value<N>`` keyword arguments."""
+    source: dict[str, Any] = {}
+    if values:
+        source.update(values)
+    source.update({k: v for k, v in kwargs.items() if k.startswith("value") and k[5:].isdigit()})
+    slots = sorted((int(k[5:]), k) for k in source if k.startswith("value") and k[5:].isdigit())
+    return [(k, source[k]) for _, k in slots if source[k] is not None]
+
+
+def _interrupted() -> bool:
+    import comfy.model_management as mm
+
+    return mm.processing_interrupted()
+
+
+def _raise_interrupt() -> None:
+    import comfy.model_management as mm
+
+    mm.throw_exception_if_processing_interrupted()
+    # The flag was consumed elsewhere (another node saw it first): still an interrupt.
+    raise mm.InterruptProcessingException()
+
+
+class _Reporter:
+    """Drives the node's progress bar, progress text and preview."""
+
+    def __init__(self, node_id: str | None):
+        self.node_id = node_id
+        self.text = ""
+
+    async def progress(self, fraction: float, preview: Any = None) -> None:
+        if self.node_id is None:
+            return
+        from comfy_api.latest import ComfyAPI
+
+        await ComfyAPI().execution.set_progress(
+            value=round(fraction * 100.0, 2), max_value=100.0, node_id=self.node_id, preview_image=preview
+        )
+
+    def say(self, text: str) -> None:
+        if self.node_id is None or text == self.text:
+            return
+        self.text = text
+        try:
+            from server import PromptServer
+
+            PromptServer.instance.send_progress_text(text, self.node_id)
+        except Exception:  # no server (unit tests): text is cosmetic
+            log.debug("progress text not sent: %s", text)
+
+
+async def run_remote(
+    client: Client, items: list[tuple[str, Any]], reporter: _Reporter
+) -> Any:
+    """Send ``items``, follow the job, return the result value (or a RemoteResult)."""
+    local = [(name, codec.infer_type(value)) for name, value in items]
+    reporter.say("connecting")
+    names = await asyncio.to_thread(client.plan_inputs, local)
+    payload = [(remote, typ, value) for remote, (_, typ), (_, value) in zip(names, local, items)]
+    body = await asyncio.to_thread(codec.encode, payload)
+    reporter.say("uploading")
+    job = await asyncio.to_thread(client.start, body)
+    fraction = 0.0
+    try:
+        while True:
+            if _interrupted():
+                reporter.say("canceling")
+                job.cancel()
+                await _wait_end(job)
+                reporter.say("canceled")
+                _raise_interrupt()
+            event = await asyncio.to_thread(job.next_event, INTERRUPT_CHECK_S)
+            if event is None:
+                continue
+            kind, data = event
+            if kind == "progress":
+                fraction = max(fraction, float(data["fraction"]))
+                reporter.say(f"remote: {data['text']}")
+                await reporter.progress(fraction)
+            elif kind == "status":
+                reporter.say(f"remote: {data}")
+            elif kind == "submitted":
+                reporter.say(f"remote job {data['id']}: {data['status']}")
+            elif kind == "preview":
+                mime, image_bytes, _node = data
+                await reporter.progress(fraction, _decode_preview(image_bytes))
+            elif kind == "done":
+                reporter.say("downloading result")
+                outputs = await asyncio.to_thread(codec.decode, data)
+                await reporter.progress(1.0)
+                reporter.say(f"done: {', '.join(n for n, _, _ in outputs)}")
+                if len(outputs) == 1:
+                    return outputs[0][2]
+                return RemoteResult(outputs)
+    except asyncio.CancelledError:
+        job.cancel()
+        raise
+
+
+async def _wait_end(job: Any, limit_s: float = 2.0) -> None:
+    """After cancel: wait (bounded) for the remote cancel to be acknowledged."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + limit_s
+    while not job.finished and loop.time() < end:
+        try:
+            await asyncio.to_thread(job.next_event, INTERRUPT_CHECK_S)
+        except RemoteError:
+            return
+
+
+def _decode_preview(data: bytes) -> Any:
+    try:
+        from PIL import Image
+
+        img = Image.open(_bytesio.BytesIO(data))
+        img.load()
+        return img
+    except Exception:
+        return None
+
+
+class RemoteAPI(io.ComfyNode):
+    """Run a remote workflow (a comfy-remote worker, a Modal deployment, or
+    any endpoint of the simple status/poll_url shape) as one node."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="RemoteAPI",
+            display_name="Remote API",
+            category=CATEGORY,
+            description="Sends its inputs, with their Comfy types, to a remote workflow and returns its "
+            "result as a real Comfy value, with live progress and a working Cancel.",
+            inputs=[
+                *_value_inputs(),
+                io.String.Input(
+                    "endpoint",
+                    default="http://127.0.0.1:8288",
+                    tooltip="URL of the remote workflow: a `comfy-remote serve` worker, a Modal "
+                    "deployment, or an endpoint of the simple JSON shape.",
+                ),
+                io.Float.Input(
+                    "timeout",
+                    default=3600.0,
+                    min=0.0,
+                    max=7 * 24 * 3600.0,
+                    step=1.0,
+                    tooltip="Seconds the whole remote job may take (0 = no limit). Past it, "
+                    "the remote job is canceled.",
+                ),
+                io.String.Input(
+                    "token",
+                    default="",
+                    tooltip="Reference to a bearer token, never the token itself: an environment "
+                    "variable name, or secrets:<name> for an entry of "
+                    "<user dir>/comfy-remote/secrets.json. Empty = none.",
+                ),
+                io.String.Input(
+                    "modal_key",
+                    default="",
+                    optional=True,
+                    tooltip="Reference (env var or secrets:<name>) to a Modal proxy-auth token id "
+                    "(Modal-Key). Empty = none.",
+                ),
+                io.String.Input(
+                    "modal_secret",
+                    default="",
+                    optional=True,
+                    tooltip="Reference (env var or secrets:<name>) to the Modal proxy-auth "
+                    "secret (Modal-Secret). Empty = none.",
+                ),
+                io.Combo.Input(
+                    "protocol",
+                    options=["auto", "native", "json"],
+                    default="auto",
+                    optional=True,
+                    tooltip="auto: ask the endpoint (GET /v1/info). native: comfy-remote binary "
+                    "protocol with live events. json: the simple status/progress/poll_url shape.",
+                ),
+                io.String.Input(
+                    "endpoint_url",
+                    optional=True,
+                    force_input=True,
+                    tooltip="A URL from a link (e.g. the Modal Deployment node's service URL). "
+                    "When connected it overrides the endpoint widget.",
+                ),
+            ],
+            outputs=[
+                io.AnyType.Output(
+                    "result",
+                    tooltip="The remote result as a Comfy value of its type. With several Remote "
+                    "Outputs: a REMOTE_RESULT bundle; pick values with Remote Result Pick.",
+                )
+            ],
+            # Only the node id: the local workflow (prompt, extra_pnginfo) is never sent.
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    async def execute(
+        cls,
+        endpoint: str,
+        timeout: float,
+        token: str,
+        modal_key: str = "",
+        modal_secret: str = "",
+        protocol: str = "auto",
+        endpoint_url: str | None = None,
+        values: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> io.NodeOutput:
+        url = (endpoint_url or endpoint or "").strip()
+        if not url:
+            raise ValueError("Remote API: no endpoint URL; set the endpoint widget or connect endpoint_url")
+        headers = secrets.auth_headers(token, modal_key, modal_secret)
+        client = Client(url, headers=headers, timeout=timeout or None, mode=protocol or "auto")
+        reporter = _Reporter(cls.hidden.unique_id if cls.hidden else None)
+        try:
+            result = await run_remote(client, collect_values(values, kwargs), reporter)
+        except RemoteError as e:
+            if getattr(e, "kind", "") == "canceled" and _interrupted():
+                _raise_interrupt()
+            raise RuntimeError(f"Remote API ({url}): {e}") from e
+        return io.NodeOutput(result)
+
+
+class RemoteResultPick(io.ComfyNode):
+    """One value out of a REMOTE_RESULT bundle, by name or index."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="RemoteResultPick",
+            display_name="Remote Result Pick",
+            category=CATEGORY,
+            description="Picks one output of a multi-output Remote API result.",
+            inputs=[
+                io.AnyType.Input("result", tooltip="The Remote API node's result (a REMOTE_RESULT bundle)."),
+                io.String.Input(
+                    "name",
+                    default="",
+                    tooltip="Name of the remote workflow's Remote Output to pick. Empty = use index.",
+                ),
+                io.Int.Input(
+                    "index",
+                    default=0,
+                    min=-MAX_INPUTS,
+                    max=1024,
+                    tooltip="Position of the output to pick (0 = first) when name is empty.",
+                ),
+            ],
+            outputs=[io.AnyType.Output("value", tooltip="The picked value, a Comfy value of its type.")],
+        )
+
+    @classmethod
+    def execute(cls, result: Any, name: str = "", index: int = 0) -> io.NodeOutput:
+        if not isinstance(result, RemoteResult):
+            if name.strip() == "" and index in (0, -1):
+                return io.NodeOutput(result)  # a single-output result passes through
+            raise ValueError(
+                "Remote Result Pick: the input is a single value, not a REMOTE_RESULT bundle; "
+                "connect it directly instead"
+            )
+        key: str | int = name.strip() if name.strip() else index
+        try:
+            return io.NodeOutput(result[key])
+        except (KeyError, IndexError) as e:
+            raise ValueError(f"Remote Result Pick: {e.args[0]}") from None
+
+
+NODES: list[type[io.ComfyNode]] = [RemoteAPI, RemoteResultPick]

@@ -1,0 +1,225 @@
+//! `Client` and `Job`: the native HTTP client for Python, GIL released during I/O.
+//!
+//! A job is followed by calling `Job.next_event(timeout)` in a loop: each call
+//! waits at most `timeout` seconds (GIL released), so the caller can check
+//! its own interrupt flag between calls and `Job.cancel()` the remote job.
+
+use std::time::Duration;
+
+use comfy_remote_client::blocking::{BlockingClient, BlockingJob};
+use comfy_remote_client::{ClientError, ClientOptions, JobEvent, LocalInput, Mode, Signature};
+use pyo3::exceptions::PyException;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList};
+
+pyo3::create_exception!(
+    comfy_remote._native,
+    RemoteError,
+    PyException,
+    "A remote call failed; `kind` says how (`http`, `unreachable`, `job_failed`, `canceled`, `timeout`, `signature`, ...)."
+);
+
+fn to_py_err(py: Python<'_>, e: ClientError) -> PyErr {
+    let err = RemoteError::new_err(e.to_string());
+    let value = err.value(py);
+    let _ = value.setattr("kind", e.kind());
+    let (status, input, job_id) = match &e {
+        ClientError::Http { status, .. } => (Some(*status), None, None),
+        ClientError::Signature { input, .. } => (None, input.clone(), None),
+        ClientError::JobFailed { job_id, .. }
+        | ClientError::Canceled { job_id }
+        | ClientError::Timeout { job_id, .. } => (None, None, Some(job_id.clone())),
+        _ => (None, None, None),
+    };
+    let _ = value.setattr("status", status);
+    let _ = value.setattr("input", input);
+    let _ = value.setattr("job_id", job_id);
+    err
+}
+
+fn signature_dict<'py>(py: Python<'py>, sig: &Signature) -> PyResult<Bound<'py, PyDict>> {
+    let items = |list: &[comfy_remote_client::SignatureItem]| -> PyResult<Bound<'py, PyList>> {
+        let out = PyList::empty(py);
+        for i in list {
+            let d = PyDict::new(py);
+            d.set_item("name", &i.name)?;
+            d.set_item("type", &i.comfy_type)?;
+            d.set_item("optional", i.optional)?;
+            out.append(d)?;
+        }
+        Ok(out)
+    };
+    let d = PyDict::new(py);
+    d.set_item("protocol", &sig.protocol)?;
+    d.set_item("inputs", items(&sig.inputs)?)?;
+    d.set_item("outputs", items(&sig.outputs)?)?;
+    Ok(d)
+}
+
+/// An HTTP client bound to one endpoint (native protocol or the simple JSON shape).
+#[pyclass(name = "Client", module = "comfy_remote._native", frozen)]
+struct PyClient {
+    inner: BlockingClient,
+}
+
+#[pymethods]
+impl PyClient {
+    #[new]
+    #[allow(clippy::too_many_arguments)] // mirrors the Python keyword arguments
+    #[pyo3(signature = (endpoint, *, headers=None, timeout=None, mode="auto", poll_interval=0.5, max_attempts=6, use_events=true))]
+    fn new(
+        py: Python<'_>,
+        endpoint: String,
+        headers: Option<Vec<(String, String)>>,
+        timeout: Option<f64>,
+        mode: &str,
+        poll_interval: f64,
+        max_attempts: u32,
+        use_events: bool,
+    ) -> PyResult<Self> {
+        let mut o = ClientOptions::new(endpoint);
+        o.headers = headers.unwrap_or_default();
+        o.job_timeout = timeout
+            .filter(|t| t.is_finite() && *t > 0.0)
+            .map(Duration::from_secs_f64);
+        o.mode = match mode {
+            "auto" => Mode::Auto,
+            "native" => Mode::Native,
+            "json" => Mode::Json,
+            other => {
+                return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                    "mode must be 'auto', 'native' or 'json', not {other:?}"
+                )))
+            }
+        };
+        if poll_interval.is_finite() && poll_interval > 0.0 {
+            o.poll_interval = Duration::from_secs_f64(poll_interval);
+        }
+        o.retry.max_attempts = max_attempts.max(1);
+        o.use_events = use_events;
+        let inner = BlockingClient::new(o).map_err(|e| to_py_err(py, e))?;
+        Ok(PyClient { inner })
+    }
+
+    /// The endpoint's signature (`GET /v1/info`) as a dict, or None for
+    /// endpoints of the simple JSON shape. Fetched once per client.
+    fn signature<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let sig = py
+            .detach(|| self.inner.signature())
+            .map_err(|e| to_py_err(py, e))?;
+        sig.map(|s| signature_dict(py, &s)).transpose()
+    }
+
+    /// Check `[(local_name, comfy_type | None)]` against the signature, by
+    /// order; return the names to encode the inputs under.
+    fn plan_inputs(
+        &self,
+        py: Python<'_>,
+        inputs: Vec<(String, Option<String>)>,
+    ) -> PyResult<Vec<String>> {
+        let local: Vec<LocalInput> = inputs
+            .into_iter()
+            .map(|(name, comfy_type)| LocalInput { name, comfy_type })
+            .collect();
+        py.detach(|| self.inner.plan_inputs(&local))
+            .map_err(|e| to_py_err(py, e))
+    }
+
+    /// Submit container bytes and follow the job in the background.
+    fn start(&self, py: Python<'_>, body: &[u8]) -> PyResult<PyJob> {
+        let body = bytes::Bytes::copy_from_slice(body);
+        let inner = py
+            .detach(|| self.inner.start(body))
+            .map_err(|e| to_py_err(py, e))?;
+        Ok(PyJob { inner })
+    }
+}
+
+/// A running remote job.
+#[pyclass(name = "Job", module = "comfy_remote._native", frozen)]
+struct PyJob {
+    inner: BlockingJob,
+}
+
+#[pymethods]
+impl PyJob {
+    /// Wait up to `timeout` seconds for the next event. Returns None on
+    /// timeout (or after the end), else `(kind, data)`:
+    /// `("submitted", {"id", "status"})`, `("status", str)`,
+    /// `("progress", {"fraction", "value", "max", "phase", "text", "node",
+    /// "node_type", "step", "step_max", "queue_position"})`,
+    /// `("preview", (mime, bytes, node_id))`, `("done", container_bytes)`.
+    /// A failed, canceled or timed-out job raises `RemoteError`.
+    fn next_event<'py>(
+        &self,
+        py: Python<'py>,
+        timeout: f64,
+    ) -> PyResult<Option<(&'static str, Bound<'py, PyAny>)>> {
+        let wait = Duration::from_secs_f64(if timeout.is_finite() {
+            timeout.max(0.0)
+        } else {
+            0.1
+        });
+        let ev = py
+            .detach(|| self.inner.next_event(wait))
+            .map_err(|e| to_py_err(py, e))?;
+        let Some(ev) = ev else { return Ok(None) };
+        Ok(Some(match ev {
+            JobEvent::Submitted { id, status } => {
+                let d = PyDict::new(py);
+                d.set_item("id", id)?;
+                d.set_item("status", status.as_str())?;
+                ("submitted", d.into_any())
+            }
+            JobEvent::Status { status } => {
+                ("status", status.as_str().into_pyobject(py)?.into_any())
+            }
+            JobEvent::Progress(p) => {
+                let d = PyDict::new(py);
+                d.set_item("fraction", p.fraction)?;
+                d.set_item("value", p.value)?;
+                d.set_item("max", p.max)?;
+                d.set_item(
+                    "phase",
+                    serde_json::to_value(p.phase)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned)),
+                )?;
+                d.set_item("text", p.text)?;
+                d.set_item("node", p.node.as_ref().map(|n| n.id.clone()))?;
+                d.set_item("node_type", p.node.and_then(|n| n.class_type))?;
+                d.set_item("step", p.step.map(|s| s.value))?;
+                d.set_item("step_max", p.step.map(|s| s.max))?;
+                d.set_item("queue_position", p.queue_position)?;
+                ("progress", d.into_any())
+            }
+            JobEvent::Preview { mime, data, node } => (
+                "preview",
+                (mime, PyBytes::new(py, &data), node)
+                    .into_pyobject(py)?
+                    .into_any(),
+            ),
+            JobEvent::Done(bytes) => ("done", PyBytes::new(py, &bytes).into_any()),
+            JobEvent::Error(e) => return Err(to_py_err(py, e)),
+        }))
+    }
+
+    /// Cancel the job (remote cancel included). Returns at once; the job
+    /// then ends by raising `RemoteError` with `kind == "canceled"`.
+    fn cancel(&self) {
+        self.inner.cancel();
+    }
+
+    /// True after the last event was delivered.
+    #[getter]
+    fn finished(&self) -> bool {
+        self.inner.is_finished()
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyClient>()?;
+    m.add_class::<PyJob>()?;
+    m.add("RemoteError", m.py().get_type::<RemoteError>())?;
+    Ok(())
+}
