@@ -1,0 +1,62 @@
+//! The one error type of the deploy crate: what went wrong, with the context a user needs to fix it.
+
+use std::path::PathBuf;
+
+/// Everything that can stop a scaffold, a check or a Modal command.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeployError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid JSON: {message}")]
+    Json { path: PathBuf, message: String },
+    #[error("{path} is a UI-format workflow (it has \"nodes\" and \"links\"); in ComfyUI use Workflow > Export (API) and pass that file")]
+    UiWorkflow { path: PathBuf },
+    #[error("{path} is not an API-format workflow: {message}")]
+    BadWorkflow { path: PathBuf, message: String },
+    #[error("modal_config.json: {message}")]
+    Config { message: String },
+    #[error("modal_config.json: unknown key `{key}`{hint}")]
+    UnknownKey { key: String, hint: String },
+    #[error("incoherent torch stack: {message}")]
+    TorchStack { message: String },
+    #[error("no comfy-remote wheel of version {version}: {message}")]
+    Wheel { version: String, message: String },
+    #[error("the workflow uses node types this deployment would not have: {}\n{hint}", .missing.join(", "))]
+    UnresolvedNodes { missing: Vec<String>, hint: String },
+    #[error("the workflow names model files but the deployment has no model Volume: {}\nadd \"volume\": {{\"name\": \"comfy-models\"}} to modal_config.json and upload them with `modal volume put`, or set \"check_models\": false", .files.join(", "))]
+    ModelsWithoutVolume { files: Vec<String> },
+    #[error("template {name}: {message}")]
+    Template { name: String, message: String },
+    #[error("`{program}` was not found on PATH; install the Modal client (`pip install modal`) and run `modal token new`")]
+    ToolMissing { program: String },
+    #[error("could not run `{command}`: {source}")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{command}` failed (exit {code}): {message}")]
+    CommandFailed {
+        command: String,
+        code: i32,
+        message: String,
+    },
+    #[error("deployed, but could not read the service URL: {message}")]
+    NoUrl { message: String },
+    #[error("refusing to delete {path}: it does not look like a comfy-remote project (no modal_config.json)")]
+    NotAProject { path: PathBuf },
+}
+
+/// Result alias of the deploy crate.
+pub type Result<T, E = DeployError> = std::result::Result<T, E>;

@@ -1,0 +1,256 @@
+//! Deploy, Force Rebuild, Clean Build, Delete Remote App and status: the same operations for the CLI and the node.
+//!
+//! Unchanged inputs do not redeploy: the project's content hash is compared
+//! with the hash of the last successful deploy (and the app must still be
+//! deployed). The service URL comes from Modal's API (`get_web_url()` on the
+//! app's `web` function), never from `modal deploy`'s wrapped output.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::error::{DeployError, Result};
+use crate::runner::{Cmd, Runner, Sink};
+use crate::scaffold::{self, Project, ProjectState, ScaffoldRequest};
+
+/// The lifecycle switches (the node's toggles, the CLI's flags).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Options {
+    /// Run `modal deploy` (else: generate only, and no URL is returned).
+    pub deploy: bool,
+    /// Remove the project directory before regenerating it.
+    pub clean: bool,
+    /// New build nonce + `MODAL_IGNORE_CACHE=1`: rebuild every image layer.
+    pub force_rebuild: bool,
+    /// `modal app stop -y <app>` first.
+    pub delete_remote: bool,
+}
+
+/// The result of one lifecycle run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub project: Project,
+    /// The service URL; `None` unless this run deployed (or found the same project deployed).
+    pub url: Option<String>,
+    pub deployed: bool,
+    /// The project was unchanged and already deployed: nothing was redeployed.
+    pub unchanged: bool,
+    /// `Some(true)`: the remote app was stopped; `Some(false)`: there was none.
+    pub stopped: Option<bool>,
+}
+
+/// One app as `modal app list --json` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AppStatus {
+    pub name: String,
+    /// `deployed`, `stopped`, `ephemeral`, ...; `None` when Modal lists no such app.
+    pub state: Option<String>,
+    pub app_id: Option<String>,
+    pub tasks: Option<u64>,
+}
+
+/// Run the lifecycle: delete remote, clean, generate, deploy, in that order.
+pub fn run(
+    req: &ScaffoldRequest,
+    opts: Options,
+    runner: &Runner,
+    sink: Sink<'_>,
+) -> Result<Report> {
+    let mut stopped = None;
+    if opts.delete_remote {
+        let app = app_name_for(req)?;
+        stopped = Some(stop(runner, &app, sink)?);
+    }
+    if opts.clean {
+        clean(&req.out_dir, sink)?;
+    }
+    let mut req = req.clone();
+    req.new_nonce = opts.force_rebuild;
+    let project = scaffold::scaffold(&req)?;
+    sink(&format!(
+        "generated {} ({} files, torch stack {}, content {})",
+        project.dir.display(),
+        project.files.len(),
+        project.stack_name,
+        &project.content_hash[..12]
+    ));
+    for m in &project.models {
+        let from = match &project.config.volume {
+            Some(v) => format!("Volume `{}` at {}/{}/{}", v.name, v.mount, m.folder, m.file),
+            None => "nowhere: no Volume configured".to_string(),
+        };
+        sink(&format!(
+            "model {}/{} (node {}) <- {from}",
+            m.folder, m.file, m.used_by
+        ));
+    }
+    if !opts.deploy {
+        sink("generate only: not deployed (no service URL)");
+        return Ok(Report {
+            project,
+            url: None,
+            deployed: false,
+            unchanged: false,
+            stopped,
+        });
+    }
+
+    let mut state = ProjectState::load(&project.dir).unwrap_or_default();
+    if !opts.force_rebuild
+        && stopped != Some(true)
+        && state.deployed_hash.as_deref() == Some(&project.content_hash)
+    {
+        if let Some(url) = state.url.clone() {
+            let st = status(runner, &project.app_name, sink)?;
+            if st.state.as_deref() == Some("deployed") {
+                sink(&format!("unchanged since the last deploy: {url}"));
+                return Ok(Report {
+                    project,
+                    url: Some(url),
+                    deployed: false,
+                    unchanged: true,
+                    stopped,
+                });
+            }
+            sink("unchanged, but the app is not deployed any more: deploying");
+        }
+    }
+
+    let mut cmd = runner.modal(&["deploy", "workflow.py"]);
+    cmd.cwd = Some(project.dir.clone());
+    if opts.force_rebuild {
+        cmd.env.push(("MODAL_IGNORE_CACHE".into(), "1".into()));
+    }
+    runner.run(&cmd, sink)?;
+    let url = service_url(runner, &project.dir, &project.app_name, sink)?;
+    state.deployed_hash = Some(project.content_hash.clone());
+    state.url = Some(url.clone());
+    state.save(&project.dir)?;
+    sink(&format!("deployed {}: {url}", project.app_name));
+    Ok(Report {
+        project,
+        url: Some(url),
+        deployed: true,
+        unchanged: false,
+        stopped,
+    })
+}
+
+fn app_name_for(req: &ScaffoldRequest) -> Result<String> {
+    if !req.config.app_name.is_empty() {
+        return Ok(req.config.app_name.clone());
+    }
+    Ok(crate::workflow::Workflow::load(&req.workflow)?.default_app_name())
+}
+
+/// Ask Modal for the deployed `web` function's URL (through the runner, so tests can fake it).
+pub fn service_url(runner: &Runner, project: &Path, app: &str, sink: Sink<'_>) -> Result<String> {
+    let cmd = Cmd {
+        program: runner.python()?,
+        args: vec![
+            project
+                .join("build")
+                .join("get_url.py")
+                .to_string_lossy()
+                .into_owned(),
+            app.to_string(),
+        ],
+        env: Vec::new(),
+        cwd: Some(project.to_path_buf()),
+    };
+    let out = runner.run(&cmd, sink).map_err(|e| DeployError::NoUrl {
+        message: e.to_string(),
+    })?;
+    let line = out
+        .stdout
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .unwrap_or("");
+    let v: serde_json::Value = serde_json::from_str(line).map_err(|_| DeployError::NoUrl {
+        message: format!("unexpected output {:?}", out.stdout.trim()),
+    })?;
+    match v.get("url").and_then(|u| u.as_str()) {
+        Some(u) if u.starts_with("https://") || u.starts_with("http://") => Ok(u.to_string()),
+        _ => Err(DeployError::NoUrl {
+            message: format!("Modal returned no web URL ({line})"),
+        }),
+    }
+}
+
+/// `modal app stop -y <app>`. `Ok(false)` when there was no such (running) app.
+pub fn stop(runner: &Runner, app: &str, sink: Sink<'_>) -> Result<bool> {
+    let cmd = runner.modal(&["app", "stop", "-y", app]);
+    let out = runner.run_unchecked(&cmd, sink)?;
+    if out.code == 0 {
+        sink(&format!("stopped app {app}"));
+        return Ok(true);
+    }
+    let all = format!("{}{}", out.stdout, out.stderr);
+    if all.contains("No App with name") || all.contains("already stopped") {
+        sink(&format!("app {app} was not deployed: nothing to stop"));
+        return Ok(false);
+    }
+    Err(DeployError::CommandFailed {
+        command: cmd.display(),
+        code: out.code,
+        message: out.message(),
+    })
+}
+
+/// `modal app list --json`, reduced to one app (a live entry wins over stopped ones).
+pub fn status(runner: &Runner, app: &str, sink: Sink<'_>) -> Result<AppStatus> {
+    let cmd = runner.modal(&["app", "list", "--json"]);
+    let out = runner.run(&cmd, sink)?;
+    let start = out.stdout.find('[').unwrap_or(0);
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(out.stdout[start..].trim()).map_err(|e| {
+            DeployError::CommandFailed {
+                command: cmd.display(),
+                code: 0,
+                message: format!("unexpected `modal app list --json` output ({e})"),
+            }
+        })?;
+    let mut best: Option<&serde_json::Value> = None;
+    for row in rows
+        .iter()
+        .filter(|r| r.get("description").and_then(|d| d.as_str()) == Some(app))
+    {
+        let live = row.get("state").and_then(|s| s.as_str()) != Some("stopped");
+        if best.is_none() || live {
+            best = Some(row);
+            if live {
+                break;
+            }
+        }
+    }
+    let field = |k: &str| {
+        best.and_then(|r| r.get(k))
+            .and_then(|v| v.as_str())
+            .map(String::from)
+    };
+    Ok(AppStatus {
+        name: app.to_string(),
+        state: field("state"),
+        app_id: field("app_id"),
+        tasks: field("tasks").and_then(|t| t.parse().ok()),
+    })
+}
+
+/// Remove a project directory (refusing anything that is not one).
+pub fn clean(dir: &Path, sink: Sink<'_>) -> Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    let is_project = dir.join("modal_config.json").is_file() || dir.join(".comfy-remote").is_dir();
+    if !is_project {
+        return Err(DeployError::NotAProject {
+            path: dir.to_path_buf(),
+        });
+    }
+    sink(&format!("clean build: removing {}", dir.display()));
+    std::fs::remove_dir_all(dir).map_err(|source| DeployError::Write {
+        path: PathBuf::from(dir),
+        source,
+    })
+}

@@ -1,0 +1,535 @@
+//! The project generator: checks a workflow against a config and writes a Modal project directory.
+//!
+//! Layout of a project:
+//! `workflow.py` (the Modal app), `modal_config.json` (resolved, every
+//! default written), the workflow file, `utils/` (the shim), `build/`
+//! (constraints, stack check, model paths), `wheels/` (comfy-remote itself),
+//! `custom_nodes/` (local packs), and `.comfy-remote/state.json` (build
+//! nonce, content hash, last deploy; not part of the hash).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use minijinja::{context, Environment};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::DeployConfig;
+use crate::error::{DeployError, Result};
+use crate::nodes::{self, CoreSource, NodeResolution};
+use crate::stacks::{self, TorchStack};
+use crate::workflow::{ModelRef, Workflow};
+
+/// The comfy-remote version every generated project pins (client == image).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// FastAPI version of the web front's image (the one the tests run).
+pub const FASTAPI_VERSION: &str = "0.165.0";
+/// Environment variable naming the comfy-remote wheel to put in the image.
+pub const ENV_WHEEL: &str = "COMFY_REMOTE_WHEEL";
+/// Environment variable naming a ComfyUI checkout to read core node names from.
+pub const ENV_COMFYUI_DIR: &str = "COMFYUI_DIR";
+
+const STATE_DIR: &str = ".comfy-remote";
+const STATE_FILE: &str = ".comfy-remote/state.json";
+/// Subdirectories the generator owns and rewrites on every run.
+const OWNED_DIRS: &[&str] = &["build", "utils", "wheels", "custom_nodes"];
+
+const T_WORKFLOW: &str = include_str!("../templates/workflow.py.j2");
+const T_CHECK: &str = include_str!("../templates/check_stack.py.j2");
+const T_MODEL_PATHS: &str = include_str!("../templates/extra_model_paths.yaml.j2");
+const T_README: &str = include_str!("../templates/README.md.j2");
+/// Static files, copied as they are.
+pub const UTILS_SHIM: &str = include_str!("../templates/utils_init.py");
+pub const GET_URL_PY: &str = include_str!("../templates/get_url.py");
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct ScaffoldRequest {
+    pub workflow: PathBuf,
+    pub config: DeployConfig,
+    /// Directory relative custom node `path`s are resolved against.
+    pub config_dir: PathBuf,
+    pub out_dir: PathBuf,
+    /// The comfy-remote wheel (else `$COMFY_REMOTE_WHEEL`).
+    pub wheel: Option<PathBuf>,
+    /// A ComfyUI checkout to read core node names from (else `$COMFYUI_DIR`, else the embedded list).
+    pub comfyui_dir: Option<PathBuf>,
+    /// Draw a new build nonce (Force Rebuild) instead of keeping the project's.
+    pub new_nonce: bool,
+}
+
+/// State kept in the project between runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectState {
+    pub nonce: String,
+    pub content_hash: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployed_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub app_name: String,
+}
+
+impl ProjectState {
+    pub fn load(project: &Path) -> Option<Self> {
+        let text = std::fs::read_to_string(project.join(STATE_FILE)).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    pub fn save(&self, project: &Path) -> Result<()> {
+        let dir = project.join(STATE_DIR);
+        std::fs::create_dir_all(&dir).map_err(|source| DeployError::Write { path: dir, source })?;
+        let text = serde_json::to_string_pretty(self).unwrap_or_default();
+        write_file(&project.join(STATE_FILE), text.as_bytes())
+    }
+}
+
+/// What the generator did and found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Project {
+    pub dir: PathBuf,
+    pub app_name: String,
+    pub config: DeployConfig,
+    pub stack_name: String,
+    pub stack: TorchStack,
+    pub nodes: NodeResolution,
+    /// `core` node names came from this checkout (`None`: the embedded 0.33.0 list).
+    pub core_nodes_from: Option<PathBuf>,
+    pub models: Vec<ModelRef>,
+    pub files: Vec<String>,
+    pub content_hash: String,
+    pub nonce: String,
+    pub wheel: PathBuf,
+}
+
+/// The rendered files, relative path -> bytes (before writing).
+type Files = BTreeMap<String, Vec<u8>>;
+
+/// Check the workflow, render the project and write it to `req.out_dir`.
+pub fn scaffold(req: &ScaffoldRequest) -> Result<Project> {
+    let workflow = Workflow::load(&req.workflow)?;
+    let mut config = req.config.clone();
+    if config.app_name.is_empty() {
+        config.app_name = workflow.default_app_name();
+    }
+    config.validate()?;
+    let (stack_name, stack) = stacks::resolve(&config.torch)?;
+
+    // Node check: core + ours + packs, before anything is written.
+    let (core, core_from) = core_nodes(req.comfyui_dir.as_deref())?;
+    let mut packs = BTreeMap::new();
+    for pack in &config.custom_nodes {
+        let mut names: BTreeSet<String> = pack.nodes.iter().cloned().collect();
+        if let Some(p) = &pack.path {
+            let dir = req.config_dir.join(p);
+            if !dir.is_dir() {
+                return Err(DeployError::Config {
+                    message: format!("custom node pack {} is not a directory", dir.display()),
+                });
+            }
+            names.extend(nodes::scan_pack(&dir)?);
+        }
+        packs.insert(pack.dir_name(), names);
+    }
+    let resolution = nodes::resolve(workflow.node_types().into_keys(), &core, &packs);
+    if !resolution.missing.is_empty() {
+        let source = match &core_from {
+            CoreSource::Checkout(p) => format!("the ComfyUI checkout at {}", p.display()),
+            CoreSource::Embedded => {
+                "ComfyUI 0.33.0 (pass --comfyui DIR to check against your version)".into()
+            }
+        };
+        return Err(DeployError::UnresolvedNodes {
+            missing: resolution.missing.clone(),
+            hint: format!(
+                "checked against {source}, comfy-remote's nodes and {} custom node pack(s); add the pack that provides them to \"custom_nodes\" in modal_config.json (a local \"path\", or \"git\" + \"ref\" with the \"nodes\" it provides)",
+                config.custom_nodes.len()
+            ),
+        });
+    }
+    // The written config names local packs by absolute path, so regenerating
+    // from the project's own modal_config.json (even after a Clean Build) finds them.
+    for pack in &mut config.custom_nodes {
+        if let Some(p) = &pack.path {
+            let abs = req.config_dir.join(p);
+            pack.path = Some(std::fs::canonicalize(&abs).unwrap_or(abs));
+        }
+    }
+    let models = workflow.model_files();
+    if config.check_models && config.volume.is_none() && !models.is_empty() {
+        return Err(DeployError::ModelsWithoutVolume {
+            files: models
+                .iter()
+                .map(|m| format!("{}/{}", m.folder, m.file))
+                .collect(),
+        });
+    }
+
+    let wheel = find_wheel(req.wheel.as_deref())?;
+    let wheel_name = wheel
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+
+    prepare_out_dir(&req.out_dir)?;
+    let previous = ProjectState::load(&req.out_dir);
+    let nonce = match (&previous, req.new_nonce) {
+        (Some(s), false) if !s.nonce.is_empty() => s.nonce.clone(),
+        _ => uuid::Uuid::new_v4().simple().to_string(),
+    };
+
+    let mut files = render(
+        &config,
+        &workflow,
+        &stack_name,
+        &stack,
+        &models,
+        &nonce,
+        &wheel_name,
+    )?;
+    let wheel_bytes = std::fs::read(&wheel).map_err(|source| DeployError::Read {
+        path: wheel.clone(),
+        source,
+    })?;
+    files.insert(format!("wheels/{wheel_name}"), wheel_bytes);
+    for pack in config.custom_nodes.iter().filter(|p| p.path.is_some()) {
+        if let Some(p) = &pack.path {
+            copy_tree(p, &format!("custom_nodes/{}", pack.dir_name()), &mut files)?;
+        }
+    }
+
+    for d in OWNED_DIRS {
+        let p = req.out_dir.join(d);
+        if p.exists() {
+            std::fs::remove_dir_all(&p).map_err(|source| DeployError::Write { path: p, source })?;
+        }
+    }
+    for (rel, bytes) in &files {
+        write_file(&req.out_dir.join(rel), bytes)?;
+    }
+    let content_hash = hash_files(&files);
+    let state = ProjectState {
+        nonce: nonce.clone(),
+        content_hash: content_hash.clone(),
+        deployed_hash: previous.as_ref().and_then(|s| s.deployed_hash.clone()),
+        url: previous.as_ref().and_then(|s| s.url.clone()),
+        app_name: config.app_name.clone(),
+    };
+    state.save(&req.out_dir)?;
+
+    Ok(Project {
+        dir: req.out_dir.clone(),
+        app_name: config.app_name.clone(),
+        config,
+        stack_name,
+        stack,
+        nodes: resolution,
+        core_nodes_from: match core_from {
+            CoreSource::Checkout(p) => Some(p),
+            CoreSource::Embedded => None,
+        },
+        models,
+        files: files.keys().cloned().collect(),
+        content_hash,
+        nonce,
+        wheel,
+    })
+}
+
+fn core_nodes(explicit: Option<&Path>) -> Result<(BTreeSet<String>, CoreSource)> {
+    let dir = explicit
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os(ENV_COMFYUI_DIR).map(PathBuf::from));
+    match dir {
+        Some(d) => Ok((nodes::scan_comfyui(&d)?, CoreSource::Checkout(d))),
+        None => Ok((nodes::embedded_core_nodes(), CoreSource::Embedded)),
+    }
+}
+
+/// Locate the comfy-remote wheel of exactly this version, for Linux x86_64.
+pub fn find_wheel(explicit: Option<&Path>) -> Result<PathBuf> {
+    let how = "build one with `maturin build --release` in a comfy-remote checkout, then pass --wheel PATH or set COMFY_REMOTE_WHEEL";
+    let path = match explicit.map(Path::to_path_buf).or_else(|| {
+        std::env::var_os(ENV_WHEEL)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    }) {
+        Some(p) => p,
+        None => {
+            return Err(DeployError::Wheel {
+                version: VERSION.into(),
+                message: format!(
+                    "the image installs comfy-remote from a wheel and none was given; {how}"
+                ),
+            })
+        }
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if !path.is_file() {
+        return Err(DeployError::Wheel {
+            version: VERSION.into(),
+            message: format!("{} does not exist; {how}", path.display()),
+        });
+    }
+    let mut parts = name.trim_end_matches(".whl").split('-');
+    let (dist, ver) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    if !name.ends_with(".whl") || dist != "comfy_remote" {
+        return Err(DeployError::Wheel {
+            version: VERSION.into(),
+            message: format!("{name} is not a comfy_remote wheel; {how}"),
+        });
+    }
+    if ver != VERSION {
+        return Err(DeployError::Wheel {
+            version: VERSION.into(),
+            message: format!(
+                "{name} is version {ver}; the image must run the client's version {VERSION} (the protocol and nodes must match); {how}"
+            ),
+        });
+    }
+    let platform = name.rsplit('-').next().unwrap_or("");
+    if !(platform.contains("x86_64") && platform.contains("linux")) {
+        return Err(DeployError::Wheel {
+            version: VERSION.into(),
+            message: format!(
+                "{name} is not built for Linux x86_64, which Modal runs; build it on Linux or with `maturin build --release --zig --target x86_64-unknown-linux-gnu`"
+            ),
+        });
+    }
+    Ok(path)
+}
+
+fn prepare_out_dir(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        let empty = std::fs::read_dir(dir)
+            .map_err(|source| DeployError::Read {
+                path: dir.to_path_buf(),
+                source,
+            })?
+            .next()
+            .is_none();
+        if !empty && !dir.join("modal_config.json").is_file() {
+            return Err(DeployError::NotAProject {
+                path: dir.to_path_buf(),
+            });
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(|source| DeployError::Write {
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
+fn env() -> Environment<'static> {
+    let mut env = Environment::new();
+    // Generated Python/YAML must not be HTML- or JSON-escaped.
+    env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+    env.set_keep_trailing_newline(true);
+    env
+}
+
+fn render_one(
+    env: &Environment<'_>,
+    name: &str,
+    source: &str,
+    ctx: minijinja::Value,
+) -> Result<String> {
+    let tmpl_err = |e: minijinja::Error| DeployError::Template {
+        name: name.into(),
+        message: format!("{e:#}"),
+    };
+    let t = env
+        .template_from_named_str(name, source)
+        .map_err(tmpl_err)?;
+    t.render(ctx).map_err(tmpl_err)
+}
+
+/// Render every generated text file (no wheel, no pack copies).
+fn render(
+    config: &DeployConfig,
+    workflow: &Workflow,
+    stack_name: &str,
+    stack: &TorchStack,
+    models: &[ModelRef],
+    nonce: &str,
+    wheel_file: &str,
+) -> Result<Files> {
+    let env = env();
+    let workflow_file = workflow.file_name();
+    let gpu = serde_json::to_value(&config.gpu).unwrap_or_default();
+    let mut apt: Vec<String> = ["git", "ffmpeg", "libgl1", "libglib2.0-0"]
+        .map(String::from)
+        .into();
+    apt.extend(config.apt.iter().cloned());
+    let packs: Vec<_> = config
+        .custom_nodes
+        .iter()
+        .map(|p| {
+            context! {
+                name => p.dir_name(),
+                local => p.path.is_some(),
+                git => p.git.clone(),
+                ref => p.git_ref.clone(),
+            }
+        })
+        .collect();
+    let ctx = context! {
+        app_name => config.app_name,
+        version => VERSION,
+        nonce => nonce,
+        workflow_file => workflow_file,
+        wheel_file => wheel_file,
+        gpu => gpu,
+        stack => stack,
+        stack_name => stack_name,
+        apt => apt,
+        pip => config.pip,
+        env => config.env,
+        comfyui => context! { repo => config.comfyui.repo, ref => config.comfyui.git_ref },
+        packs => packs,
+        volume => config.volume,
+        token_secret => config.auth.token_secret,
+        proxy_auth => config.auth.proxy_auth,
+        timeout_s => config.timeout_s,
+        startup_timeout_s => config.startup_timeout_s,
+        scaledown_window_s => config.scaledown_window_s,
+        min_containers => config.min_containers,
+        max_containers_py => config.max_containers.map_or("None".to_string(), |m| m.to_string()),
+        max_concurrent_jobs => config.max_concurrent_jobs,
+        memory_snapshot => config.memory_snapshot,
+        fastapi_version => FASTAPI_VERSION,
+        models => models,
+    };
+    let mut files = Files::new();
+    files.insert(
+        "workflow.py".into(),
+        render_one(&env, "workflow.py.j2", T_WORKFLOW, ctx.clone())?.into_bytes(),
+    );
+    files.insert(
+        "README.md".into(),
+        render_one(&env, "README.md.j2", T_README, ctx)?.into_bytes(),
+    );
+    files.insert(
+        "modal_config.json".into(),
+        config.to_json_pretty().into_bytes(),
+    );
+    files.insert(workflow_file, workflow.text.clone().into_bytes());
+    files.insert("utils/__init__.py".into(), UTILS_SHIM.as_bytes().to_vec());
+    files.insert("build/get_url.py".into(), GET_URL_PY.as_bytes().to_vec());
+    files.insert(
+        "build/constraints.txt".into(),
+        constraints(stack).into_bytes(),
+    );
+    let mut expected = serde_json::Map::new();
+    for (k, v) in [
+        ("torch", &stack.torch),
+        ("torchvision", &stack.torchvision),
+        ("torchaudio", &stack.torchaudio),
+    ] {
+        expected.insert(k.into(), v.clone().into());
+    }
+    if let Some(x) = &stack.xformers {
+        expected.insert("xformers".into(), x.clone().into());
+    }
+    files.insert(
+        "build/check_stack.py".into(),
+        render_one(
+            &env,
+            "check_stack.py.j2",
+            T_CHECK,
+            context! { expected => expected },
+        )?
+        .into_bytes(),
+    );
+    if let Some(volume) = &config.volume {
+        let folders: BTreeSet<&str> = crate::workflow::MODEL_INPUTS
+            .iter()
+            .map(|(_, f)| *f)
+            .chain([
+                "clip_vision",
+                "checkpoints",
+                "embeddings",
+                "unet",
+                "clip",
+                "upscale_models",
+            ])
+            .collect();
+        files.insert(
+            "build/extra_model_paths.yaml".into(),
+            render_one(
+                &env,
+                "extra_model_paths.yaml.j2",
+                T_MODEL_PATHS,
+                context! { volume => volume, folders => folders },
+            )?
+            .into_bytes(),
+        );
+    }
+    Ok(files)
+}
+
+/// The pip constraints file: the torch stack, exact.
+pub fn constraints(stack: &TorchStack) -> String {
+    let mut s = format!(
+        "# The torch stack of this image; every pip install runs under these pins.\ntorch=={}\ntorchvision=={}\ntorchaudio=={}\n",
+        stack.torch, stack.torchvision, stack.torchaudio
+    );
+    if let Some(x) = &stack.xformers {
+        s.push_str(&format!("xformers=={x}\n"));
+    }
+    s
+}
+
+fn copy_tree(src: &Path, rel: &str, files: &mut Files) -> Result<()> {
+    let entries = std::fs::read_dir(src).map_err(|source| DeployError::Read {
+        path: src.to_path_buf(),
+        source,
+    })?;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name == "__pycache__" || name == ".git" {
+            continue;
+        }
+        let p = e.path();
+        let r = format!("{rel}/{name}");
+        if p.is_dir() {
+            copy_tree(&p, &r, files)?;
+        } else {
+            let bytes = std::fs::read(&p).map_err(|source| DeployError::Read {
+                path: p.clone(),
+                source,
+            })?;
+            files.insert(r, bytes);
+        }
+    }
+    Ok(())
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| DeployError::Write {
+            path: parent.to_path_buf(),
+            source,
+        })?;
+    }
+    std::fs::write(path, bytes).map_err(|source| DeployError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// SHA-256 over the sorted (path, bytes) pairs of the generated files.
+pub fn hash_files(files: &Files) -> String {
+    let mut h = Sha256::new();
+    for (rel, bytes) in files {
+        h.update((rel.len() as u64).to_le_bytes());
+        h.update(rel.as_bytes());
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    }
+    hex::encode(h.finalize())
+}

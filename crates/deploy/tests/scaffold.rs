@@ -1,0 +1,305 @@
+//! Generated projects, pinned with insta snapshots (nonce and version filtered), and the checks that stop a scaffold.
+
+use std::path::{Path, PathBuf};
+
+use comfy_remote_deploy::config::{CustomNodePack, Gpu, VolumeConfig};
+use comfy_remote_deploy::scaffold::{ProjectState, VERSION};
+use comfy_remote_deploy::stacks::TorchChoice;
+use comfy_remote_deploy::{scaffold, DeployConfig, DeployError, ScaffoldRequest};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// A stand-in wheel with the right name (the generator only copies it).
+fn fake_wheel(dir: &Path) -> PathBuf {
+    let p = dir.join(format!(
+        "comfy_remote-{VERSION}-cp310-abi3-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"
+    ));
+    std::fs::write(&p, b"wheel").expect("write wheel");
+    p
+}
+
+fn request(tmp: &Path, workflow: &str, config: DeployConfig) -> ScaffoldRequest {
+    ScaffoldRequest {
+        workflow: fixtures().join(workflow),
+        config,
+        config_dir: fixtures(),
+        out_dir: tmp.join("project"),
+        wheel: Some(fake_wheel(tmp)),
+        comfyui_dir: None,
+        new_nonce: false,
+    }
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+macro_rules! snap {
+    ($name:expr, $text:expr) => {
+        insta::with_settings!({filters => vec![
+            (r#"BUILD_NONCE = "[0-9a-f]{32}""#, r#"BUILD_NONCE = "[nonce]""#),
+            (r"comfy_remote-\d+\.\d+\.\d+", "comfy_remote-[version]"),
+            (r"comfy-remote \d+\.\d+\.\d+", "comfy-remote [version]"),
+        ]}, {
+            insta::assert_snapshot!($name, $text);
+        });
+    };
+}
+
+#[test]
+fn default_project_is_h100_with_the_default_stack() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let p = scaffold(&request(
+        tmp.path(),
+        "remote_invert.json",
+        DeployConfig::default(),
+    ))
+    .expect("scaffold");
+    assert_eq!(p.app_name, "comfy-remote-remote-invert");
+    assert_eq!(p.stack_name, "torch-2.11");
+    for f in [
+        "workflow.py",
+        "modal_config.json",
+        "remote_invert.json",
+        "utils/__init__.py",
+        "build/constraints.txt",
+        "build/check_stack.py",
+        "build/get_url.py",
+        "README.md",
+    ] {
+        assert!(p.dir.join(f).is_file(), "{f} missing");
+    }
+    assert!(p.dir.join("wheels").read_dir().expect("wheels").count() == 1);
+    snap!("default_workflow_py", read(&p.dir.join("workflow.py")));
+    snap!(
+        "default_modal_config_json",
+        read(&p.dir.join("modal_config.json"))
+    );
+    snap!(
+        "default_constraints_txt",
+        read(&p.dir.join("build/constraints.txt"))
+    );
+    snap!(
+        "default_check_stack_py",
+        read(&p.dir.join("build/check_stack.py"))
+    );
+    snap!("default_readme_md", read(&p.dir.join("README.md")));
+}
+
+#[test]
+fn fallback_gpus_volume_snapshot_and_token() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let config = DeployConfig {
+        app_name: "sdxl-service".into(),
+        gpu: Gpu::Fallback(vec!["H100".into(), "A100-80GB".into()]),
+        min_containers: 1,
+        max_containers: Some(4),
+        scaledown_window_s: 60,
+        memory_snapshot: true,
+        volume: Some(VolumeConfig {
+            name: "comfy-models".into(),
+            mount: "/models".into(),
+            create: true,
+        }),
+        auth: comfy_remote_deploy::config::AuthConfig {
+            proxy_auth: true,
+            token_secret: Some("comfy-remote-token".into()),
+        },
+        ..Default::default()
+    };
+    let p = scaffold(&request(tmp.path(), "remote_models.json", config)).expect("scaffold");
+    let files: Vec<_> = p
+        .models
+        .iter()
+        .map(|m| format!("{}/{}", m.folder, m.file))
+        .collect();
+    assert_eq!(
+        files,
+        [
+            "checkpoints/sd_xl_base_1.0.safetensors",
+            "loras/detail.safetensors"
+        ]
+    );
+    snap!("volume_workflow_py", read(&p.dir.join("workflow.py")));
+    snap!(
+        "volume_extra_model_paths_yaml",
+        read(&p.dir.join("build/extra_model_paths.yaml"))
+    );
+    snap!("volume_readme_md", read(&p.dir.join("README.md")));
+}
+
+#[test]
+fn seed_preset_extra_packages_and_custom_node_packs() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let config = DeployConfig {
+        app_name: "custom".into(),
+        gpu: Gpu::One("A10G".into()),
+        torch: TorchChoice {
+            stack: Some("seed-2.3".into()),
+            ..Default::default()
+        },
+        pip: vec!["opencv-python-headless==4.10.0.84".into(), "einops".into()],
+        apt: vec!["libsm6".into()],
+        env: [("HF_HUB_DISABLE_TELEMETRY".to_string(), "1".to_string())].into(),
+        custom_nodes: vec![
+            CustomNodePack {
+                name: None,
+                path: Some("my_pack".into()),
+                git: None,
+                git_ref: None,
+                nodes: vec![],
+            },
+            CustomNodePack {
+                name: None,
+                path: None,
+                git: Some("https://github.com/example/comfy-git-pack.git".into()),
+                git_ref: Some("v1.2.0".into()),
+                nodes: vec!["GitPackNode".into()],
+            },
+        ],
+        ..Default::default()
+    };
+    let p = scaffold(&request(tmp.path(), "remote_custom.json", config)).expect("scaffold");
+    assert_eq!(p.nodes.resolved["MyPackSharpen"], "custom_nodes/my_pack");
+    assert_eq!(
+        p.nodes.resolved["GitPackNode"],
+        "custom_nodes/comfy-git-pack"
+    );
+    assert!(p
+        .dir
+        .join("custom_nodes/my_pack/requirements.txt")
+        .is_file());
+    snap!("custom_workflow_py", read(&p.dir.join("workflow.py")));
+    snap!(
+        "custom_constraints_txt",
+        read(&p.dir.join("build/constraints.txt"))
+    );
+}
+
+#[test]
+fn unresolved_node_types_stop_the_scaffold_with_the_list() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let err = scaffold(&request(
+        tmp.path(),
+        "remote_custom.json",
+        DeployConfig::default(),
+    ))
+    .expect_err("missing");
+    match &err {
+        DeployError::UnresolvedNodes { missing, .. } => {
+            assert_eq!(missing, &["GitPackNode", "MyPackSharpen"])
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(err.to_string().contains("custom_nodes"), "{err}");
+    assert!(
+        !tmp.path().join("project").exists(),
+        "nothing is written on a failed check"
+    );
+}
+
+#[test]
+fn ui_format_workflow_is_refused() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let err = scaffold(&request(
+        tmp.path(),
+        "ui_format.json",
+        DeployConfig::default(),
+    ))
+    .expect_err("ui");
+    assert!(err.to_string().contains("Export (API)"), "{err}");
+}
+
+#[test]
+fn models_without_a_volume_are_refused() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let err = scaffold(&request(
+        tmp.path(),
+        "remote_models.json",
+        DeployConfig::default(),
+    ))
+    .expect_err("no volume");
+    assert!(
+        err.to_string()
+            .contains("checkpoints/sd_xl_base_1.0.safetensors"),
+        "{err}"
+    );
+}
+
+#[test]
+fn incoherent_torch_override_is_refused_at_scaffold_time() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let config = DeployConfig {
+        torch: TorchChoice {
+            torch: Some("2.11.0".into()),
+            torchvision: Some("0.18.0".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let err = scaffold(&request(tmp.path(), "remote_invert.json", config)).expect_err("incoherent");
+    assert!(matches!(err, DeployError::TorchStack { .. }), "{err:?}");
+    assert!(!tmp.path().join("project").exists());
+}
+
+#[test]
+fn the_wheel_must_be_this_version_and_linux() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut req = request(tmp.path(), "remote_invert.json", DeployConfig::default());
+    let old = tmp
+        .path()
+        .join("comfy_remote-0.0.1-cp310-abi3-manylinux_2_17_x86_64.whl");
+    std::fs::write(&old, b"w").expect("write");
+    req.wheel = Some(old);
+    let err = scaffold(&req).expect_err("old wheel");
+    assert!(err.to_string().contains("is version 0.0.1"), "{err}");
+    let mac = tmp.path().join(format!(
+        "comfy_remote-{VERSION}-cp310-abi3-macosx_11_0_arm64.whl"
+    ));
+    std::fs::write(&mac, b"w").expect("write");
+    req.wheel = Some(mac);
+    assert!(scaffold(&req)
+        .expect_err("mac")
+        .to_string()
+        .contains("Linux x86_64"));
+    req.wheel = Some(tmp.path().join("missing.whl"));
+    assert!(scaffold(&req)
+        .expect_err("missing")
+        .to_string()
+        .contains("COMFY_REMOTE_WHEEL"));
+}
+
+#[test]
+fn unchanged_inputs_give_the_same_hash_and_nonce_and_force_changes_both() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut req = request(tmp.path(), "remote_invert.json", DeployConfig::default());
+    let a = scaffold(&req).expect("first");
+    let b = scaffold(&req).expect("second");
+    assert_eq!(
+        (a.nonce.clone(), a.content_hash.clone()),
+        (b.nonce.clone(), b.content_hash.clone())
+    );
+    let state = ProjectState::load(&b.dir).expect("state");
+    assert_eq!(state.content_hash, b.content_hash);
+    req.new_nonce = true;
+    let c = scaffold(&req).expect("forced");
+    assert_ne!(c.nonce, b.nonce);
+    assert_ne!(c.content_hash, b.content_hash);
+    assert!(read(&c.dir.join("workflow.py")).contains(&c.nonce));
+}
+
+#[test]
+fn a_directory_that_is_not_a_project_is_never_overwritten() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut req = request(tmp.path(), "remote_invert.json", DeployConfig::default());
+    let home = tmp.path().join("home");
+    std::fs::create_dir_all(&home).expect("mkdir");
+    std::fs::write(home.join("notes.txt"), b"mine").expect("write");
+    req.out_dir = home;
+    assert!(matches!(
+        scaffold(&req),
+        Err(DeployError::NotAProject { .. })
+    ));
+}
