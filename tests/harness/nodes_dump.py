@@ -1,4 +1,4 @@
-"""A test-only ComfyUI custom node: ``CRTestDump`` writes any value, encoded
+"""Test-only ComfyUI custom nodes. ``CRTestDump`` writes any value, encoded
 with comfy_remote.codec, to ``<output dir>/cr_dump/<name>.crc`` so tests
 can compare values bit for bit outside ComfyUI. Loaded by the end-to-end
 tests from a temporary custom_nodes directory; never shipped."""
@@ -37,3 +37,23 @@ class CRTestDump:
 
 
 NODE_CLASS_MAPPINGS = {"CRTestDump": CRTestDump}
+
+
+class CRTestSink:
+    """Consumes any value and does nothing: an output node that costs nothing,
+    so benchmarks time the work upstream of it."""
+
+    CATEGORY = "comfy-remote/testing"
+    FUNCTION = "sink"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ()
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"value": (AnyType("*"),)}}
+
+    def sink(self, value: Any) -> dict[str, Any]:
+        return {}
+
+
+NODE_CLASS_MAPPINGS["CRTestSink"] = CRTestSink

@@ -117,13 +117,16 @@ class _Reporter:
     def __init__(self, node_id: str | None):
         self.node_id = node_id
         self.text = ""
+        self.api: Any = None
 
     async def progress(self, fraction: float, preview: Any = None) -> None:
         if self.node_id is None:
             return
-        from comfy_api.latest import ComfyAPI
+        if self.api is None:
+            from comfy_api.latest import ComfyAPI
 
-        await ComfyAPI().execution.set_progress(
+            self.api = ComfyAPI()
+        await self.api.execution.set_progress(
             value=round(fraction * 100.0, 2), max_value=100.0, node_id=self.node_id, preview_image=preview
         )
 
