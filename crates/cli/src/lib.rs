@@ -8,6 +8,7 @@
 use clap::{Parser, Subcommand};
 
 mod commands;
+mod logging;
 
 /// Run any part of a ComfyUI workflow on a remote GPU, and deploy workflows as services.
 #[derive(Debug, Parser)]

@@ -1,1 +1,133 @@
-//! comfy-remote-worker (placeholder).
+//! The comfy-remote worker gateway: a durable jobs API in front of a
+//! supervised ComfyUI.
+//!
+//! - [`comfyui`]: the ComfyUI child (or an attached instance), its HTTP
+//!   routes and the websocket that streams a prompt's events;
+//! - [`workflow`]: the remote workflow, its signature and per-job prompts;
+//! - [`store`]: jobs in SQLite (submit, claim, recovery, retention);
+//! - [`jobs`]: the engine that runs jobs through ComfyUI's queue;
+//! - [`api`]: the HTTP routes (`router(state)`), served by [`serve`].
+//!
+//! [`Worker::start`] wires them; [`serve`] runs the HTTP server until the
+//! shutdown token fires, then [`Worker::stop`] stops every task and child.
+
+pub mod api;
+pub mod comfyui;
+pub mod error;
+mod fsutil;
+pub mod jobs;
+pub mod live;
+pub mod metrics;
+pub mod openapi;
+mod process;
+pub mod store;
+pub mod workflow;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use api::{router, AppState};
+pub use comfyui::ComfyMode;
+pub use error::{ApiError, WorkerError};
+pub use jobs::{Engine, EngineConfig};
+pub use workflow::Workflow;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// A started worker: the engine and the tasks it owns.
+#[derive(Debug)]
+pub struct Worker {
+    pub engine: Arc<Engine>,
+    tasks: Vec<JoinHandle<()>>,
+    shutdown: CancellationToken,
+}
+
+impl Worker {
+    /// Start ComfyUI (or attach), wait until it answers, validate the
+    /// workflow against it, recover the store and start the dispatcher.
+    /// On error everything started is stopped again.
+    pub async fn start(
+        mode: ComfyMode,
+        mut workflow: Workflow,
+        config: EngineConfig,
+        startup_timeout: Duration,
+        shutdown: CancellationToken,
+    ) -> Result<Worker, WorkerError> {
+        std::fs::create_dir_all(&config.spool_dir)
+            .map_err(|e| WorkerError::io(format!("creating {}", config.spool_dir.display()), e))?;
+        let store = store::Store::open(&config.spool_dir.join("jobs.db"))?;
+        let inner = shutdown.child_token();
+        let (comfy, mut tasks) = comfyui::start(mode, inner.clone());
+        let stop_all = |tasks: Vec<JoinHandle<()>>, token: CancellationToken| async move {
+            token.cancel();
+            for t in tasks {
+                let _ = t.await;
+            }
+        };
+        let mut ready = comfy.ready.clone();
+        let mut fatal = comfy.fatal.clone();
+        let waited = tokio::time::timeout(startup_timeout, async {
+            loop {
+                if *ready.borrow() {
+                    return Ok(());
+                }
+                if let Some(msg) = fatal.borrow().clone() {
+                    return Err(WorkerError::Comfy(msg));
+                }
+                tokio::select! {
+                    _ = ready.changed() => {}
+                    _ = fatal.changed() => {}
+                    _ = inner.cancelled() => return Err(WorkerError::Comfy("shut down during start-up".into())),
+                }
+            }
+        })
+        .await;
+        let checked = match waited {
+            Err(_) => Err(WorkerError::Comfy(format!(
+                "ComfyUI did not answer within {}s; see its log above, or raise --startup-timeout",
+                startup_timeout.as_secs()
+            ))),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(())) => match comfy.client.object_info().await {
+                Ok(info) => workflow.check_against(&info),
+                Err(e) => Err(e),
+            },
+        };
+        if let Err(e) = checked {
+            stop_all(tasks, inner).await;
+            return Err(e);
+        }
+        let engine = Engine::new(config, store, workflow, comfy, inner.clone());
+        if let Err(e) = engine.recover() {
+            stop_all(tasks, inner).await;
+            return Err(e);
+        }
+        tasks.push(tokio::spawn(engine.clone().dispatch()));
+        tasks.push(tokio::spawn(engine.clone().janitor()));
+        Ok(Worker {
+            engine,
+            tasks,
+            shutdown: inner,
+        })
+    }
+
+    /// Stop the dispatcher, drivers, websocket and ComfyUI (with its process group).
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Serve `router` on `listener` until `shutdown` fires.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}

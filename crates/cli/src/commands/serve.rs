@@ -1,8 +1,250 @@
-//! `comfy-remote serve` (pending).
+//! `comfy-remote serve`: the worker gateway in front of a supervised (or attached) ComfyUI.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use comfy_remote_protocol::Limits;
+use comfy_remote_worker::{AppState, ComfyMode, EngineConfig, Worker, Workflow};
+use tokio_util::sync::CancellationToken;
+
+use crate::exit;
+
+/// Environment variable holding the bearer token clients must send.
+pub const ENV_TOKEN: &str = "COMFY_REMOTE_TOKEN";
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// The remote workflow (ComfyUI API format, with Remote Input/Output nodes).
+    #[arg(long, value_name = "FILE")]
+    pub workflow: PathBuf,
+    /// ComfyUI checkout to start and supervise (runs `python main.py` there).
+    #[arg(long, value_name = "DIR", env = "COMFYUI_DIR")]
+    pub comfyui: Option<PathBuf>,
+    /// Python that runs ComfyUI [default: DIR/venv or DIR/.venv, else python3].
+    #[arg(long, value_name = "PATH")]
+    pub python: Option<PathBuf>,
+    /// Extra argument for ComfyUI's main.py (repeat), e.g. --comfyui-arg=--cpu.
+    #[arg(long = "comfyui-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub comfyui_args: Vec<String>,
+    /// Attach to a ComfyUI that is already running instead of starting one.
+    #[arg(long, value_name = "URL")]
+    pub comfyui_url: Option<String>,
+    /// Address to listen on. Beyond loopback a token is required.
+    #[arg(long, default_value = "127.0.0.1:8189")]
+    pub listen: SocketAddr,
+    /// File holding the bearer token (else $COMFY_REMOTE_TOKEN).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Directory for the job store and spooled payloads [default: ~/.cache/comfy-remote/worker].
+    #[arg(long, value_name = "DIR")]
+    pub spool: Option<PathBuf>,
+    /// Base URL clients reach this worker at (for poll_url); default: from the Host header.
+    #[arg(long, value_name = "URL")]
+    pub public_url: Option<String>,
+    /// Largest request body, in bytes.
+    #[arg(long, default_value_t = 2 << 30)]
+    pub max_body_bytes: u64,
+    /// Most tensors in one payload.
+    #[arg(long, default_value_t = 4096)]
+    pub max_tensors: usize,
+    /// Highest tensor rank.
+    #[arg(long, default_value_t = 8)]
+    pub max_rank: usize,
+    /// Unfinished (queued + running) jobs accepted at once; beyond: 429.
+    #[arg(long, default_value_t = 64)]
+    pub max_jobs: u64,
+    /// Prompts handed to ComfyUI's queue at once.
+    #[arg(long, default_value_t = 2)]
+    pub comfyui_queue_depth: usize,
+    /// Seconds a finished job's result stays downloadable.
+    #[arg(long, default_value_t = 86_400)]
+    pub retention_secs: u64,
+    /// Total bytes of kept results; the oldest expire beyond it.
+    #[arg(long, default_value_t = 10 << 30)]
+    pub max_result_bytes: u64,
+    /// Results up to this size are also inlined (base64) in the job view.
+    #[arg(long, default_value_t = 0)]
+    pub inline_result_bytes: u64,
+    /// Seconds to wait for ComfyUI to answer at start.
+    #[arg(long, default_value_t = 600)]
+    pub startup_timeout: u64,
+}
 
-pub fn execute(_args: Args) -> anyhow::Result<i32> {
-    anyhow::bail!("`comfy-remote serve` is not available in this build")
+/// `$COMFY_REMOTE_CACHE`, else `~/.cache/comfy-remote`.
+fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("COMFY_REMOTE_CACHE") {
+        return PathBuf::from(d);
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    home.join(".cache").join("comfy-remote")
+}
+
+fn default_python(dir: &std::path::Path) -> PathBuf {
+    for v in ["venv", ".venv"] {
+        let p = dir.join(v).join("bin").join("python");
+        if p.exists() {
+            return p;
+        }
+    }
+    PathBuf::from("python3")
+}
+
+fn read_token(args: &Args) -> anyhow::Result<Option<String>> {
+    let token = match &args.token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading --token-file {}", path.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => std::env::var(ENV_TOKEN).ok().map(|t| t.trim().to_owned()),
+    };
+    match token {
+        Some(t) if t.is_empty() => anyhow::bail!("the bearer token is empty"),
+        other => Ok(other),
+    }
+}
+
+pub fn execute(args: Args) -> anyhow::Result<i32> {
+    crate::logging::init();
+    let workflow = match Workflow::load(&args.workflow) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(exit::USAGE);
+        }
+    };
+    let token = read_token(&args)?;
+    if token.is_none() && !args.listen.ip().is_loopback() {
+        eprintln!(
+            "error: refusing to listen on {} without a token: set {ENV_TOKEN} or pass --token-file \
+             (or listen on 127.0.0.1)",
+            args.listen
+        );
+        return Ok(exit::USAGE);
+    }
+    let mode = match (&args.comfyui, &args.comfyui_url) {
+        (_, Some(url)) => ComfyMode::Attach { url: url.clone() },
+        (Some(dir), None) => {
+            if !dir.join("main.py").is_file() {
+                eprintln!(
+                    "error: {} has no main.py; --comfyui must point at a ComfyUI checkout",
+                    dir.display()
+                );
+                return Ok(exit::USAGE);
+            }
+            ComfyMode::Spawn {
+                dir: dir.clone(),
+                python: args.python.clone().unwrap_or_else(|| default_python(dir)),
+                args: args.comfyui_args.clone(),
+            }
+        }
+        (None, None) => {
+            eprintln!("error: pass --comfyui DIR (or set COMFYUI_DIR) to start ComfyUI, or --comfyui-url URL to attach to one");
+            return Ok(exit::USAGE);
+        }
+    };
+    let spool = args
+        .spool
+        .clone()
+        .unwrap_or_else(|| cache_dir().join("worker"));
+    let mut config = EngineConfig::new(spool);
+    config.max_body_bytes = args.max_body_bytes;
+    config.limits = Limits {
+        max_total_bytes: args.max_body_bytes,
+        max_tensors: args.max_tensors,
+        max_rank: args.max_rank,
+        ..Limits::default()
+    };
+    config.max_active_jobs = args.max_jobs;
+    config.comfy_queue_depth = args.comfyui_queue_depth.max(1);
+    config.retention = Duration::from_secs(args.retention_secs);
+    config.max_result_bytes = args.max_result_bytes;
+    config.inline_result_bytes = args.inline_result_bytes;
+
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    rt.block_on(async move {
+        let shutdown = CancellationToken::new();
+        spawn_signal_handler(shutdown.clone());
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("listening on {}", args.listen))?;
+        let addr = listener.local_addr()?;
+        let worker = match Worker::start(
+            mode,
+            workflow,
+            config,
+            Duration::from_secs(args.startup_timeout),
+            shutdown.clone(),
+        )
+        .await
+        {
+            Ok(w) => w,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Ok(exit::UNAVAILABLE);
+            }
+        };
+        let state = AppState::new(
+            worker.engine.clone(),
+            token.as_deref(),
+            args.public_url.clone(),
+        );
+        let info = comfy_remote_worker::api::info_document(&worker.engine);
+        let names = |v: &[comfy_remote_protocol::api::SignatureItem]| {
+            v.iter()
+                .map(|i| format!("{}:{}", i.name, i.comfy_type))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        tracing::info!(
+            inputs = %names(&info.inputs),
+            outputs = %names(&info.outputs),
+            auth = token.is_some(),
+            "comfy-remote worker listening on http://{addr}"
+        );
+        let served = comfy_remote_worker::serve(
+            listener,
+            comfy_remote_worker::router(state),
+            shutdown.clone(),
+        )
+        .await;
+        shutdown.cancel();
+        worker.stop().await;
+        tracing::info!("worker stopped");
+        served.context("serving HTTP")?;
+        Ok(exit::OK)
+    })
+}
+
+fn spawn_signal_handler(shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = match signal(SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    shutdown.cancel();
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        tracing::info!("shutting down");
+        shutdown.cancel();
+    });
 }

@@ -1,0 +1,578 @@
+//! The HTTP API (protocol v1): routes, auth, submit with a streamed body,
+//! status, SSE events, result download, cancel, info, health and metrics.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use comfy_remote_protocol::api::{
+    ErrorCode, Info, JobStatus, LimitsInfo, WorkflowInfo, CONTAINER_MEDIA_TYPE,
+    HEADER_IDEMPOTENCY_KEY, HEADER_PROTOCOL,
+};
+use comfy_remote_protocol::{JsonBody, PROTOCOL_VERSION};
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::io::AsyncWriteExt;
+
+use crate::error::ApiError;
+use crate::jobs::{rebase, Engine, RESULT_FILE};
+use crate::live::EventData;
+use crate::store::{Inserted, NewJob};
+use crate::workflow::INPUTS_FILE;
+
+/// State shared by all handlers.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    /// SHA-256 of the bearer token, when one is required.
+    pub token_sha256: Option<[u8; 32]>,
+    /// Base of the URLs in job views; derived from `Host` when `None`.
+    pub public_url: Option<String>,
+}
+
+impl AppState {
+    pub fn new(engine: Arc<Engine>, token: Option<&str>, public_url: Option<String>) -> Self {
+        AppState {
+            engine,
+            token_sha256: token.map(|t| Sha256::digest(t.as_bytes()).into()),
+            public_url: public_url.map(|u| u.trim_end_matches('/').to_owned()),
+        }
+    }
+}
+
+/// The worker's router.
+pub fn router(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route("/v1/info", get(info))
+        .route("/v1/jobs", post(submit).layer(DefaultBodyLimit::disable()))
+        .route("/v1/jobs/{id}", get(status))
+        .route("/v1/jobs/{id}/events", get(events))
+        .route("/v1/jobs/{id}/result", get(result))
+        .route("/v1/jobs/{id}/cancel", post(cancel))
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route("/readyz", get(readyz))
+        .route(
+            "/openapi.json",
+            get(|| async { Json(crate::openapi::document()) }),
+        )
+        .merge(v1)
+        .fallback(|| async { ApiError::not_found("route") })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            common_headers,
+        ))
+        .with_state(state)
+}
+
+async fn common_headers(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    resp.headers_mut()
+        .insert(HEADER_PROTOCOL, HeaderValue::from_static(PROTOCOL_VERSION));
+    if resp.status().is_client_error() {
+        st.engine.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+    resp
+}
+
+async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(expected) = &st.token_sha256 {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| Sha256::digest(t.trim().as_bytes()));
+        let ok = given.is_some_and(|g| bool::from(g.as_slice().ct_eq(expected.as_slice())));
+        if !ok {
+            return ApiError::unauthorized().into_response();
+        }
+    }
+    next.run(req).await
+}
+
+fn base_url(st: &AppState, headers: &HeaderMap) -> String {
+    if let Some(u) = &st.public_url {
+        return u.clone();
+    }
+    let h = |k: &str| headers.get(k).and_then(|v| v.to_str().ok());
+    let host = h("x-forwarded-host").or(h("host")).unwrap_or("localhost");
+    let proto = h("x-forwarded-proto").unwrap_or("http");
+    // Only plain host[:port] values: a header must not inject a URL.
+    if host
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-.:[]".contains(c))
+        && (proto == "http" || proto == "https")
+    {
+        format!("{proto}://{host}")
+    } else {
+        String::new()
+    }
+}
+
+async fn readyz(State(st): State<AppState>) -> Response {
+    let comfy = &st.engine.comfy;
+    let ready = *comfy.ready.borrow();
+    let body = serde_json::json!({
+        "ready": ready,
+        "comfyui": comfy.client.base(),
+        "pid": comfy.pid.load(Ordering::Relaxed),
+        "websocket": *comfy.ws_up.borrow(),
+        "restarts": comfy.restarts.load(Ordering::Relaxed),
+    });
+    if ready {
+        Json(body).into_response()
+    } else {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::NotReady,
+            "ComfyUI is not answering yet",
+        )
+        .with_details(body)
+        .into_response()
+    }
+}
+
+async fn metrics(State(st): State<AppState>) -> Result<Response, ApiError> {
+    let e = &st.engine;
+    let counts = e.store.counts()?;
+    let text = e.metrics.render(
+        &counts,
+        e.comfy.restarts.load(Ordering::Relaxed),
+        *e.comfy.ready.borrow(),
+    );
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}
+
+/// The signature and limits of this worker.
+pub fn info_document(engine: &Engine) -> Info {
+    let wf = &engine.workflow;
+    let c = &engine.config;
+    Info {
+        protocol: PROTOCOL_VERSION.to_owned(),
+        server_version: env!("CARGO_PKG_VERSION").to_owned(),
+        workflow: WorkflowInfo {
+            name: wf.name.clone(),
+            sha256: wf.sha256.clone(),
+        },
+        inputs: wf.inputs.clone(),
+        outputs: wf.outputs.clone(),
+        limits: LimitsInfo {
+            max_body_bytes: c.max_body_bytes,
+            max_tensors: c.limits.max_tensors as u64,
+            max_rank: c.limits.max_rank as u64,
+            max_concurrent_jobs: c.max_active_jobs,
+        },
+    }
+}
+
+async fn info(State(st): State<AppState>) -> Json<Info> {
+    Json(info_document(&st.engine))
+}
+
+enum BodyKind {
+    Container,
+    Json,
+}
+
+/// Removes a spool file unless disarmed.
+struct TmpFile(Option<std::path::PathBuf>);
+
+impl Drop for TmpFile {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+async fn submit(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let engine = &st.engine;
+    let max = engine.config.max_body_bytes;
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ctype
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let kind = match mime.as_str() {
+        CONTAINER_MEDIA_TYPE | "application/octet-stream" => BodyKind::Container,
+        "application/json" => BodyKind::Json,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                ErrorCode::UnsupportedMediaType,
+                format!("send the inputs as `{CONTAINER_MEDIA_TYPE}` (binary container) or `application/json` (JSON form); got {:?}", ctype),
+            ))
+        }
+    };
+    if let Some(len) = headers.get(header::CONTENT_LENGTH) {
+        let len: u64 = len
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| ApiError::bad_request("Content-Length is not a number"))?;
+        if len > max {
+            return Err(ApiError::too_large(max));
+        }
+    }
+    let retryable = match query.get("retry").map(String::as_str) {
+        None | Some("false") | Some("0") => false,
+        Some("true") | Some("1") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "retry must be true or false, not {other:?}"
+            )))
+        }
+    };
+    let idem = match headers.get(HEADER_IDEMPOTENCY_KEY) {
+        None => None,
+        Some(v) => {
+            let k = v
+                .to_str()
+                .map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII"))?;
+            if k.is_empty() || k.len() > 200 {
+                return Err(ApiError::bad_request(
+                    "Idempotency-Key must be 1 to 200 characters",
+                ));
+            }
+            Some(k.to_owned())
+        }
+    };
+    if idem.is_none() && engine.store.active_count()? >= engine.config.max_active_jobs {
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::TooManyRequests,
+            format!(
+                "this worker already holds {} unfinished jobs; retry later",
+                engine.config.max_active_jobs
+            ),
+        );
+        e.retry_after = Some(5);
+        return Err(e);
+    }
+
+    // Stream the body to a spool file while hashing it: never all in memory.
+    let tmp_path = engine
+        .tmp_dir()
+        .join(format!("{}.part", uuid::Uuid::new_v4()));
+    let mut guard = TmpFile(Some(tmp_path.clone()));
+    let mut hasher = Sha256::new();
+    let mut total: u64 = 0;
+    let mut stream = body.into_data_stream();
+    match kind {
+        BodyKind::Container => {
+            let file = tokio::fs::File::create(&tmp_path)
+                .await
+                .map_err(ApiError::internal)?;
+            let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| {
+                    ApiError::bad_request(format!("reading the request body failed: {e}"))
+                })?;
+                total += chunk.len() as u64;
+                if total > max {
+                    return Err(ApiError::too_large(max));
+                }
+                hasher.update(&chunk);
+                out.write_all(&chunk).await.map_err(ApiError::internal)?;
+            }
+            out.flush().await.map_err(ApiError::internal)?;
+        }
+        BodyKind::Json => {
+            let mut buf = Vec::new();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| {
+                    ApiError::bad_request(format!("reading the request body failed: {e}"))
+                })?;
+                total += chunk.len() as u64;
+                if total > max {
+                    return Err(ApiError::too_large(max));
+                }
+                hasher.update(&chunk);
+                buf.extend_from_slice(&chunk);
+            }
+            let data = json_form_bytes(&buf, &engine.config.limits)?;
+            drop(buf);
+            tokio::fs::write(&tmp_path, data)
+                .await
+                .map_err(ApiError::internal)?;
+        }
+    }
+    let body_sha256 = hex::encode(hasher.finalize());
+
+    // Decode with the limits and check against the signature before anything runs.
+    let limits = engine.config.limits.clone();
+    let sig = engine.workflow.inputs.clone();
+    let p = tmp_path.clone();
+    let check = tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
+        let map = crate::fsutil::map(&p).map_err(ApiError::internal)?;
+        let payload = std::panic::catch_unwind(|| comfy_remote_protocol::decode(&map, &limits))
+            .map_err(|_| ApiError::internal("the container decoder panicked"))?
+            .map_err(|e| {
+                ApiError::invalid_payload(format!("the inputs container is invalid: {e}"))
+            })?;
+        Engine::check_inputs(&sig, &payload).map_err(|(name, msg)| {
+            ApiError::invalid_input(msg).with_details(serde_json::json!({"input": name}))
+        })
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    check?;
+
+    let id = uuid::Uuid::new_v4().to_string();
+    let dir = engine.job_dir(&id);
+    tokio::fs::create_dir_all(&dir)
+        .await
+        .map_err(ApiError::internal)?;
+    tokio::fs::rename(&tmp_path, dir.join(INPUTS_FILE))
+        .await
+        .map_err(ApiError::internal)?;
+    guard.0 = None;
+    let new = NewJob {
+        id: id.clone(),
+        retryable,
+        idempotency_key: idem,
+        body_sha256,
+        input_bytes: total as i64,
+    };
+    let inserted = engine.store.insert(&new);
+    let base = base_url(&st, &headers);
+    match inserted {
+        Ok(Inserted::New(row)) => {
+            tracing::info!(job = %id, bytes = total, "job accepted");
+            engine.accepted(&id);
+            let view = engine.view(&row, &base);
+            let mut resp = (StatusCode::ACCEPTED, Json(&view)).into_response();
+            if let Ok(v) = HeaderValue::from_str(&view.poll_url) {
+                resp.headers_mut().insert(header::LOCATION, v);
+            }
+            Ok(resp)
+        }
+        Ok(Inserted::Existing(row)) => {
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+            Ok((StatusCode::OK, Json(engine.view(&row, &base))).into_response())
+        }
+        Ok(Inserted::Conflict(row)) => {
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+            Err(ApiError::new(
+                StatusCode::CONFLICT,
+                ErrorCode::Conflict,
+                "this Idempotency-Key was used for a different request body; use a new key for a new job",
+            )
+            .with_details(serde_json::json!({"job_id": row.id})))
+        }
+        Err(e) => {
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+            Err(e.into())
+        }
+    }
+}
+
+/// The container bytes of a JSON body: the base64 form, or the plain
+/// `{"inputs": {...}}` form re-encoded as a container.
+fn json_form_bytes(
+    buf: &[u8],
+    limits: &comfy_remote_protocol::Limits,
+) -> Result<Vec<u8>, ApiError> {
+    let body = comfy_remote_protocol::parse_json_body(buf, limits)
+        .map_err(|e| ApiError::bad_request(format!("the JSON body is invalid: {e}")))?;
+    match body {
+        JsonBody::Container(bytes) => Ok(bytes),
+        JsonBody::Inputs(payload) => comfy_remote_protocol::encode(&payload)
+            .map_err(|e| ApiError::invalid_payload(format!("the inputs cannot be encoded: {e}"))),
+    }
+}
+
+fn check_id(id: &str) -> Result<(), ApiError> {
+    if uuid::Uuid::parse_str(id).is_err() {
+        return Err(ApiError::not_found("job"));
+    }
+    Ok(())
+}
+
+async fn status(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    check_id(&id)?;
+    let row = st
+        .engine
+        .store
+        .get(&id)?
+        .ok_or_else(|| ApiError::not_found("job"))?;
+    Ok(Json(st.engine.view(&row, &base_url(&st, &headers))).into_response())
+}
+
+async fn cancel(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    check_id(&id)?;
+    let row = st
+        .engine
+        .cancel(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("job"))?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(st.engine.view(&row, &base_url(&st, &headers))),
+    )
+        .into_response())
+}
+
+async fn result(State(st): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    check_id(&id)?;
+    let row = st
+        .engine
+        .store
+        .get(&id)?
+        .ok_or_else(|| ApiError::not_found("job"))?;
+    match row.status {
+        JobStatus::Succeeded => {}
+        JobStatus::Expired => {
+            return Err(ApiError::new(
+                StatusCode::GONE,
+                ErrorCode::Expired,
+                "this job's result was deleted by the retention policy",
+            ))
+        }
+        s if s.is_terminal() => {
+            let e = ApiError::new(
+                StatusCode::CONFLICT,
+                ErrorCode::Conflict,
+                format!("the job {} and has no result", s.as_str()),
+            );
+            return Err(e.with_details(serde_json::to_value(&row.error).unwrap_or_default()));
+        }
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                ErrorCode::Conflict,
+                "the job has not finished; follow its events or poll it",
+            ))
+        }
+    }
+    let path = st.engine.job_dir(&id).join(RESULT_FILE);
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(ApiError::internal)?;
+    let len = file.metadata().await.map_err(ApiError::internal)?.len();
+    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20));
+    Ok((
+        [
+            (header::CONTENT_TYPE, CONTAINER_MEDIA_TYPE.to_owned()),
+            (header::CONTENT_LENGTH, len.to_string()),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+fn sse_event(seq: u64, data: &EventData, base: &str) -> Event {
+    let json = match data {
+        EventData::Status(v) | EventData::Done(v) => {
+            let mut v = (**v).clone();
+            rebase(&mut v, base);
+            serde_json::to_string(&v)
+        }
+        EventData::Progress(p) => serde_json::to_string(p),
+        EventData::Preview(p) => serde_json::to_string(p),
+    }
+    .unwrap_or_else(|_| "{}".into());
+    Event::default()
+        .id(seq.to_string())
+        .event(data.name())
+        .data(json)
+}
+
+async fn events(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    check_id(&id)?;
+    let engine = st.engine.clone();
+    let row = engine
+        .store
+        .get(&id)?
+        .ok_or_else(|| ApiError::not_found("job"))?;
+    let base = base_url(&st, &headers);
+    let after = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let live = engine.live(&id);
+    let stream = async_stream::stream! {
+        let Some(live) = live else {
+            // Not live (finished before this process started): the final state.
+            let view = Box::new(engine.view(&row, ""));
+            yield Ok::<_, std::convert::Infallible>(sse_event(1, &EventData::Status(view.clone()), &base));
+            if row.status.is_terminal() {
+                yield Ok(sse_event(2, &EventData::Done(view), &base));
+            }
+            return;
+        };
+        let (replay, mut rx) = live.subscribe(after);
+        let mut last = after.unwrap_or(0);
+        if replay.is_empty() && after.is_none() {
+            if let Ok(Some(row)) = engine.store.get(&id) {
+                yield Ok(sse_event(0, &EventData::Status(Box::new(engine.view(&row, ""))), &base));
+            }
+        }
+        for ev in replay {
+            last = ev.seq;
+            let done = matches!(ev.data, EventData::Done(_));
+            yield Ok(sse_event(ev.seq, &ev.data, &base));
+            if done { return; }
+        }
+        loop {
+            match rx.recv().await {
+                Ok(ev) => {
+                    if ev.seq <= last { continue; }
+                    last = ev.seq;
+                    let done = matches!(ev.data, EventData::Done(_));
+                    yield Ok(sse_event(ev.seq, &ev.data, &base));
+                    if done { return; }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    // Too slow a reader: resync with a full status.
+                    if let Ok(Some(row)) = engine.store.get(&id) {
+                        yield Ok(sse_event(last, &EventData::Status(Box::new(engine.view(&row, ""))), &base));
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    };
+    let stream = stream.take_until(st.engine.shutdown.clone().cancelled_owned());
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}

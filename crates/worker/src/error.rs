@@ -1,0 +1,149 @@
+//! Errors: `WorkerError` for start-up and internals, `ApiError` for HTTP responses.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use comfy_remote_protocol::api::{ErrorBody, ErrorCode, ErrorInfo};
+
+/// Why the worker could not start or an internal operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkerError {
+    /// The remote workflow is not usable; `message` says why and what to do.
+    #[error("workflow {name}: {message}")]
+    Workflow { name: String, message: String },
+    #[error("job store: {0}")]
+    Store(#[from] rusqlite::Error),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// ComfyUI could not be started, reached or understood.
+    #[error("ComfyUI: {0}")]
+    Comfy(String),
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+impl WorkerError {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        WorkerError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// An HTTP error with a stable body. Internal details are logged, never sent.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: ErrorCode,
+    pub message: String,
+    pub details: Box<serde_json::Value>,
+    pub retry_after: Option<u64>,
+    /// Logged at `warn`; not part of the response.
+    pub internal: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            details: Box::new(serde_json::Value::Null),
+            retry_after: None,
+            internal: None,
+        }
+    }
+
+    pub fn with_details(mut self, details: serde_json::Value) -> Self {
+        self.details = Box::new(details);
+        self
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, message)
+    }
+
+    pub fn invalid_input(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::InvalidInput,
+            message,
+        )
+    }
+
+    pub fn invalid_payload(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidPayload, message)
+    }
+
+    pub fn not_found(what: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            format!("{what} not found"),
+        )
+    }
+
+    pub fn too_large(limit: u64) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::PayloadTooLarge,
+            format!("request body is larger than this worker's limit of {limit} bytes"),
+        )
+        .with_details(serde_json::json!({ "max_body_bytes": limit }))
+    }
+
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            "missing or wrong bearer token: send `Authorization: Bearer <token>`",
+        )
+    }
+
+    pub fn internal(err: impl std::fmt::Display) -> Self {
+        let mut e = Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            "internal error; see the worker's log",
+        );
+        e.internal = Some(err.to_string());
+        e
+    }
+}
+
+impl From<WorkerError> for ApiError {
+    fn from(err: WorkerError) -> Self {
+        ApiError::internal(err)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let Some(internal) = &self.internal {
+            tracing::error!(code = ?self.code, "{internal}");
+        } else if self.status.is_server_error() {
+            tracing::warn!(code = ?self.code, "{}", self.message);
+        } else {
+            tracing::debug!(status = %self.status, code = ?self.code, "{}", self.message);
+        }
+        let body = ErrorBody {
+            error: ErrorInfo {
+                code: self.code,
+                message: self.message,
+                details: *self.details,
+            },
+        };
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        resp
+    }
+}

@@ -1,0 +1,479 @@
+//! The durable job table (embedded SQLite, WAL): submit, claim, finish,
+//! recovery after a restart, and retention.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use comfy_remote_protocol::api::{ErrorCode, ErrorInfo, JobStatus, ValueInfo};
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use crate::error::WorkerError;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// One row of the job table.
+#[derive(Debug, Clone)]
+pub struct JobRow {
+    /// Queue order.
+    pub seq: i64,
+    pub id: String,
+    pub status: JobStatus,
+    pub attempts: i64,
+    pub retryable: bool,
+    pub idempotency_key: Option<String>,
+    pub body_sha256: String,
+    pub input_bytes: i64,
+    pub result_bytes: Option<i64>,
+    pub prompt_id: Option<String>,
+    pub error: Option<ErrorInfo>,
+    pub outputs: Vec<ValueInfo>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+}
+
+/// A job to insert.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub id: String,
+    pub retryable: bool,
+    pub idempotency_key: Option<String>,
+    pub body_sha256: String,
+    pub input_bytes: i64,
+}
+
+/// Result of an insert with an idempotency key.
+#[derive(Debug)]
+pub enum Inserted {
+    New(JobRow),
+    /// Same key, same body: the job submitted before.
+    Existing(JobRow),
+    /// Same key, different body.
+    Conflict(JobRow),
+}
+
+/// What recovery did at start.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Recovery {
+    pub requeued: usize,
+    pub failed: usize,
+}
+
+/// The job store. One connection behind a mutex: every statement is short.
+#[derive(Debug)]
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS jobs (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  id TEXT NOT NULL UNIQUE,
+  status TEXT NOT NULL,
+  attempts INTEGER NOT NULL DEFAULT 0,
+  retryable INTEGER NOT NULL DEFAULT 0,
+  idempotency_key TEXT UNIQUE,
+  body_sha256 TEXT NOT NULL,
+  input_bytes INTEGER NOT NULL DEFAULT 0,
+  result_bytes INTEGER,
+  prompt_id TEXT,
+  owner TEXT,
+  lease_until INTEGER,
+  error TEXT,
+  outputs TEXT,
+  created_at INTEGER NOT NULL,
+  updated_at INTEGER NOT NULL,
+  started_at INTEGER,
+  finished_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, seq);
+";
+
+const COLUMNS: &str = "seq, id, status, attempts, retryable, idempotency_key, body_sha256, \
+     input_bytes, result_bytes, prompt_id, error, outputs, created_at, updated_at, started_at, finished_at";
+
+fn row_to_job(r: &Row<'_>) -> rusqlite::Result<JobRow> {
+    let status: String = r.get(2)?;
+    let error: Option<String> = r.get(10)?;
+    let outputs: Option<String> = r.get(11)?;
+    Ok(JobRow {
+        seq: r.get(0)?,
+        id: r.get(1)?,
+        status: JobStatus::parse(&status).unwrap_or(JobStatus::Failed),
+        attempts: r.get(3)?,
+        retryable: r.get::<_, i64>(4)? != 0,
+        idempotency_key: r.get(5)?,
+        body_sha256: r.get(6)?,
+        input_bytes: r.get(7)?,
+        result_bytes: r.get(8)?,
+        prompt_id: r.get(9)?,
+        error: error.and_then(|e| serde_json::from_str(&e).ok()),
+        outputs: outputs
+            .and_then(|o| serde_json::from_str(&o).ok())
+            .unwrap_or_default(),
+        created_at: r.get(12)?,
+        updated_at: r.get(13)?,
+        started_at: r.get(14)?,
+        finished_at: r.get(15)?,
+    })
+}
+
+impl Store {
+    /// Open (or create) the store at `path`.
+    pub fn open(path: &Path) -> Result<Store, WorkerError> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, WorkerError> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(f(&mut conn)?)
+    }
+
+    /// Insert a queued job, honouring its idempotency key.
+    pub fn insert(&self, job: &NewJob) -> Result<Inserted, WorkerError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            if let Some(key) = &job.idempotency_key {
+                let existing = tx
+                    .query_row(
+                        &format!("SELECT {COLUMNS} FROM jobs WHERE idempotency_key = ?1"),
+                        [key],
+                        row_to_job,
+                    )
+                    .optional()?;
+                if let Some(row) = existing {
+                    return Ok(if row.body_sha256 == job.body_sha256 {
+                        Inserted::Existing(row)
+                    } else {
+                        Inserted::Conflict(row)
+                    });
+                }
+            }
+            let now = now_ms();
+            let row = tx.query_row(
+                &format!(
+                    "INSERT INTO jobs (id, status, retryable, idempotency_key, body_sha256, input_bytes, created_at, updated_at)
+                     VALUES (?1, 'queued', ?2, ?3, ?4, ?5, ?6, ?6) RETURNING {COLUMNS}"
+                ),
+                params![job.id, job.retryable as i64, job.idempotency_key, job.body_sha256, job.input_bytes, now],
+                row_to_job,
+            )?;
+            tx.commit()?;
+            Ok(Inserted::New(row))
+        })
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<JobRow>, WorkerError> {
+        self.with(|c| {
+            c.query_row(
+                &format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"),
+                [id],
+                row_to_job,
+            )
+            .optional()
+        })
+    }
+
+    /// Atomically take the oldest queued job and mark it running for `owner`.
+    pub fn claim_next(&self, owner: &str, prompt_id: &str) -> Result<Option<JobRow>, WorkerError> {
+        self.with(|c| {
+            let now = now_ms();
+            c.query_row(
+                &format!(
+                    "UPDATE jobs SET status = 'running', owner = ?1, prompt_id = ?2, attempts = attempts + 1,
+                       started_at = ?3, updated_at = ?3, lease_until = NULL
+                     WHERE seq = (SELECT seq FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT 1)
+                     RETURNING {COLUMNS}"
+                ),
+                params![owner, prompt_id, now],
+                row_to_job,
+            )
+            .optional()
+        })
+    }
+
+    /// Set a non-terminal status (e.g. `canceling`) of a job that is not finished.
+    pub fn set_status(&self, id: &str, status: JobStatus) -> Result<bool, WorkerError> {
+        self.with(|c| {
+            let n = c.execute(
+                "UPDATE jobs SET status = ?2, updated_at = ?3
+                 WHERE id = ?1 AND status NOT IN ('succeeded','failed','canceled','expired')",
+                params![id, status.as_str(), now_ms()],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
+    /// Put a job that never reached ComfyUI's executor back in the queue.
+    pub fn requeue(&self, id: &str) -> Result<bool, WorkerError> {
+        self.with(|c| {
+            let n = c.execute(
+                "UPDATE jobs SET status = 'queued', owner = NULL, prompt_id = NULL, updated_at = ?2
+                 WHERE id = ?1 AND status IN ('running','canceling')",
+                params![id, now_ms()],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
+    /// Cancel a job still in our queue. `true` when it was queued.
+    pub fn cancel_if_queued(&self, id: &str) -> Result<bool, WorkerError> {
+        let err = ErrorInfo {
+            code: ErrorCode::Canceled,
+            message: "canceled before it started".into(),
+            details: serde_json::Value::Null,
+        };
+        let err = serde_json::to_string(&err).unwrap_or_default();
+        self.with(|c| {
+            let now = now_ms();
+            let n = c.execute(
+                "UPDATE jobs SET status = 'canceled', error = ?2, updated_at = ?3, finished_at = ?3
+                 WHERE id = ?1 AND status = 'queued'",
+                params![id, err, now],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
+    /// Finish a job (terminal status). Only a non-terminal job changes.
+    pub fn finish(
+        &self,
+        id: &str,
+        status: JobStatus,
+        error: Option<&ErrorInfo>,
+        outputs: &[ValueInfo],
+        result_bytes: Option<i64>,
+    ) -> Result<bool, WorkerError> {
+        let error = error.and_then(|e| serde_json::to_string(e).ok());
+        let outputs = serde_json::to_string(outputs).unwrap_or_else(|_| "[]".into());
+        self.with(|c| {
+            let now = now_ms();
+            let n = c.execute(
+                "UPDATE jobs SET status = ?2, error = ?3, outputs = ?4, result_bytes = ?5,
+                   updated_at = ?6, finished_at = ?6, owner = NULL
+                 WHERE id = ?1 AND status NOT IN ('succeeded','failed','canceled','expired')",
+                params![id, status.as_str(), error, outputs, result_bytes, now],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
+    /// After a restart: jobs left running either go back to the queue
+    /// (submitted as retryable) or fail with `worker_restarted`.
+    pub fn recover(&self) -> Result<Recovery, WorkerError> {
+        let err = ErrorInfo {
+            code: ErrorCode::WorkerRestarted,
+            message: "the worker restarted while this job was running; submit it again \
+                      (or submit with ?retry=true to have it re-run automatically)"
+                .into(),
+            details: serde_json::Value::Null,
+        };
+        let err = serde_json::to_string(&err).unwrap_or_default();
+        self.with(|c| {
+            let now = now_ms();
+            let tx = c.transaction()?;
+            let requeued = tx.execute(
+                "UPDATE jobs SET status = 'queued', owner = NULL, prompt_id = NULL, updated_at = ?1
+                 WHERE status IN ('running','canceling') AND retryable = 1 AND status != 'canceling'",
+                params![now],
+            )?;
+            let canceled = tx.execute(
+                "UPDATE jobs SET status = 'canceled', owner = NULL, updated_at = ?1, finished_at = ?1
+                 WHERE status = 'canceling'",
+                params![now],
+            )?;
+            let failed = tx.execute(
+                "UPDATE jobs SET status = 'failed', error = ?2, owner = NULL, updated_at = ?1, finished_at = ?1
+                 WHERE status = 'running'",
+                params![now, err],
+            )?;
+            tx.commit()?;
+            Ok(Recovery {
+                requeued,
+                failed: failed + canceled,
+            })
+        })
+    }
+
+    /// Queued job ids in queue order.
+    pub fn queued_ids(&self) -> Result<Vec<String>, WorkerError> {
+        self.with(|c| {
+            let mut st = c.prepare("SELECT id FROM jobs WHERE status = 'queued' ORDER BY seq")?;
+            let rows = st.query_map([], |r| r.get(0))?;
+            rows.collect()
+        })
+    }
+
+    /// Number of jobs ahead of a queued job (queued before it, plus running ones).
+    pub fn queue_position(&self, seq: i64) -> Result<u64, WorkerError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM jobs WHERE (status = 'queued' AND seq < ?1) OR status IN ('running','canceling')",
+                [seq],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n.max(0) as u64)
+        })
+    }
+
+    /// Jobs not yet finished.
+    pub fn active_count(&self) -> Result<u64, WorkerError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM jobs WHERE status IN ('queued','running','canceling')",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n.max(0) as u64)
+        })
+    }
+
+    /// Job counts by status, for metrics.
+    pub fn counts(&self) -> Result<Vec<(String, u64)>, WorkerError> {
+        self.with(|c| {
+            let mut st =
+                c.prepare("SELECT status, COUNT(*) FROM jobs GROUP BY status ORDER BY status")?;
+            let rows = st.query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// Finished jobs whose files may be deleted: older than `cutoff_ms`, or
+    /// the oldest succeeded ones beyond `max_result_bytes` in total.
+    pub fn retention_victims(
+        &self,
+        cutoff_ms: i64,
+        max_result_bytes: u64,
+    ) -> Result<Vec<JobRow>, WorkerError> {
+        self.with(|c| {
+            let mut victims = Vec::new();
+            let mut st = c.prepare(&format!(
+                "SELECT {COLUMNS} FROM jobs WHERE status IN ('succeeded','failed','canceled')
+                 AND finished_at IS NOT NULL ORDER BY finished_at DESC"
+            ))?;
+            let rows = st.query_map([], row_to_job)?;
+            let mut total: u64 = 0;
+            for row in rows {
+                let row = row?;
+                let bytes = row.result_bytes.unwrap_or(0).max(0) as u64;
+                let too_old = row.finished_at.unwrap_or(0) < cutoff_ms;
+                let over = row.status == JobStatus::Succeeded
+                    && total.saturating_add(bytes) > max_result_bytes;
+                if too_old || over {
+                    victims.push(row);
+                } else if row.status == JobStatus::Succeeded {
+                    total += bytes;
+                }
+            }
+            Ok(victims)
+        })
+    }
+
+    /// Mark a succeeded job's result as gone.
+    pub fn expire(&self, id: &str) -> Result<(), WorkerError> {
+        let err = ErrorInfo {
+            code: ErrorCode::Expired,
+            message: "the result was deleted by the worker's retention policy".into(),
+            details: serde_json::Value::Null,
+        };
+        let err = serde_json::to_string(&err).unwrap_or_default();
+        self.with(|c| {
+            c.execute(
+                "UPDATE jobs SET status = 'expired', error = ?2, updated_at = ?3 WHERE id = ?1 AND status = 'succeeded'",
+                params![id, err, now_ms()],
+            )?;
+            // Failed/canceled rows keep their status; only their files go.
+            c.execute(
+                "UPDATE jobs SET result_bytes = 0 WHERE id = ?1",
+                params![id],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Every job id the store knows (to clean orphan spool directories).
+    pub fn all_ids(&self) -> Result<std::collections::HashSet<String>, WorkerError> {
+        self.with(|c| {
+            let mut st = c.prepare("SELECT id FROM jobs")?;
+            let rows = st.query_map([], |r| r.get(0))?;
+            rows.collect()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new(id: &str, key: Option<&str>, hash: &str) -> NewJob {
+        NewJob {
+            id: id.into(),
+            retryable: false,
+            idempotency_key: key.map(Into::into),
+            body_sha256: hash.into(),
+            input_bytes: 1,
+        }
+    }
+
+    #[test]
+    fn idempotency_claim_and_recovery() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Store::open(&dir.path().join("jobs.db")).expect("open");
+        assert!(matches!(
+            store.insert(&new("a", Some("k"), "h1")).expect("ins"),
+            Inserted::New(_)
+        ));
+        assert!(
+            matches!(store.insert(&new("b", Some("k"), "h1")).expect("ins"), Inserted::Existing(r) if r.id == "a")
+        );
+        assert!(matches!(
+            store.insert(&new("c", Some("k"), "h2")).expect("ins"),
+            Inserted::Conflict(_)
+        ));
+        assert!(matches!(
+            store.insert(&new("d", None, "h")).expect("ins"),
+            Inserted::New(_)
+        ));
+        let first = store.claim_next("w", "p1").expect("claim").expect("some");
+        assert_eq!(first.id, "a");
+        assert_eq!(first.status, JobStatus::Running);
+        assert_eq!(
+            store
+                .queue_position(store.get("d").expect("get").expect("d").seq)
+                .expect("pos"),
+            1
+        );
+        let r = store.recover().expect("recover");
+        assert_eq!(
+            r,
+            Recovery {
+                requeued: 0,
+                failed: 1
+            }
+        );
+        let a = store.get("a").expect("get").expect("a");
+        assert_eq!(a.status, JobStatus::Failed);
+        assert_eq!(a.error.expect("error").code, ErrorCode::WorkerRestarted);
+        assert!(store.cancel_if_queued("d").expect("cancel"));
+        assert!(store.claim_next("w", "p2").expect("claim").is_none());
+    }
+}

@@ -1,0 +1,362 @@
+//! The remote workflow: parsing, validation against ComfyUI, the signature,
+//! and the per-job prompt with `remote_job` injected into Remote Input/Output nodes.
+//!
+//! Signature order: Remote Inputs (and, separately, Remote Outputs) sorted by
+//! node id (numerically when the id is a number, numbers before other ids),
+//! then by name. Clients map positional values by this order.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+
+use comfy_remote_protocol::api::SignatureItem;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::error::WorkerError;
+
+/// `class_type` of the ingress node.
+pub const REMOTE_INPUT: &str = "RemoteInput";
+/// `class_type` of the egress node.
+pub const REMOTE_OUTPUT: &str = "RemoteOutput";
+/// Types a Remote Input may declare.
+pub const INPUT_TYPES: [&str; 9] = [
+    "*", "IMAGE", "MASK", "LATENT", "AUDIO", "STRING", "INT", "FLOAT", "BOOLEAN",
+];
+
+/// File name of a job's input container inside its job directory.
+pub const INPUTS_FILE: &str = "inputs.crc";
+/// Folder of a job directory where Remote Outputs write `<name>.crc`.
+pub const OUTPUTS_DIR: &str = "outputs";
+
+/// A validated remote workflow (ComfyUI API format).
+#[derive(Debug, Clone)]
+pub struct Workflow {
+    pub name: String,
+    /// SHA-256 of the canonical JSON (keys sorted, no whitespace).
+    pub sha256: String,
+    pub prompt: Map<String, Value>,
+    pub inputs: Vec<SignatureItem>,
+    pub outputs: Vec<SignatureItem>,
+}
+
+fn err(name: &str, message: impl Into<String>) -> WorkerError {
+    WorkerError::Workflow {
+        name: name.to_owned(),
+        message: message.into(),
+    }
+}
+
+fn id_key(id: &str) -> (u8, u64, String) {
+    match id.parse::<u64>() {
+        Ok(n) => (0, n, String::new()),
+        Err(_) => (1, 0, id.to_owned()),
+    }
+}
+
+fn canonical(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            let sorted: BTreeMap<_, _> = m.iter().map(|(k, v)| (k.clone(), canonical(v))).collect();
+            Value::Object(sorted.into_iter().collect())
+        }
+        Value::Array(a) => Value::Array(a.iter().map(canonical).collect()),
+        other => other.clone(),
+    }
+}
+
+impl Workflow {
+    /// Parse and check the structure of an API-format workflow. Needs no ComfyUI.
+    pub fn parse(name: &str, text: &str) -> Result<Workflow, WorkerError> {
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| err(name, format!("is not valid JSON ({e})")))?;
+        let Value::Object(prompt) = value else {
+            return Err(err(
+                name,
+                "must be a JSON object of node id -> {class_type, inputs} (ComfyUI API format)",
+            ));
+        };
+        if prompt.contains_key("nodes") && prompt.contains_key("links") {
+            return Err(err(
+                name,
+                "is in ComfyUI's UI (editor) format; open it in ComfyUI and use \
+                 Workflow > Export (API) to save the API format the worker runs",
+            ));
+        }
+        if prompt.is_empty() {
+            return Err(err(name, "has no nodes"));
+        }
+        let mut inputs = Vec::new();
+        let mut outputs = Vec::new();
+        for (id, node) in &prompt {
+            let class = node
+                .get("class_type")
+                .and_then(Value::as_str)
+                .ok_or_else(|| {
+                    err(
+                        name,
+                        format!("node {id} has no string `class_type` (is this the API format?)"),
+                    )
+                })?;
+            let node_inputs = node
+                .get("inputs")
+                .and_then(Value::as_object)
+                .ok_or_else(|| err(name, format!("node {id} ({class}) has no `inputs` object")))?;
+            if class != REMOTE_INPUT && class != REMOTE_OUTPUT {
+                continue;
+            }
+            let io_name = match node_inputs.get("name") {
+                Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_owned(),
+                _ => {
+                    return Err(err(
+                        name,
+                        format!(
+                        "{class} node {id} needs a non-empty `name` widget (a literal, not a link)"
+                    ),
+                    ))
+                }
+            };
+            if io_name.contains(['/', '\\']) || io_name.starts_with('.') {
+                return Err(err(
+                    name,
+                    format!("{class} node {id}: the name {io_name:?} may not contain '/' or '\\' or start with '.'"),
+                ));
+            }
+            if class == REMOTE_INPUT {
+                let ty = match node_inputs.get("type") {
+                    None => "*".to_owned(),
+                    Some(Value::String(s)) if INPUT_TYPES.contains(&s.as_str()) => s.clone(),
+                    Some(other) => {
+                        return Err(err(
+                            name,
+                            format!(
+                                "RemoteInput node {id} ({io_name}) has type {other}; use one of {}",
+                                INPUT_TYPES.join(", ")
+                            ),
+                        ))
+                    }
+                };
+                inputs.push(SignatureItem {
+                    name: io_name,
+                    comfy_type: ty,
+                    optional: matches!(node_inputs.get("default"), Some(Value::Array(_))),
+                    node_id: id.clone(),
+                });
+            } else {
+                outputs.push(SignatureItem {
+                    name: io_name,
+                    comfy_type: "*".to_owned(),
+                    optional: false,
+                    node_id: id.clone(),
+                });
+            }
+        }
+        if outputs.is_empty() {
+            return Err(err(
+                name,
+                "has no RemoteOutput node; add one (comfy-remote > Remote Output) for each value the job returns",
+            ));
+        }
+        for (kind, items) in [("RemoteInput", &inputs), ("RemoteOutput", &outputs)] {
+            let mut seen = HashSet::new();
+            for item in items.iter() {
+                if !seen.insert(item.name.as_str()) {
+                    let ids: Vec<_> = items
+                        .iter()
+                        .filter(|i| i.name == item.name)
+                        .map(|i| i.node_id.as_str())
+                        .collect();
+                    return Err(err(
+                        name,
+                        format!(
+                            "two {kind} nodes are named {:?} (nodes {}); give each a unique name",
+                            item.name,
+                            ids.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        let sort = |v: &mut Vec<SignatureItem>| {
+            v.sort_by(|a, b| {
+                id_key(&a.node_id)
+                    .cmp(&id_key(&b.node_id))
+                    .then(a.name.cmp(&b.name))
+            })
+        };
+        sort(&mut inputs);
+        sort(&mut outputs);
+        let canon = serde_json::to_vec(&canonical(&Value::Object(prompt.clone())))
+            .map_err(|e| err(name, e.to_string()))?;
+        Ok(Workflow {
+            name: name.to_owned(),
+            sha256: hex::encode(Sha256::digest(&canon)),
+            prompt,
+            inputs,
+            outputs,
+        })
+    }
+
+    /// Read and parse a workflow file.
+    pub fn load(path: &Path) -> Result<Workflow, WorkerError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| WorkerError::io(format!("reading workflow {}", path.display()), e))?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string());
+        Workflow::parse(&name, &text)
+    }
+
+    /// Check node types against ComfyUI's `/object_info` and fill in the
+    /// Remote Outputs' types from the node feeding each one.
+    pub fn check_against(&mut self, object_info: &Value) -> Result<(), WorkerError> {
+        let mut missing: Vec<String> = Vec::new();
+        for (id, node) in &self.prompt {
+            let class = node
+                .get("class_type")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if object_info.get(class).is_none() {
+                missing.push(format!("{class} (node {id})"));
+            }
+        }
+        if !missing.is_empty() {
+            missing.sort();
+            let hint = if missing
+                .iter()
+                .any(|m| m.starts_with(REMOTE_INPUT) || m.starts_with(REMOTE_OUTPUT))
+            {
+                " The comfy-remote node pack is not loaded in this ComfyUI: install the comfy_remote package into ComfyUI's Python and link the repository into custom_nodes."
+            } else {
+                " Install the custom nodes that provide them in this ComfyUI."
+            };
+            return Err(err(
+                &self.name,
+                format!(
+                    "uses node types this ComfyUI does not have: {}.{hint}",
+                    missing.join(", ")
+                ),
+            ));
+        }
+        for out in &mut self.outputs {
+            let link = self
+                .prompt
+                .get(&out.node_id)
+                .and_then(|n| n.get("inputs"))
+                .and_then(|i| i.get("value"))
+                .and_then(Value::as_array);
+            let Some([Value::String(src), slot]) = link.map(Vec::as_slice) else {
+                continue;
+            };
+            let Some(slot) = slot.as_u64() else { continue };
+            let class = self
+                .prompt
+                .get(src)
+                .and_then(|n| n.get("class_type"))
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let ty = object_info
+                .get(class)
+                .and_then(|c| c.get("output"))
+                .and_then(Value::as_array)
+                .and_then(|o| o.get(slot as usize))
+                .and_then(Value::as_str);
+            if let Some(ty) = ty {
+                if !ty.contains(',') && !ty.is_empty() {
+                    out.comfy_type = ty.to_owned();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The prompt for one job: every Remote Input reads `<job_dir>/inputs.crc`,
+    /// every Remote Output writes into `<job_dir>/outputs/`.
+    pub fn prompt_for_job(&self, job_dir: &Path) -> Value {
+        let inputs_path = job_dir.join(INPUTS_FILE).to_string_lossy().into_owned();
+        let job_dir = job_dir.to_string_lossy().into_owned();
+        let mut prompt = self.prompt.clone();
+        for node in prompt.values_mut() {
+            let class = node
+                .get("class_type")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let value = match class {
+                REMOTE_INPUT => inputs_path.clone(),
+                REMOTE_OUTPUT => job_dir.clone(),
+                _ => continue,
+            };
+            if let Some(Value::Object(inputs)) = node.get_mut("inputs") {
+                inputs.insert("remote_job".to_owned(), Value::String(value));
+            }
+        }
+        Value::Object(prompt)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WF: &str = r#"{
+      "10": {"class_type": "RemoteOutput", "inputs": {"name": "result", "value": ["3", 0]}},
+      "2": {"class_type": "RemoteInput", "inputs": {"name": "b", "type": "INT"}},
+      "1": {"class_type": "RemoteInput", "inputs": {"name": "image", "type": "IMAGE", "default": ["5", 0]}},
+      "3": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}}
+    }"#;
+
+    #[test]
+    fn signature_is_ordered_by_numeric_node_id() {
+        let wf = Workflow::parse("wf.json", WF).expect("parse");
+        let names: Vec<_> = wf.inputs.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["image", "b"]);
+        assert!(wf.inputs[0].optional);
+        assert!(!wf.inputs[1].optional);
+        assert_eq!(wf.outputs[0].name, "result");
+    }
+
+    #[test]
+    fn ui_format_is_refused_with_the_export_hint() {
+        let e = Workflow::parse("ui.json", r#"{"nodes": [], "links": []}"#)
+            .expect_err("must be refused");
+        assert!(e.to_string().contains("Export (API)"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_names_and_missing_output_are_refused() {
+        let dup = r#"{"1": {"class_type": "RemoteInput", "inputs": {"name": "x"}},
+                      "2": {"class_type": "RemoteInput", "inputs": {"name": "x"}},
+                      "3": {"class_type": "RemoteOutput", "inputs": {"name": "y", "value": ["1", 0]}}}"#;
+        let e = Workflow::parse("d.json", dup).expect_err("must be refused");
+        assert!(e.to_string().contains("\"x\""), "{e}");
+        let none = r#"{"1": {"class_type": "RemoteInput", "inputs": {"name": "x"}}}"#;
+        let e = Workflow::parse("n.json", none).expect_err("must be refused");
+        assert!(e.to_string().contains("no RemoteOutput"), "{e}");
+    }
+
+    #[test]
+    fn unknown_class_types_are_listed_and_output_types_filled() {
+        let mut wf = Workflow::parse("wf.json", WF).expect("parse");
+        let info = serde_json::json!({"RemoteInput": {}, "RemoteOutput": {}, "ImageInvert": {"output": ["IMAGE"]}});
+        wf.check_against(&info).expect("known");
+        assert_eq!(wf.outputs[0].comfy_type, "IMAGE");
+        let info = serde_json::json!({"ImageInvert": {"output": ["IMAGE"]}});
+        let e = wf
+            .check_against(&info)
+            .expect_err("must be refused")
+            .to_string();
+        assert!(
+            e.contains("RemoteInput (node 1)") && e.contains("node pack"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn job_prompt_injects_remote_job() {
+        let wf = Workflow::parse("wf.json", WF).expect("parse");
+        let p = wf.prompt_for_job(Path::new("/spool/j1"));
+        assert_eq!(p["1"]["inputs"]["remote_job"], "/spool/j1/inputs.crc");
+        assert_eq!(p["10"]["inputs"]["remote_job"], "/spool/j1");
+        assert!(p["3"]["inputs"].get("remote_job").is_none());
+    }
+}
