@@ -767,6 +767,64 @@ pub fn flatten<'v>(
     Ok((entries, f.blobs))
 }
 
+/// Plan a container for a tree whose blobs may be numbered in any order and
+/// whose long strings may still be inline (e.g. a tree written by the
+/// Python binding): blobs are renumbered in depth-first encounter order and
+/// strings over the inline limit become `$str` blobs, so the bytes are the
+/// same as [`encode`] gives for the equivalent payload.
+pub fn prepare_tree<'a>(
+    mut entries: Vec<NodeEntry>,
+    blobs: Vec<Blob<'a>>,
+) -> Result<Prepared<'a>, CodecError> {
+    let mut slots: Vec<Option<Blob<'a>>> = blobs.into_iter().map(Some).collect();
+    let mut out = Vec::with_capacity(slots.len());
+    for e in &mut entries {
+        renumber(&mut e.value, &mut slots, &mut out)?;
+    }
+    Prepared::new(&entries, out)
+}
+
+fn renumber<'a>(
+    node: &mut Node,
+    slots: &mut [Option<Blob<'a>>],
+    out: &mut Vec<Blob<'a>>,
+) -> Result<(), CodecError> {
+    match node {
+        Node::Str(s) if s.len() > INLINE_STR_MAX => {
+            let bytes = std::mem::take(s).into_bytes();
+            out.push(Blob {
+                dtype: DType::U8,
+                shape: vec![bytes.len()],
+                source: BlobSource::Owned(bytes),
+            });
+            *node = Node::LongStr(out.len() - 1);
+        }
+        Node::Tensor(i) | Node::Bytes(i) | Node::LongStr(i) | Node::Pickle { blob: i, .. } => {
+            let blob =
+                slots
+                    .get_mut(*i)
+                    .and_then(Option::take)
+                    .ok_or_else(|| CodecError::Container {
+                        message: format!("blob {i} is missing or used twice"),
+                    })?;
+            out.push(blob);
+            *i = out.len() - 1;
+        }
+        Node::List(items) | Node::Tuple(items) => {
+            for item in items {
+                renumber(item, slots, out)?;
+            }
+        }
+        Node::Dict(members) => {
+            for (_, item) in members {
+                renumber(item, slots, out)?;
+            }
+        }
+        Node::Null | Node::Bool(_) | Node::Int(_) | Node::Float(_) | Node::Str(_) => {}
+    }
+    Ok(())
+}
+
 /// Encode a payload into container bytes. Deterministic: the same payload
 /// always gives the same bytes.
 pub fn encode(payload: &Payload<'_>) -> Result<Vec<u8>, CodecError> {

@@ -586,6 +586,24 @@ impl<'b> TreeParser<'b> {
     }
 }
 
+/// Parse a tree document (`{"v":1,"entries":[...]}`) whose references name
+/// `blobs`; every blob must be referenced exactly once.
+pub fn parse_tree(
+    text: &[u8],
+    blobs: &[BlobInfo],
+    max_depth: usize,
+) -> Result<Vec<NodeEntry>, CodecError> {
+    let json = parse_json(
+        text,
+        max_depth.saturating_mul(2).saturating_add(4),
+        "value tree",
+    )?;
+    let mut parser = TreeParser::new(blobs, max_depth);
+    let entries = parser.document(&json)?;
+    parser.finish()?;
+    Ok(entries)
+}
+
 fn invalid(path: &Path, reason: String) -> CodecError {
     CodecError::InvalidNode {
         path: path.to_string(),
