@@ -7,6 +7,7 @@ use pyo3::prelude::*;
 
 mod cli;
 mod client;
+mod codec;
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -14,5 +15,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("PROTOCOL_VERSION", comfy_remote_protocol::PROTOCOL_VERSION)?;
     cli::register(m)?;
     client::register(m)?;
+    codec::register(m)?;
     Ok(())
 }

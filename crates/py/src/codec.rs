@@ -1,0 +1,269 @@
+//! Container work for `comfy_remote.codec`: planning, writing and validating
+//! containers over Python buffers, and the one `CodecError` exception class.
+//!
+//! Python walks its own values (torch, numpy, tuples) and hands this module
+//! a JSON tree plus flat byte buffers; this module never sees a torch
+//! tensor. Decoding reads only the header and returns byte ranges, so
+//! Python builds tensors over the caller's buffer without copying.
+//!
+//! The module targets the abi3 limited API of Python 3.10, which has no
+//! buffer protocol: byte data comes in as `bytes` or as the address of
+//! memory that Python keeps alive, and goes out as `bytes`.
+
+use pyo3::create_exception;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyTuple};
+
+use comfy_remote_protocol::container::{header_len, prepare_tree, Blob, BlobSource};
+use comfy_remote_protocol::tree::{parse_tree, BlobInfo};
+use comfy_remote_protocol::{read_layout, CodecError as RsCodecError, DType, Limits};
+
+create_exception!(
+    comfy_remote.codec,
+    CodecError,
+    PyValueError,
+    "A value could not be encoded, or bytes are not a valid comfy-remote container."
+);
+
+/// The one place a Rust codec error becomes a Python exception; `kind` is
+/// the stable variant name (`"too_large"`, `"dangling_ref"`, ...).
+fn to_py(py: Python<'_>, e: &RsCodecError) -> PyErr {
+    let err = CodecError::new_err(e.to_string());
+    // Setting an attribute on a fresh exception instance cannot fail in
+    // practice; if it did, the message alone still explains the error.
+    let _ = err.value(py).setattr("kind", e.kind());
+    err
+}
+
+fn parse_dtype(py: Python<'_>, name: &str) -> PyResult<DType> {
+    DType::parse(name).ok_or_else(|| {
+        to_py(
+            py,
+            &RsCodecError::UnsupportedDtype {
+                tensor: "<input>".into(),
+                dtype: name.to_owned(),
+            },
+        )
+    })
+}
+
+/// Where Python keeps the bytes of one tensor.
+#[derive(FromPyObject)]
+enum Data<'py> {
+    /// A `bytes` object (byte strings, pickles, small data).
+    Bytes(Bound<'py, PyBytes>),
+    /// `(address, nbytes, owner)`: C-contiguous memory of a live object
+    /// (`tensor.data_ptr()` of a contiguous CPU torch tensor, or
+    /// `array.ctypes.data` of a contiguous numpy array) that `owner` keeps
+    /// alive. Under the abi3 (3.10) limited API the buffer protocol is not
+    /// available, so this is how Python lends memory without a copy.
+    Raw(usize, usize, Bound<'py, PyAny>),
+}
+
+/// A byte range that outlives the GIL release: the owners are held by the
+/// caller's argument list for the whole call.
+#[derive(Clone, Copy)]
+struct RawRange {
+    address: usize,
+    len: usize,
+}
+
+impl RawRange {
+    #[allow(unsafe_code)]
+    fn copy_into(self, dst: &mut [u8]) {
+        if self.len == 0 {
+            return;
+        }
+        // SAFETY: `encode_container` is private to `comfy_remote.codec`,
+        // which passes only the address and byte length of a C-contiguous
+        // CPU tensor or numpy array whose owner object is in the same
+        // argument tuple, so the memory stays allocated until this call
+        // returns; `dst.len() == self.len` is checked by the caller.
+        let src = unsafe { std::slice::from_raw_parts(self.address as *const u8, self.len) };
+        dst.copy_from_slice(src);
+    }
+}
+
+/// Build a container from a value tree (`{"v":1,"entries":[...]}`, with
+/// references `t<i>` naming `tensors[i]`) and the tensors as
+/// `(dtype, shape, data)`, `data` being `bytes` or `(address, nbytes,
+/// owner)`. Returns the container, written with one copy of each tensor
+/// and the GIL released while copying.
+#[pyfunction]
+fn encode_container<'py>(
+    py: Python<'py>,
+    tree_json: String,
+    tensors: Vec<(String, Vec<usize>, Data<'py>)>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let mut infos = Vec::with_capacity(tensors.len());
+    let mut sources: Vec<Source<'_>> = Vec::with_capacity(tensors.len());
+    for (i, (dtype, shape, data)) in tensors.iter().enumerate() {
+        let dtype = parse_dtype(py, dtype)?;
+        let expected = comfy_remote_protocol::Tensor::numel(shape)
+            .and_then(|n| n.checked_mul(dtype.size()))
+            .ok_or_else(|| {
+                to_py(
+                    py,
+                    &RsCodecError::ShapeOverflow {
+                        shape: shape.clone(),
+                    },
+                )
+            })?;
+        let (source, actual) = match data {
+            Data::Bytes(b) => (Source::Slice(b.as_bytes()), b.as_bytes().len()),
+            Data::Raw(address, len, _owner) => (
+                Source::Raw(RawRange {
+                    address: *address,
+                    len: *len,
+                }),
+                *len,
+            ),
+        };
+        if actual != expected {
+            return Err(to_py(
+                py,
+                &RsCodecError::LengthMismatch {
+                    dtype,
+                    shape: shape.clone(),
+                    expected,
+                    actual,
+                },
+            ));
+        }
+        infos.push(BlobInfo {
+            name: format!("t{i}"),
+            dtype,
+            shape: shape.clone(),
+        });
+        sources.push(source);
+    }
+    let prepared = py
+        .detach(|| {
+            let entries = parse_tree(tree_json.as_bytes(), &infos, Limits::default().max_depth)?;
+            let blobs = infos
+                .iter()
+                .enumerate()
+                .map(|(i, b)| Blob {
+                    dtype: b.dtype,
+                    shape: b.shape.clone(),
+                    source: BlobSource::External(i),
+                })
+                .collect();
+            prepare_tree(entries, blobs)
+        })
+        .map_err(|e| to_py(py, &e))?;
+    let mut failure = None;
+    let out = PyBytes::new_with(py, prepared.len(), |out| {
+        let written = py.detach(|| {
+            prepared.write_into(out, |i, dst| match sources.get(i) {
+                Some(Source::Slice(s)) if s.len() == dst.len() => {
+                    dst.copy_from_slice(s);
+                    Ok(())
+                }
+                Some(Source::Raw(r)) if r.len == dst.len() => {
+                    r.copy_into(dst);
+                    Ok(())
+                }
+                _ => Err(RsCodecError::Container {
+                    message: format!("tensor {i} does not match its planned size"),
+                }),
+            })
+        });
+        if let Err(e) = written {
+            failure = Some(e);
+            return Err(PyValueError::new_err("container write failed"));
+        }
+        Ok(())
+    });
+    match failure {
+        Some(e) => Err(to_py(py, &e)),
+        None => out,
+    }
+}
+
+/// The bytes of one tensor, readable without the GIL.
+enum Source<'a> {
+    Slice(&'a [u8]),
+    Raw(RawRange),
+}
+
+fn limits(
+    max_total_bytes: Option<u64>,
+    max_header_bytes: Option<u64>,
+    max_tensors: Option<usize>,
+    max_rank: Option<usize>,
+    max_elements: Option<u64>,
+    max_depth: Option<usize>,
+) -> Limits {
+    let d = Limits::default();
+    Limits {
+        max_total_bytes: max_total_bytes.unwrap_or(d.max_total_bytes),
+        max_header_bytes: max_header_bytes.unwrap_or(d.max_header_bytes),
+        max_tensors: max_tensors.unwrap_or(d.max_tensors),
+        max_rank: max_rank.unwrap_or(d.max_rank),
+        max_elements: max_elements.unwrap_or(d.max_elements),
+        max_depth: max_depth.unwrap_or(d.max_depth),
+    }
+}
+
+/// How many leading bytes of a `total_len`-byte container hold its header
+/// (8-byte length + JSON), given at least its first 8 bytes. Fails before
+/// anything is read when the container or header is over the limits.
+#[pyfunction]
+#[pyo3(signature = (prefix, total_len, *, max_total_bytes=None, max_header_bytes=None))]
+fn container_header_len(
+    py: Python<'_>,
+    prefix: &[u8],
+    total_len: u64,
+    max_total_bytes: Option<u64>,
+    max_header_bytes: Option<u64>,
+) -> PyResult<usize> {
+    let limits = limits(max_total_bytes, max_header_bytes, None, None, None, None);
+    header_len(prefix, total_len, &limits).map_err(|e| to_py(py, &e))
+}
+
+/// Validate a container from its header alone: `header` holds its first
+/// [`container_header_len`] bytes, `total_len` is its full size. Returns
+/// `(tree_json, tensors)`: the canonical value tree, and each tensor as
+/// `(name, dtype, shape, start, end)`, a byte range of the container.
+#[pyfunction]
+#[pyo3(signature = (header, total_len, *, max_total_bytes=None, max_header_bytes=None, max_tensors=None, max_rank=None, max_elements=None, max_depth=None))]
+#[allow(clippy::too_many_arguments)]
+fn decode_container<'py>(
+    py: Python<'py>,
+    header: &[u8],
+    total_len: u64,
+    max_total_bytes: Option<u64>,
+    max_header_bytes: Option<u64>,
+    max_tensors: Option<usize>,
+    max_rank: Option<usize>,
+    max_elements: Option<u64>,
+    max_depth: Option<usize>,
+) -> PyResult<(String, Bound<'py, PyList>)> {
+    let limits = limits(
+        max_total_bytes,
+        max_header_bytes,
+        max_tensors,
+        max_rank,
+        max_elements,
+        max_depth,
+    );
+    let layout = py
+        .detach(|| read_layout(header, total_len, &limits))
+        .map_err(|e| to_py(py, &e))?;
+    let slots = PyList::empty(py);
+    for s in &layout.slots {
+        let shape = PyTuple::new(py, &s.shape)?;
+        slots.append((s.name.as_str(), s.dtype.as_str(), shape, s.start, s.end))?;
+    }
+    Ok((layout.tree_json(), slots))
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("CodecError", m.py().get_type::<CodecError>())?;
+    m.add_function(wrap_pyfunction!(encode_container, m)?)?;
+    m.add_function(wrap_pyfunction!(container_header_len, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_container, m)?)?;
+    Ok(())
+}
