@@ -28,6 +28,8 @@ pub enum Command {
     Deploy(commands::deploy::DeployArgs),
     /// Stop (delete) a deployed Modal app.
     Stop(commands::deploy::StopArgs),
+    /// Show whether a Modal app is deployed (exit 0 when it is).
+    Status(commands::deploy::StatusArgs),
 }
 
 /// Exit codes shared by all commands.
@@ -54,7 +56,11 @@ where
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { exit::USAGE } else { exit::OK };
+            return if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
         }
     };
     let result = match cli.command {
@@ -62,6 +68,7 @@ where
         Command::Run(args) => commands::run::execute(args),
         Command::Deploy(args) => commands::deploy::deploy(args),
         Command::Stop(args) => commands::deploy::stop(args),
+        Command::Status(args) => commands::deploy::status(args),
     };
     match result {
         Ok(code) => code,

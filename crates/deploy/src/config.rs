@@ -420,7 +420,9 @@ fn valid_gpu(g: &str) -> bool {
         Some((b, n)) => (b, Some(n)),
         None => (g, None),
     };
-    let count_ok = count.map_or(true, |n| n.parse::<u8>().is_ok_and(|n| (1..=8).contains(&n)));
+    let count_ok = count.map_or(true, |n| {
+        n.parse::<u8>().is_ok_and(|n| (1..=8).contains(&n))
+    });
     count_ok && MODAL_GPUS.iter().any(|k| k.eq_ignore_ascii_case(base))
 }
 

@@ -254,3 +254,78 @@ pub fn clean(dir: &Path, sink: Sink<'_>) -> Result<()> {
         source,
     })
 }
+
+/// Command-line / node overrides applied on top of a config file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub app_name: Option<String>,
+    /// One GPU, or several for a fallback list.
+    pub gpu: Vec<String>,
+    pub pip: Vec<String>,
+    pub apt: Vec<String>,
+    pub torch_stack: Option<String>,
+}
+
+/// Build a request the way the CLI and the node both do: `config` if given, else the
+/// project's own `modal_config.json`, else defaults; then the overrides.
+/// `out_dir` defaults to `./modal/<app name>`.
+pub fn request(
+    workflow: &Path,
+    config: Option<&Path>,
+    out_dir: Option<&Path>,
+    overrides: &Overrides,
+    wheel: Option<PathBuf>,
+    comfyui_dir: Option<PathBuf>,
+) -> Result<ScaffoldRequest> {
+    let (mut cfg, config_dir) = match config {
+        Some(p) => (
+            crate::DeployConfig::load(p)?,
+            p.parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+        ),
+        None => (crate::DeployConfig::default(), PathBuf::from(".")),
+    };
+    let app_name = match (&overrides.app_name, cfg.app_name.is_empty()) {
+        (Some(a), _) if !a.is_empty() => a.clone(),
+        (_, false) => cfg.app_name.clone(),
+        _ => crate::workflow::Workflow::load(workflow)?.default_app_name(),
+    };
+    let out = out_dir.map_or_else(|| Path::new("modal").join(&app_name), Path::to_path_buf);
+    if config.is_none() {
+        let own = out.join("modal_config.json");
+        if own.is_file() {
+            cfg = crate::DeployConfig::load(&own)?;
+        }
+    }
+    if let Some(a) = overrides.app_name.as_ref().filter(|a| !a.is_empty()) {
+        cfg.app_name = a.clone();
+    }
+    match overrides.gpu.len() {
+        0 => {}
+        1 => cfg.gpu = crate::config::Gpu::One(overrides.gpu[0].clone()),
+        _ => cfg.gpu = crate::config::Gpu::Fallback(overrides.gpu.clone()),
+    }
+    for p in &overrides.pip {
+        if !cfg.pip.contains(p) {
+            cfg.pip.push(p.clone());
+        }
+    }
+    for p in &overrides.apt {
+        if !cfg.apt.contains(p) {
+            cfg.apt.push(p.clone());
+        }
+    }
+    if let Some(s) = &overrides.torch_stack {
+        cfg.torch.stack = Some(s.clone());
+    }
+    Ok(ScaffoldRequest {
+        workflow: workflow.to_path_buf(),
+        config: cfg,
+        config_dir,
+        out_dir: out,
+        wheel,
+        comfyui_dir,
+        new_nonce: false,
+    })
+}

@@ -8,6 +8,7 @@ use pyo3::prelude::*;
 mod cli;
 mod client;
 mod codec;
+mod deploy;
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -16,5 +17,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     cli::register(m)?;
     client::register(m)?;
     codec::register(m)?;
+    deploy::register(m)?;
     Ok(())
 }

@@ -1,7 +1,149 @@
-"""Nodes of comfy-remote: modal_deploy (pending)."""
+"""Modal Deployment node: scaffold, check and (optionally) deploy a remote workflow to Modal; outputs the service URL.
+
+Thin: the native module (Rust, crates/deploy) does the work; this node
+declares the widgets, resolves paths against ComfyUI's directories and relays
+the lifecycle's log lines to the node's progress text.
+"""
 
 from __future__ import annotations
 
-from comfy_api.latest import io
+import asyncio
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
 
-NODES: list[type[io.ComfyNode]] = []
+from comfy_api.latest import io, ui
+
+from comfy_remote import _native
+
+log = logging.getLogger("comfy_remote.modal_deploy")
+CATEGORY = "comfy-remote"
+
+
+def _lines(text: str) -> list[str]:
+    return [p.strip() for p in text.replace(",", "\n").splitlines() if p.strip()]
+
+
+def _comfy_dir(kind: str) -> Path | None:
+    try:
+        import folder_paths
+
+        return Path(getattr(folder_paths, f"get_{kind}_directory")())
+    except Exception:  # outside ComfyUI (unit tests)
+        return None
+
+
+def resolve_workflow(path: str) -> Path:
+    """An absolute path, else relative to ComfyUI's saved workflows, its input directory, or the cwd."""
+    p = Path(os.path.expanduser(path.strip()))
+    if p.is_absolute():
+        return p
+    user, inp = _comfy_dir("user"), _comfy_dir("input")
+    for base in filter(None, [user and user / "default" / "workflows", inp, Path.cwd()]):
+        if (base / p).is_file():
+            return base / p
+    return p
+
+
+def _project_dir(explicit: str, app_name: str, workflow: Path) -> Path:
+    if explicit.strip():
+        return Path(os.path.expanduser(explicit.strip()))
+    base = _comfy_dir("user") or Path.cwd()
+    return base / "comfy-remote" / "modal" / (app_name.strip() or workflow.stem)
+
+
+class ModalDeployment(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ModalDeployment",
+            display_name="Modal Deployment",
+            category=CATEGORY,
+            description=(
+                "Generates a Modal project for a remote workflow (exported with Export (API)), checks its nodes "
+                "and models, and deploys it when 'deploy' is on. Outputs the service URL for the Remote API node "
+                "(empty when not deployed). Needs the `modal` client and `modal token new`."
+            ),
+            inputs=[
+                io.String.Input("workflow_path", default="", tooltip="The remote workflow, API format (.json)."),
+                io.String.Input("app_name", default="", tooltip="Modal app name; default comfy-remote-<file name>."),
+                io.String.Input("gpu", default="H100", tooltip="Modal GPU type, or a fallback list: H100,A100-80GB."),
+                io.String.Input("pip_packages", default="", multiline=True, tooltip="Extra pip requirements, one per line."),
+                io.String.Input("apt_packages", default="", multiline=True, tooltip="Extra Debian packages, one per line."),
+                io.Boolean.Input("deploy", default=False, tooltip="Run `modal deploy` (off: generate and check only)."),
+                io.Boolean.Input("clean_build", default=False, tooltip="Remove the project directory and regenerate it."),
+                io.Boolean.Input("force_rebuild", default=False, tooltip="Rebuild every image layer (new build nonce, MODAL_IGNORE_CACHE=1)."),
+                io.Boolean.Input("delete_remote_app", default=False, tooltip="Stop the deployed app first (`modal app stop -y`)."),
+                io.String.Input("config_path", default="", optional=True, tooltip="modal_config.json (default: the project's own)."),
+                io.String.Input("project_dir", default="", optional=True, tooltip="Where to generate (default: <ComfyUI user dir>/comfy-remote/modal/<app>)."),
+                io.String.Input("wheel_path", default="", optional=True, tooltip="comfy-remote wheel for the image (default: $COMFY_REMOTE_WHEEL)."),
+            ],
+            outputs=[
+                io.String.Output("service_url", display_name="service_url"),
+                io.String.Output("message", display_name="message"),
+            ],
+            hidden=[io.Hidden.unique_id],
+            is_output_node=True,
+            not_idempotent=True,
+        )
+
+    @classmethod
+    async def execute(
+        cls,
+        workflow_path: str,
+        app_name: str,
+        gpu: str,
+        pip_packages: str,
+        apt_packages: str,
+        deploy: bool,
+        clean_build: bool,
+        force_rebuild: bool,
+        delete_remote_app: bool,
+        config_path: str = "",
+        project_dir: str = "",
+        wheel_path: str = "",
+    ) -> io.NodeOutput:
+        if not workflow_path.strip():
+            raise ValueError("Modal Deployment: set workflow_path to a remote workflow saved with Export (API)")
+        workflow = resolve_workflow(workflow_path)
+        out = _project_dir(project_dir, app_name, workflow)
+        node_id = cls.hidden.unique_id if cls.hidden else None
+        lines: list[str] = []
+
+        def progress(line: str) -> None:
+            lines.append(line)
+            log.info("%s", line)
+            if node_id is None:
+                return
+            try:
+                from server import PromptServer
+
+                PromptServer.instance.send_progress_text("\n".join(lines[-12:]), node_id)
+            except Exception:  # no server (unit tests)
+                pass
+
+        kwargs: dict[str, Any] = dict(
+            config=config_path.strip() or None,
+            app_name=app_name.strip() or None,
+            gpu=gpu.strip() or None,
+            pip=_lines(pip_packages),
+            apt=_lines(apt_packages),
+            wheel=wheel_path.strip() or None,
+            deploy=deploy,
+            clean=clean_build,
+            force_rebuild=force_rebuild,
+            delete_remote=delete_remote_app,
+            log=progress,
+        )
+        report = json.loads(await asyncio.to_thread(_native.modal_deploy, str(workflow), str(out), **kwargs))
+        url: str = report.get("url") or ""
+        if url:
+            message = f"{'unchanged' if report.get('unchanged') else 'deployed'}: {url}"
+        else:
+            message = f"generated {report['project']['dir']} (not deployed: turn on 'deploy' to get a service URL)"
+        return io.NodeOutput(url, message, ui=ui.PreviewText(message))
+
+
+NODES: list[type[io.ComfyNode]] = [ModalDeployment]

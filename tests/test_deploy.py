@@ -1,0 +1,395 @@
+"""Modal deployment: generated projects imported with the real `modal` package (offline), and the lifecycle
+commands run against a recording `modal` executable (tests/fake_modal)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import REPO, binary
+
+FIXTURES = REPO / "crates" / "deploy" / "tests" / "fixtures"
+FAKE = REPO / "tests" / "fake_modal"
+
+INSPECT = r"""
+import importlib.util, json, sys, warnings
+warnings.simplefilter("ignore")
+spec = importlib.util.spec_from_file_location("workflow", "workflow.py")
+m = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(m)
+gpu = m.Worker._get_class_service_function().info()
+web = m.web.info()
+print(json.dumps({
+    "app": m.app.name,
+    "gpus": gpu.gpus, "timeout": gpu.timeout, "startup_timeout": gpu.startup_timeout,
+    "volumes": sorted(gpu.volumes), "max_inputs": gpu.concurrency_info.max_inputs,
+    "methods": gpu.method_names, "secrets": len(gpu.secrets),
+    "web_gpus": web.gpus, "web_max_inputs": web.concurrency_info.max_inputs,
+    "web_has_web_info": web.web_info is not None,
+}))
+"""
+
+
+def version() -> str:
+    out = subprocess.run([str(binary()), "--version"], check=True, capture_output=True, text=True).stdout
+    return out.split()[-1]
+
+
+@pytest.fixture(scope="module")
+def fake_wheel(tmp_path_factory) -> Path:
+    """A file with a wheel's name: the generator only copies it."""
+    p = tmp_path_factory.mktemp("wheel") / f"comfy_remote-{version()}-cp310-abi3-manylinux_2_17_x86_64.whl"
+    p.write_bytes(b"wheel")
+    return p
+
+
+@pytest.fixture
+def fake_modal(tmp_path, monkeypatch):
+    """Put the recording `modal` first on PATH; returns (log path, script setter)."""
+    log = tmp_path / "modal.log"
+    script = tmp_path / "modal_script.json"
+    monkeypatch.setenv("PATH", f"{FAKE}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_MODAL_LOG", str(log))
+    monkeypatch.setenv("FAKE_MODAL_SCRIPT", str(script))
+    monkeypatch.setenv("COMFY_REMOTE_MODAL_PYTHON", str(FAKE / "modal-python"))
+    monkeypatch.delenv("COMFYUI_DIR", raising=False)
+    script.write_text("{}")
+
+    class Fake:
+        def calls(self) -> list[dict[str, Any]]:
+            return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+        def script(self, **responses: dict[str, Any]) -> None:
+            script.write_text(json.dumps({k.replace("_", " ") if k != "get_url" else k: v for k, v in responses.items()}))
+
+    return Fake()
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("COMFYUI_DIR", "COMFY_REMOTE_WHEEL")}
+    return subprocess.run([str(binary()), *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
+
+
+def generate(tmp_path: Path, wheel: Path, workflow: str = "remote_invert.json", config: dict | None = None,
+             *extra: str) -> Path:
+    out = tmp_path / "project"
+    args = ["deploy", str(FIXTURES / workflow), "--no-deploy", "--out", str(out), "--wheel", str(wheel), *extra]
+    if config is not None:
+        cfg = tmp_path / "modal_config.json"
+        cfg.write_text(json.dumps({"version": 1, **config}))
+        args += ["--config", str(cfg)]
+    r = cli(*args)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(out), "generate only prints the project directory, never a URL"
+    return out
+
+
+def inspect(project: Path) -> dict[str, Any]:
+    pytest.importorskip("modal")
+    r = subprocess.run([sys.executable, "-c", INSPECT], cwd=project, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------- generated projects, real modal, offline
+
+
+def test_default_project_is_an_h100_service(tmp_path, fake_wheel):
+    info = inspect(generate(tmp_path, fake_wheel))
+    assert info["app"] == "comfy-remote-remote-invert"
+    assert info["gpus"] == [["H100", 1]]
+    assert (info["timeout"], info["startup_timeout"], info["max_inputs"]) == (3600, 600, 1)
+    assert info["methods"] == ["run_job"]
+    assert info["volumes"] == []
+    assert info["web_gpus"] == [] and info["web_has_web_info"], "the web front is CPU-only and a web endpoint"
+
+
+def test_gpu_fallback_list(tmp_path, fake_wheel):
+    info = inspect(generate(tmp_path, fake_wheel, "remote_invert.json", None, "--gpu", "H100", "--gpu", "A100-80GB"))
+    assert info["gpus"] == [["H100", 1], ["A100-80GB", 1]]
+
+
+def test_seed_preset_and_extra_packages(tmp_path, fake_wheel):
+    project = generate(tmp_path, fake_wheel, "remote_invert.json",
+                       {"torch": {"stack": "seed-2.3"}, "gpu": "A10G", "timeout_s": 900, "max_concurrent_jobs": 2},
+                       "--pip", "einops==0.8.0", "--apt", "libsm6")
+    info = inspect(project)
+    assert info["gpus"] == [["A10G", 1]] and info["timeout"] == 900 and info["max_inputs"] == 2
+    text = (project / "workflow.py").read_text()
+    assert "torch==2.3.0 torchvision==0.18.0 torchaudio==2.3.0" in text
+    assert "'einops==0.8.0'" in text and '"libsm6"' in text
+    assert (project / "build" / "constraints.txt").read_text().splitlines()[1:] == [
+        "torch==2.3.0", "torchvision==0.18.0", "torchaudio==2.3.0", "xformers==0.0.26.post1"]
+    cfg = json.loads((project / "modal_config.json").read_text())
+    assert cfg["version"] == 1 and cfg["scaledown_window_s"] == 300, "defaults are written out"
+
+
+def test_custom_node_pack_and_volume(tmp_path, fake_wheel):
+    config = {
+        "custom_nodes": [{"path": str(FIXTURES / "my_pack")},
+                         {"git": "https://github.com/example/comfy-git-pack.git", "ref": "v1.2.0",
+                          "nodes": ["GitPackNode"]}],
+        "volume": {"name": "comfy-models"},
+        "auth": {"token_secret": "comfy-remote-token"},
+        "min_containers": 1, "scaledown_window_s": 60,
+    }
+    project = generate(tmp_path, fake_wheel, "remote_custom.json", config)
+    assert (project / "custom_nodes" / "my_pack" / "__init__.py").is_file()
+    info = inspect(project)
+    assert info["volumes"] == ["/models"]
+    assert info["secrets"] == 1
+
+
+def test_image_recipe_pins_torch_after_every_install_step(tmp_path, fake_wheel):
+    project = generate(tmp_path, fake_wheel, "remote_custom.json",
+                       {"custom_nodes": [{"path": str(FIXTURES / "my_pack")},
+                                         {"git": "https://x/y.git", "ref": "abc", "nodes": ["GitPackNode"]}],
+                        "pip": ["einops"]})
+    text = (project / "workflow.py").read_text()
+    steps = [line.strip() for line in text.splitlines() if line.strip().startswith(".run_commands(") or "REPIN," in line]
+    installs = [s for s in text.split(".run_commands(")[1:] if "PIP +" in s.split(")")[0] or "requirements.txt" in s]
+    assert installs and all("REPIN" in s.split("\n    .")[0] for s in installs), steps
+    assert '"--no-deps -c "' in text.replace("extra_options=", "").replace("'", '"') or "--no-deps -c" in text
+    assert "pip uninstall -y utils || true" in text
+    assert text.index("pip uninstall -y utils") < text.index("check_stack.py")
+    assert '"PYTHONPATH": COMFYUI_DIR' in text and '"PIP_CONSTRAINT": CONSTRAINTS' in text
+
+
+# ---------------------------------------------------------------- the checks before deploy
+
+
+def test_ui_format_workflow_is_refused_with_the_fix(tmp_path, fake_wheel):
+    r = cli("deploy", str(FIXTURES / "ui_format.json"), "--no-deploy", "--out", str(tmp_path / "p"),
+            "--wheel", str(fake_wheel))
+    assert r.returncode == 2 and "Export (API)" in r.stderr
+
+
+def test_unresolved_node_types_stop_the_deploy(tmp_path, fake_wheel, fake_modal):
+    r = cli("deploy", str(FIXTURES / "remote_custom.json"), "--out", str(tmp_path / "p"), "--wheel", str(fake_wheel))
+    assert r.returncode == 2
+    assert "GitPackNode, MyPackSharpen" in r.stderr
+    assert fake_modal.calls() == [], "nothing reaches Modal"
+
+
+def test_no_wheel_of_the_right_version_fails_clearly(tmp_path):
+    r = cli("deploy", str(FIXTURES / "remote_invert.json"), "--no-deploy", "--out", str(tmp_path / "p"))
+    assert r.returncode == 2
+    assert f"no comfy-remote wheel of version {version()}" in r.stderr and "COMFY_REMOTE_WHEEL" in r.stderr
+
+
+def test_incoherent_torch_override_is_refused(tmp_path, fake_wheel):
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"version": 1, "torch": {"torch": "2.11.0", "torchvision": "0.18.0"}}))
+    r = cli("deploy", str(FIXTURES / "remote_invert.json"), "--no-deploy", "--config", str(cfg),
+            "--out", str(tmp_path / "p"), "--wheel", str(fake_wheel))
+    assert r.returncode == 2 and "incoherent torch stack" in r.stderr and "torch-2.11:" in r.stderr
+    assert not (tmp_path / "p").exists()
+
+
+def test_unknown_config_key_is_named(tmp_path, fake_wheel):
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"version": 1, "gpus": "A10G"}))
+    r = cli("deploy", str(FIXTURES / "remote_invert.json"), "--no-deploy", "--config", str(cfg),
+            "--out", str(tmp_path / "p"), "--wheel", str(fake_wheel))
+    assert r.returncode == 2 and "unknown key `gpus`" in r.stderr
+
+
+# ---------------------------------------------------------------- lifecycle, recorded
+
+
+def deploy(tmp_path: Path, wheel: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return cli("deploy", str(FIXTURES / "remote_invert.json"), "--out", str(tmp_path / "project"),
+               "--wheel", str(wheel), *extra)
+
+
+def test_deploy_runs_modal_deploy_and_asks_modal_for_the_url(tmp_path, fake_wheel, fake_modal):
+    r = deploy(tmp_path, fake_wheel)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "https://acme--comfy-remote-remote-invert-web.modal.run"
+    calls = fake_modal.calls()
+    assert [c["argv"] for c in calls] == [
+        ["deploy", "workflow.py"],
+        [str(tmp_path / "project" / "build" / "get_url.py"), "comfy-remote-remote-invert"],
+    ]
+    assert calls[0]["cwd"] == str(tmp_path / "project")
+    assert "MODAL_IGNORE_CACHE" not in calls[0]["env"]
+    assert "App deployed" in r.stderr, "modal's output streams to the terminal"
+    assert "$ modal deploy workflow.py" in r.stderr, "every command is logged"
+
+
+def test_unchanged_inputs_do_not_redeploy(tmp_path, fake_wheel, fake_modal):
+    assert deploy(tmp_path, fake_wheel).returncode == 0
+    fake_modal.script(app_list={"stdout": json.dumps(
+        [{"app_id": "ap-1", "description": "comfy-remote-remote-invert", "state": "deployed", "tasks": "0"}])})
+    r = deploy(tmp_path, fake_wheel)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().endswith("-web.modal.run")
+    argvs = [c["argv"] for c in fake_modal.calls()]
+    assert argvs.count(["deploy", "workflow.py"]) == 1
+    assert argvs[-1] == ["app", "list", "--json"]
+    assert "unchanged since the last deploy" in r.stderr
+
+
+def test_a_stopped_app_is_redeployed_even_when_unchanged(tmp_path, fake_wheel, fake_modal):
+    assert deploy(tmp_path, fake_wheel).returncode == 0
+    fake_modal.script(app_list={"stdout": json.dumps(
+        [{"app_id": "ap-1", "description": "comfy-remote-remote-invert", "state": "stopped", "tasks": "0"}])})
+    assert deploy(tmp_path, fake_wheel).returncode == 0
+    assert [c["argv"] for c in fake_modal.calls()].count(["deploy", "workflow.py"]) == 2
+
+
+def test_force_rebuild_sets_ignore_cache_and_a_new_nonce(tmp_path, fake_wheel, fake_modal):
+    assert deploy(tmp_path, fake_wheel).returncode == 0
+    r = deploy(tmp_path, fake_wheel, "--force-rebuild")
+    assert r.returncode == 0, r.stderr
+    deploys = [c for c in fake_modal.calls() if c["argv"][:1] == ["deploy"]]
+    assert len(deploys) == 2
+    assert deploys[1]["env"].get("MODAL_IGNORE_CACHE") == "1"
+    assert deploys[0]["nonce"] and deploys[1]["nonce"] and deploys[0]["nonce"] != deploys[1]["nonce"]
+
+
+def test_delete_remote_app(tmp_path, fake_modal):
+    r = cli("stop", "my-app")
+    assert r.returncode == 0 and r.stdout.strip() == "stopped my-app"
+    assert fake_modal.calls()[-1]["argv"] == ["app", "stop", "-y", "my-app"]
+    fake_modal.script(app_stop={"exit": 1, "stderr": "No App with name 'my-app' found in the 'main' environment.\n"})
+    r = cli("stop", "my-app", "--json")
+    assert r.returncode == 0, "a missing app is not an error"
+    assert json.loads(r.stdout) == {"app": "my-app", "stopped": False}
+    fake_modal.script(app_stop={"exit": 1, "stderr": "Token missing. Run `modal token new`.\n"})
+    r = cli("stop", "my-app")
+    assert r.returncode == 1 and "modal token new" in r.stderr
+
+
+def test_delete_remote_before_redeploy(tmp_path, fake_wheel, fake_modal):
+    assert deploy(tmp_path, fake_wheel, "--delete-remote").returncode == 0
+    argvs = [c["argv"] for c in fake_modal.calls()]
+    assert argvs[0] == ["app", "stop", "-y", "comfy-remote-remote-invert"]
+    assert argvs[1] == ["deploy", "workflow.py"]
+
+
+def test_clean_build_recreates_the_project(tmp_path, fake_wheel, fake_modal):
+    project = generate(tmp_path, fake_wheel)
+    stray = project / "stale.txt"
+    stray.write_text("old")
+    (project / "__pycache__").mkdir()
+    r = cli("deploy", str(FIXTURES / "remote_invert.json"), "--no-deploy", "--clean", "--out", str(project),
+            "--wheel", str(fake_wheel))
+    assert r.returncode == 0, r.stderr
+    assert not stray.exists() and not (project / "__pycache__").exists()
+    assert (project / "workflow.py").is_file()
+    assert "clean build: removing" in r.stderr
+    assert fake_modal.calls() == []
+
+
+def test_deploy_failure_surfaces_modals_message(tmp_path, fake_wheel, fake_modal):
+    fake_modal.script(deploy={"exit": 1, "stdout": "Building image im-123\n",
+                              "stderr": "Image build for im-123 failed. See build logs for more details.\n"})
+    r = deploy(tmp_path, fake_wheel)
+    assert r.returncode == 1
+    assert "Image build for im-123 failed" in r.stderr.splitlines()[-1]
+    assert r.stdout == "", "no URL on failure"
+    state = json.loads((tmp_path / "project" / ".comfy-remote" / "state.json").read_text())
+    assert "deployed_hash" not in state
+
+
+def test_status(tmp_path, fake_modal):
+    fake_modal.script(app_list={"stdout": json.dumps([
+        {"app_id": "ap-0", "description": "svc", "state": "stopped", "tasks": "0"},
+        {"app_id": "ap-1", "description": "svc", "state": "deployed", "tasks": "2"}])})
+    r = cli("status", "svc", "--json")
+    assert r.returncode == 0
+    assert json.loads(r.stdout) == {"name": "svc", "state": "deployed", "app_id": "ap-1", "tasks": 2}
+    r = cli("status", "other")
+    assert r.returncode == 1 and "not deployed" in r.stdout
+
+
+def test_modal_missing_says_how_to_install(tmp_path, fake_wheel, monkeypatch):
+    monkeypatch.setenv("COMFY_REMOTE_MODAL", str(tmp_path / "nowhere" / "modal"))
+    r = deploy(tmp_path, fake_wheel)
+    assert r.returncode == 4 and "pip install modal" in r.stderr
+
+
+# ---------------------------------------------------------------- the build-time stack check
+
+
+def _stub_env(root: Path, versions: dict[str, str], nms: bool = True, utils: bool = True) -> Path:
+    """Fake torch packages (module + dist-info) for the generated check script."""
+    for name, ver in versions.items():
+        pkg = root / name
+        pkg.mkdir(parents=True)
+        body = f"__version__ = {ver!r}\n"
+        if name == "torch":
+            body += (
+                "class _Ops:\n"
+                "    def __getattr__(self, ns):\n"
+                "        if ns == 'torchvision' and " + repr(nms) + ":\n"
+                "            return type('NS', (), {'nms': object()})()\n"
+                "        raise RuntimeError(f'No such operator {ns}::nms')\n"
+                "ops = _Ops()\n"
+            )
+        if name == "torchvision":
+            body += "import torch\n"
+        (pkg / "__init__.py").write_text(body)
+        dist = root / f"{name}-{ver}.dist-info"
+        dist.mkdir()
+        (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {ver}\n")
+    if utils:
+        (root / "utils").mkdir()
+        (root / "utils" / "__init__.py").write_text("")
+        (root / "utils" / "install_util.py").write_text("")
+    return root
+
+
+def _run_check(project: Path, stubs: Path) -> subprocess.CompletedProcess[str]:
+    # -S: no site-packages, so only the stubs (not this venv's real torch) are seen.
+    env = {"PYTHONPATH": str(stubs), "PATH": os.environ["PATH"]}
+    return subprocess.run([sys.executable, "-S", str(project / "build" / "check_stack.py")],
+                          capture_output=True, text=True, env=env, timeout=60)
+
+
+GOOD = {"torch": "2.11.0", "torchvision": "0.26.0", "torchaudio": "2.11.0", "xformers": "0.0.35"}
+
+
+def test_check_script_passes_on_the_pinned_stack(tmp_path, fake_wheel):
+    project = generate(tmp_path, fake_wheel)
+    r = _run_check(project, _stub_env(tmp_path / "stubs", GOOD))
+    assert r.returncode == 0, r.stderr
+    assert "torchvision 0.26.0" in r.stdout
+
+
+def test_check_script_fails_the_build_on_a_moved_torchvision(tmp_path, fake_wheel):
+    project = generate(tmp_path, fake_wheel)
+    r = _run_check(project, _stub_env(tmp_path / "stubs", {**GOOD, "torchvision": "0.18.0"}))
+    assert r.returncode == 1
+    assert "torchvision is 0.18.0, the stack pins 0.26.0" in r.stderr
+
+
+def test_check_script_fails_when_torchvision_ops_are_missing(tmp_path, fake_wheel):
+    project = generate(tmp_path, fake_wheel)
+    r = _run_check(project, _stub_env(tmp_path / "stubs", GOOD, nms=False))
+    assert r.returncode == 1
+    assert "torch.ops.torchvision.nms is missing" in r.stderr
+
+
+def test_check_script_fails_on_a_pypi_utils(tmp_path, fake_wheel):
+    project = generate(tmp_path, fake_wheel)
+    stubs = _stub_env(tmp_path / "stubs", GOOD, utils=False)
+    (stubs / "utils.py").write_text("# a PyPI module named utils\n")
+    r = _run_check(project, stubs)
+    assert r.returncode == 1 and "utils.install_util" in r.stderr
+
+
+def test_check_script_passes_in_comfyuis_real_environment(tmp_path, fake_wheel, comfyui_dir, comfy_python):
+    """The real torch 2.11 stack of ComfyUI's test env (without xformers) passes the generated check."""
+    project = generate(tmp_path, fake_wheel, "remote_invert.json", {"torch": {"xformers": "none"}})
+    env = {**os.environ, "PYTHONPATH": str(comfyui_dir)}
+    r = subprocess.run([str(comfy_python), str(project / "build" / "check_stack.py")], capture_output=True,
+                       text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
