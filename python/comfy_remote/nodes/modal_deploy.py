@@ -109,7 +109,8 @@ class ModalDeployment(io.ComfyNode):
             raise ValueError("Modal Deployment: set workflow_path to a remote workflow saved with Export (API)")
         workflow = resolve_workflow(workflow_path)
         out = _project_dir(project_dir, app_name, workflow)
-        node_id = cls.hidden.unique_id if cls.hidden else None
+        hidden = getattr(cls, "hidden", None)
+        node_id = hidden.unique_id if hidden else None
         lines: list[str] = []
 
         def progress(line: str) -> None:

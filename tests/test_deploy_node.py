@@ -1,0 +1,54 @@
+"""The Modal Deployment node under ComfyUI's Python: its schema, generate-only (no URL), and a recorded deploy."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from harness import REPO
+
+FIXTURES = REPO / "crates" / "deploy" / "tests" / "fixtures"
+FAKE = REPO / "tests" / "fake_modal"
+
+SCRIPT = r"""
+import asyncio, json, sys
+sys.path.insert(0, sys.argv[1])
+from comfy_api.latest import io
+from comfy_remote.nodes.modal_deploy import ModalDeployment, NODES
+schema = ModalDeployment.define_schema()
+assert schema.node_id == "ModalDeployment" and schema.category == "comfy-remote"
+assert all(i.tooltip for i in schema.inputs), "every input has a tooltip"
+assert [o.io_type for o in schema.outputs] == ["STRING", "STRING"]
+args = dict(workflow_path=sys.argv[2], app_name="node-app", gpu="H100,A100-80GB", pip_packages="einops\n",
+            apt_packages="", clean_build=False, force_rebuild=False, delete_remote_app=False,
+            project_dir=sys.argv[3], wheel_path=sys.argv[4])
+out = asyncio.run(ModalDeployment.execute(deploy=False, **args))
+gen_url, gen_msg = out.args[0], out.args[1]
+out = asyncio.run(ModalDeployment.execute(deploy=True, **args))
+print(json.dumps({"gen": [gen_url, gen_msg], "dep": list(out.args)}))
+"""
+
+
+def test_modal_deployment_node(tmp_path, comfyui_dir, comfy_python):
+    version = subprocess.run([str(comfy_python), "-c", "import comfy_remote; print(comfy_remote.__version__)"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    wheel = tmp_path / f"comfy_remote-{version}-cp310-abi3-manylinux_2_17_x86_64.whl"
+    wheel.write_bytes(b"w")
+    log = tmp_path / "modal.log"
+    env = {**os.environ, "PATH": f"{FAKE}{os.pathsep}{os.environ['PATH']}", "FAKE_MODAL_LOG": str(log),
+           "COMFY_REMOTE_MODAL_PYTHON": str(FAKE / "modal-python")}
+    env.pop("COMFYUI_DIR", None)
+    project = tmp_path / "project"
+    r = subprocess.run([str(comfy_python), "-c", SCRIPT, str(comfyui_dir), str(FIXTURES / "remote_invert.json"),
+                        str(project), str(wheel)], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["gen"][0] == "", "generate only never returns a URL"
+    assert "not deployed" in res["gen"][1]
+    assert res["dep"][0] == "https://acme--node-app-web.modal.run"
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    assert calls[0]["argv"] == ["deploy", "workflow.py"] and calls[0]["cwd"] == str(project)
+    cfg = json.loads((project / "modal_config.json").read_text())
+    assert cfg["gpu"] == ["H100", "A100-80GB"] and cfg["pip"] == ["einops"]
