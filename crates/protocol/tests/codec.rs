@@ -182,3 +182,118 @@ fn encoder_refuses_what_cannot_travel() {
         Err(CodecError::LengthMismatch { .. })
     ));
 }
+
+#[test]
+fn layout_reads_the_header_alone_and_gives_byte_ranges() {
+    use comfy_remote_protocol::container::header_len;
+    use comfy_remote_protocol::read_layout;
+
+    let bytes = encode(&sample()).expect("encode");
+    let limits = Limits::default();
+    let n = header_len(&bytes[..8], bytes.len() as u64, &limits).expect("header length");
+    // Only the header is handed over; the data section is never read.
+    let layout = read_layout(&bytes[..n], bytes.len() as u64, &limits).expect("layout");
+    assert_eq!(layout.header_len, n);
+    assert_eq!(n % 8, 0, "data section starts 8-byte aligned");
+    for slot in &layout.slots {
+        assert_eq!(
+            slot.start % slot.dtype.size(),
+            0,
+            "{} is aligned",
+            slot.name
+        );
+    }
+    let decoded = decode(&bytes, &limits).expect("decode");
+    let Value::Tensor(image) = &decoded.entries[0].value else {
+        panic!("image is not a tensor")
+    };
+    let slot = &layout
+        .slots
+        .iter()
+        .find(|s| s.shape == vec![1, 4, 4, 3])
+        .expect("image slot");
+    assert_eq!(&bytes[slot.start..slot.end], &image.data[..]);
+    assert!(layout
+        .tree_json()
+        .starts_with(r#"{"v":1,"entries":[{"name":"image","type":"IMAGE","value":{"$t":"#));
+}
+
+#[test]
+fn foreign_trees_are_renumbered_and_long_strings_moved_out() {
+    use comfy_remote_protocol::container::{prepare_tree, Blob, BlobSource};
+    use comfy_remote_protocol::tree::{parse_tree, BlobInfo};
+
+    // A tree written by another encoder: tensors named in reverse order and
+    // a long string inline.
+    let long = "x".repeat(70_000);
+    let tree = format!(
+        r#"{{"v":1,"entries":[{{"name":"a","type":null,"value":[{{"$t":"t1"}},{{"$t":"t0"}},"{long}"]}}]}}"#
+    );
+    let infos = vec![
+        BlobInfo {
+            name: "t0".into(),
+            dtype: DType::U8,
+            shape: vec![1],
+        },
+        BlobInfo {
+            name: "t1".into(),
+            dtype: DType::U8,
+            shape: vec![2],
+        },
+    ];
+    let entries = parse_tree(tree.as_bytes(), &infos, 64).expect("tree");
+    let data: [&[u8]; 2] = [&[9], &[7, 8]];
+    let blobs = infos
+        .iter()
+        .zip(data)
+        .map(|(i, d)| Blob {
+            dtype: i.dtype,
+            shape: i.shape.clone(),
+            source: BlobSource::Slice(d),
+        })
+        .collect();
+    let ours = prepare_tree(entries, blobs)
+        .expect("plan")
+        .to_vec()
+        .expect("write");
+    let expected = Payload {
+        entries: vec![entry(
+            "a",
+            None,
+            Value::List(vec![
+                Value::Tensor(Tensor::new(DType::U8, vec![2], vec![7, 8]).expect("t")),
+                Value::Tensor(Tensor::new(DType::U8, vec![1], vec![9]).expect("t")),
+                Value::Str(long),
+            ]),
+        )],
+    };
+    assert_eq!(ours, encode(&expected).expect("encode"));
+}
+
+#[test]
+fn json_bodies_are_checked() {
+    use comfy_remote_protocol::decode_json_body;
+
+    let limits = Limits::default();
+    for (body, kind) in [
+        (&br#"[1]"#[..], "invalid_json_body"),
+        (br#"{"inputs":{"a":1},"x":2}"#, "invalid_json_body"),
+        (br#"{"format":"other","data":""}"#, "invalid_json_body"),
+        (
+            br#"{"format":"comfy-remote/1+base64","data":"!!"}"#,
+            "invalid_json_body",
+        ),
+        (br#"{"inputs":{"a":1,"a":2}}"#, "duplicate_key"),
+        (
+            br#"{"inputs":{"a":{"$pickle":"t0","sig":"00"}}}"#,
+            "dangling_ref",
+        ),
+        (
+            br#"{"format":"comfy-remote/1+base64","data":"AAAA"}"#,
+            "truncated",
+        ),
+    ] {
+        let err = decode_json_body(body, &limits).expect_err("invalid body");
+        assert_eq!(err.kind(), kind, "{}: {err}", String::from_utf8_lossy(body));
+    }
+}
