@@ -9,7 +9,9 @@ It answers
   | number, "poll_url": ..., "result": {"format", "data"} | absent, "error": str}``;
 - ``POST /status/<id>/cancel`` -> cancels the worker job;
 - everything else (``/v1/info`` included) -> 404.
-No SSE, no binary bodies, no signature. Standard library only.
+No SSE, no binary bodies, no signature: like the seed's services, it takes
+inputs by position and renames them to the workflow's Remote Inputs
+(asking the worker once) before passing them on.
 
 Usage: python seed_endpoint.py --worker http://127.0.0.1:PORT [--port N]
 Prints ``listening on http://127.0.0.1:N`` once ready.
@@ -46,6 +48,17 @@ def worker_call(url: str, *, method: str = "GET", body: bytes | None = None, cty
         return resp.read()
 
 
+def by_position(container: bytes, worker: str) -> bytes:
+    """Rename the entries to the worker's input names, in order."""
+    from comfy_remote import codec
+
+    names = [i["name"] for i in json.loads(worker_call(f"{worker}/v1/info"))["inputs"]]
+    entries = codec.decode(container)
+    if len(entries) > len(names):
+        raise ValueError(f"{len(entries)} inputs sent, the workflow takes {len(names)}")
+    return codec.encode([(names[i], t, v) for i, (_, t, v) in enumerate(entries)])
+
+
 class Handler(BaseHTTPRequestHandler):
     worker = ""
     protocol_version = "HTTP/1.1"
@@ -68,7 +81,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             if self.path == "/run":
                 form = json.loads(self.body())
-                container = base64.b64decode(form["data"])
+                container = by_position(base64.b64decode(form["data"]), self.worker)
                 view = json.loads(worker_call(f"{self.worker}/v1/jobs", method="POST", body=container, ctype=CONTAINER))
                 jid = view["id"]
                 return self.reply(202, {"status": "pending", "id": jid, "poll_url": f"/status/{jid}"})

@@ -20,6 +20,9 @@ from typing import Any, Callable
 sys.path.insert(0, sys.argv[1])
 
 import torch  # noqa: E402
+from comfy.cli_args import args as comfy_args  # noqa: E402
+
+comfy_args.cpu = True  # before comfy.model_management picks a device
 from comfy_api.latest import io  # noqa: E402
 
 from comfy_remote import codec  # noqa: E402
