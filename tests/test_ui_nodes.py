@@ -49,7 +49,7 @@ BUILD_GRAPH = """
   if (slot >= 0) num.connect(0, remote, slot);
   remote.connect(0, pick, 0);
   pick.connect(0, prev, 0);
-  app.canvas.ds.scale = 1.0; app.canvas.ds.offset = [0, 0];
+  app.canvas.ds.scale = 1.0; app.canvas.ds.offset = [90, 140];
   app.graph.setDirtyCanvas(true, true);
   await new Promise(r => setTimeout(r, 800));
   return remote.inputs.map(i => i.name).concat(remote.widgets.map(w => w.name));
@@ -94,6 +94,9 @@ def test_nodes_listed_and_screenshot(comfyui_dir: Path, comfy_python: Path, tmp_
     from harness import free_port, start_comfyui, wait_until
 
     comfy = start_comfyui(comfy_python, comfyui_dir, tmp_path / "home")
+    # A fresh user would get the templates dialog over the canvas.
+    req = urllib.request.Request(f"{comfy.url}/settings/Comfy.TutorialCompleted", data=b"true", method="POST")
+    urllib.request.urlopen(req, timeout=10).read()
     port = free_port()
     profile = tempfile.mkdtemp(prefix="cr-chromium-")
     chrome = subprocess.Popen(
@@ -132,6 +135,9 @@ def test_nodes_listed_and_screenshot(comfyui_dir: Path, comfy_python: Path, tmp_
                 # Close anything the frontend opened on first start (templates, tips).
                 await evaluate(call, "document.querySelectorAll('.p-dialog-close-button, button[aria-label=Close]').forEach(b => b.click()); true")
                 names = await evaluate(call, BUILD_GRAPH)
+                await asyncio.sleep(0.5)
+                await call("Input.dispatchKeyEvent", type="keyDown", key="Escape", code="Escape", windowsVirtualKeyCode=27)
+                await call("Input.dispatchKeyEvent", type="keyUp", key="Escape", code="Escape", windowsVirtualKeyCode=27)
                 await asyncio.sleep(0.5)
                 shot = await call("Page.captureScreenshot", format="png")
                 return listed, registered, names, base64.b64decode(shot["data"])
