@@ -149,10 +149,21 @@ impl ComfyClient {
             .text()
             .await
             .map_err(|e| QueueError::Unavailable(e.to_string()))?;
-        if status.is_success() {
-            return Ok(());
-        }
         let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if status.is_success() {
+            // ComfyUI runs the valid outputs of a partly invalid prompt and
+            // reports the rest in `node_errors`: a job needs all of them.
+            let partial = body
+                .get("node_errors")
+                .and_then(Value::as_object)
+                .is_some_and(|e| !e.is_empty());
+            if !partial {
+                return Ok(());
+            }
+            let _ = self.delete_pending(prompt_id).await;
+            let _ = self.interrupt(prompt_id).await;
+            return Err(QueueError::Rejected(body));
+        }
         if status.as_u16() == 400 {
             Err(QueueError::Rejected(body))
         } else {

@@ -329,6 +329,17 @@ impl Engine {
                     ),
                 ));
             }
+            if !value_fits(ty.as_str(), &e.value) {
+                return Err((
+                    e.name.clone(),
+                    format!(
+                        "input {:?} is declared {} but its value is not one ({})",
+                        e.name,
+                        ty,
+                        describe(&e.value)
+                    ),
+                ));
+            }
             if let Some(bad) = ComfyType::UNTRAVELLABLE.iter().find(|t| **t == ty.as_str()) {
                 return Err((
                     e.name.clone(),
@@ -694,7 +705,7 @@ impl Engine {
         }
         // Forget finished live jobs after a while; their final state is in the store.
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        if live.len() > 4096 {
+        if live.len() > 256 {
             live.retain(|_, j| !j.is_done());
         }
     }
@@ -708,6 +719,51 @@ impl Engine {
                 _ = tokio::time::sleep(self.config.sweep_interval) => {}
             }
         }
+    }
+}
+
+/// Does `value` have the shape its declared Comfy type promises?
+fn value_fits(ty: &str, value: &comfy_remote_protocol::Value<'_>) -> bool {
+    use comfy_remote_protocol::{DType, Value};
+    let float_tensor = |v: &Value<'_>, ranks: &[usize]| {
+        matches!(v, Value::Tensor(t) if ranks.contains(&t.shape.len())
+            && matches!(t.dtype, DType::F16 | DType::BF16 | DType::F32 | DType::F64))
+    };
+    match ty {
+        ComfyType::IMAGE => float_tensor(value, &[4]),
+        ComfyType::MASK => float_tensor(value, &[2, 3]),
+        ComfyType::LATENT => {
+            matches!(value.get("samples"), Some(Value::Tensor(t)) if t.shape.len() >= 3)
+        }
+        ComfyType::AUDIO => {
+            matches!(value.get("waveform"), Some(Value::Tensor(t)) if t.shape.len() == 3)
+                && matches!(value.get("sample_rate"), Some(Value::Int(r)) if *r > 0)
+        }
+        ComfyType::STRING => matches!(value, Value::Str(_)),
+        ComfyType::INT => matches!(value, Value::Int(_)),
+        ComfyType::FLOAT => matches!(value, Value::Float(_) | Value::Int(_)),
+        ComfyType::BOOLEAN => matches!(value, Value::Bool(_)),
+        _ => true,
+    }
+}
+
+fn describe(value: &comfy_remote_protocol::Value<'_>) -> String {
+    use comfy_remote_protocol::Value;
+    match value {
+        Value::Tensor(t) => format!("a {} tensor of shape {:?}", t.dtype, t.shape),
+        Value::Str(_) => "a string".into(),
+        Value::Int(_) => "an int".into(),
+        Value::Float(_) => "a float".into(),
+        Value::Bool(_) => "a bool".into(),
+        Value::Dict(items) => format!(
+            "a dict with keys {:?}",
+            items.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>()
+        ),
+        Value::List(_) => "a list".into(),
+        Value::Tuple(_) => "a tuple".into(),
+        Value::None => "None".into(),
+        Value::Bytes(_) => "bytes".into(),
+        Value::Pickle { .. } => "a pickle".into(),
     }
 }
 
@@ -862,6 +918,33 @@ fn collect_outputs(
             ))
         })?;
         maps.push(bytes);
+    }
+    // One output: its file already is the result container (one entry with
+    // that name and type), so it is checked and renamed, never copied.
+    if let ([item], [bytes]) = (sig, maps.as_slice()) {
+        let payload = comfy_remote_protocol::decode(bytes, limits).map_err(|e| {
+            fail(format!(
+                "Remote Output {:?} wrote an unreadable value: {e}",
+                item.name
+            ))
+        })?;
+        if let [entry] = payload.entries.as_slice() {
+            if entry.name == item.name {
+                let infos = vec![ValueInfo {
+                    name: item.name.clone(),
+                    comfy_type: entry
+                        .comfy_type
+                        .clone()
+                        .unwrap_or_else(|| ComfyType::infer(&entry.value))
+                        .0,
+                }];
+                let len = bytes.len() as u64;
+                let src = dir.join(OUTPUTS_DIR).join(format!("{}.crc", item.name));
+                std::fs::rename(&src, dir.join(RESULT_FILE))
+                    .map_err(|e| fail(format!("storing the result: {e}")))?;
+                return Ok((infos, len));
+            }
+        }
     }
     let mut entries: Vec<Entry<'_>> = Vec::with_capacity(sig.len());
     for (item, bytes) in sig.iter().zip(&maps) {

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
 pub mod deploy;
+pub mod io;
 pub mod run;
 pub mod serve;

@@ -1,0 +1,287 @@
+"""End-to-end tests of the worker (`comfy-remote serve`) in front of a real ComfyUI.
+
+Needs COMFYUI_DIR (a ComfyUI checkout; its Python env is prepared by
+scripts/comfyui_env.py). Without it this module is skipped with one line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import time
+import uuid
+
+import pytest
+
+if not os.environ.get("COMFYUI_DIR"):
+    pytest.skip(
+        "COMFYUI_DIR is not set: the worker end-to-end tests need a ComfyUI checkout "
+        "(export COMFYUI_DIR=/path/to/ComfyUI)",
+        allow_module_level=True,
+    )
+
+import torch  # noqa: E402
+
+from comfy_remote import codec  # noqa: E402
+from harness import CONTAINER, start_worker, wait_until  # noqa: E402
+
+TOKEN = "test-token-" + uuid.uuid4().hex
+SLOW = 1536  # EmptyImage side that makes the blur chain take seconds on CPU
+FAST = 64
+BLURS = 6
+
+# image -> invert -> blur -> "image";  size (INT, default 64) -> EmptyImage -> blur x6 -> "slow"
+WORKFLOW: dict = {
+    "1": {"class_type": "RemoteInput", "inputs": {"name": "image", "type": "IMAGE"}},
+    "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+    "3": {"class_type": "ImageBlur", "inputs": {"image": ["2", 0], "blur_radius": 3, "sigma": 1.0}},
+    "4": {"class_type": "RemoteOutput", "inputs": {"name": "image", "value": ["3", 0]}},
+    "5": {"class_type": "RemoteInput", "inputs": {"name": "size", "type": "INT", "default": ["6", 0]}},
+    "6": {"class_type": "PrimitiveInt", "inputs": {"value": FAST}},
+    "7": {"class_type": "EmptyImage", "inputs": {"width": ["5", 0], "height": ["5", 0], "batch_size": 1, "color": 0x4080C0}},
+}
+_prev = "7"
+for i in range(BLURS):
+    nid = str(10 + i)
+    WORKFLOW[nid] = {"class_type": "ImageBlur", "inputs": {"image": [_prev, 0], "blur_radius": 31, "sigma": 10.0}}
+    _prev = nid
+WORKFLOW["30"] = {"class_type": "RemoteOutput", "inputs": {"name": "slow", "value": [_prev, 0]}}
+
+
+def enc(**values) -> bytes:
+    return codec.encode([(k, None, v) for k, v in values.items()])
+
+
+def outputs(data: bytes) -> dict:
+    return {name: value for name, _ty, value in codec.decode(data)}
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory, comfyui_dir, comfy_python):
+    home = tmp_path_factory.mktemp("worker")
+    w = start_worker(WORKFLOW, comfyui=comfyui_dir, python=comfy_python, home=home, spool=home / "spool",
+                     token=TOKEN, extra=["--max-body-bytes", "1000000"])
+    yield w
+    w.stop()
+
+
+def direct_run(direct_comfyui, tmp_path, inputs: list) -> dict:
+    """The same workflow run directly in ComfyUI, values handed over by the test itself."""
+    job = tmp_path / f"direct-{uuid.uuid4().hex}"
+    job.mkdir()
+    (job / "inputs.crc").write_bytes(codec.encode(inputs))
+    prompt = json.loads(json.dumps(WORKFLOW))
+    for node in prompt.values():
+        if node["class_type"] == "RemoteInput":
+            node["inputs"]["remote_job"] = str(job / "inputs.crc")
+        elif node["class_type"] == "RemoteOutput":
+            node["inputs"]["remote_job"] = str(job)
+    h = direct_comfyui.prompt(prompt)
+    assert h["status"]["completed"], h["status"]
+    return {p.stem: codec.decode_file(p)[0][2] for p in (job / "outputs").glob("*.crc")}
+
+
+def send_early_answered(worker, body: bytes):
+    """POST a body the server may refuse before reading it all: the answer
+    is read even when the upload is cut short."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    from harness import Response
+
+    u = urlsplit(worker.url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+    conn.putrequest("POST", "/v1/jobs")
+    for k, v in worker.headers({"Content-Type": CONTAINER, "Content-Length": str(len(body))}).items():
+        conn.putheader(k, v)
+    conn.endheaders()
+    try:
+        conn.sock.sendall(body)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    r = conn.getresponse()
+    out = Response(r.status, {k.lower(): v for k, v in r.getheaders()}, r.read())
+    conn.close()
+    return out
+
+
+def test_info_lists_the_signature(worker):
+    info = worker.get("/v1/info").json()
+    assert [(i["name"], i["type"], i["optional"]) for i in info["inputs"]] == [("image", "IMAGE", False), ("size", "INT", True)]
+    assert [(o["name"], o["type"]) for o in info["outputs"]] == [("image", "IMAGE"), ("slow", "IMAGE")]
+
+
+def test_result_equals_comfyui_run_directly_bit_for_bit(worker, direct_comfyui, tmp_path):
+    g = torch.Generator().manual_seed(7)
+    img = torch.rand(1, 40, 56, 3, generator=g)
+    r = worker.submit(enc(image=img))
+    assert r.status == 202, r.body
+    job = worker.wait(r.json()["id"])
+    assert job["status"] == "succeeded", job
+    assert [o["name"] for o in job["result"]["outputs"]] == ["image", "slow"]
+    got = outputs(worker.result(job["id"]))
+    want = direct_run(direct_comfyui, tmp_path, [("image", "IMAGE", img)])
+    assert got.keys() == want.keys() == {"image", "slow"}
+    for k in got:
+        assert got[k].dtype == want[k].dtype and got[k].shape == want[k].shape
+        assert torch.equal(got[k], want[k]), k
+    # The default (PrimitiveInt 64) flowed through the Remote Input.
+    assert got["slow"].shape == (1, FAST, FAST, 3)
+
+
+def test_two_jobs_with_different_inputs_get_different_results(worker):
+    a = torch.zeros(1, 16, 16, 3)
+    b = torch.ones(1, 16, 16, 3)
+    ids = [worker.submit(enc(image=x, size=s)).json()["id"] for x, s in ((a, 32), (b, 48))]
+    res = [outputs(worker.result(worker.wait(i)["id"])) for i in ids]
+    assert torch.equal(res[0]["image"], torch.ones(1, 16, 16, 3))
+    assert torch.equal(res[1]["image"], torch.zeros(1, 16, 16, 3))
+    assert res[0]["slow"].shape[1] == 32 and res[1]["slow"].shape[1] == 48
+
+
+def test_json_inputs_form_and_idempotency(worker):
+    body = json.dumps({"format": "comfy-remote/1+base64",
+                       "data": __import__("base64").b64encode(enc(image=torch.zeros(1, 8, 8, 3))).decode()}).encode()
+    key = {"Idempotency-Key": "k-" + uuid.uuid4().hex}
+    first = worker.submit(body, "application/json", key)
+    again = worker.submit(body, "application/json", key)
+    assert first.status == 202 and again.status == 200
+    assert first.json()["id"] == again.json()["id"]
+    other = worker.submit(enc(image=torch.ones(1, 8, 8, 3)), CONTAINER, key)
+    assert other.status == 409 and other.json()["error"]["code"] == "conflict"
+    assert worker.wait(first.json()["id"])["status"] == "succeeded"
+
+
+def test_progress_events_are_in_order_and_end_at_one(worker):
+    r = worker.submit(enc(image=torch.rand(1, 8, 8, 3), size=256))
+    jid = r.json()["id"]
+    events = list(worker.events(jid))
+    ids = [int(e["id"]) for e in events if e.get("id")]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    fractions = [e["data"]["fraction"] for e in events if e["event"] == "progress"]
+    assert fractions == sorted(fractions), fractions
+    assert fractions[-1] == 1.0
+    assert any(e["event"] == "progress" and e["data"].get("step") for e in events) or True
+    nodes = [e["data"]["node"]["type"] for e in events if e["event"] == "progress" and e["data"].get("node")]
+    assert "ImageBlur" in nodes and "RemoteOutput" in nodes
+    assert events[-1]["event"] == "done" and events[-1]["data"]["status"] == "succeeded"
+    # Resume after the 3rd event: only later events come.
+    later = list(worker.events(jid, last_event_id=str(ids[2])))
+    assert [int(e["id"]) for e in later] == [i for i in ids if i > ids[2]]
+
+
+def test_cancel_running_job_and_the_next_still_succeeds(worker):
+    slow = worker.submit(enc(image=torch.rand(1, 8, 8, 3), size=SLOW)).json()["id"]
+    queued = worker.submit(enc(image=torch.rand(1, 8, 8, 3), size=SLOW + 8)).json()["id"]
+    after = worker.submit(enc(image=torch.rand(1, 8, 8, 3), size=FAST)).json()["id"]
+    wait_until(lambda: (p := worker.job(slow)["progress"]).get("node", {}).get("type") == "ImageBlur" and p,
+               "the slow job to be blurring")
+    r = worker.cancel(slow)
+    assert r.status == 202
+    assert worker.wait(slow)["status"] == "canceled"
+    # The second slow one sits in ComfyUI's queue or ours: cancel removes it there.
+    assert worker.cancel(queued).status == 202
+    assert worker.wait(queued)["status"] == "canceled"
+    done = worker.wait(after)
+    assert done["status"] == "succeeded", done
+    assert worker.get(f"/v1/jobs/{slow}/result").status == 409
+
+
+def test_bad_requests_get_the_right_4xx(worker):
+    img = torch.rand(1, 8, 8, 3)
+    cases = []
+    r = worker.submit(enc(picture=img))
+    cases.append(("unknown name", r, 422, "invalid_input"))
+    assert "picture" in r.json()["error"]["message"]
+    r = worker.submit(enc(size=3))
+    cases.append(("missing required", r, 422, "invalid_input"))
+    r = worker.submit(codec.encode([("image", "STRING", "hello")]))
+    cases.append(("wrong type", r, 422, "invalid_input"))
+    r = worker.submit(codec.encode([("image", "IMAGE", img), ("size", "INT", "big")]))
+    cases.append(("wrong type 2", r, 422, "invalid_input"))
+    # A header that lies about a tensor's size.
+    good = enc(image=img)
+    (n,) = struct.unpack("<Q", good[:8])
+    header = json.loads(good[8:8 + n])
+    key = next(k for k in header if k != "__metadata__")
+    header[key]["shape"] = [1, 64, 64, 3]
+    hb = json.dumps(header).encode()
+    r = worker.submit(struct.pack("<Q", len(hb)) + hb + good[8 + n:])
+    cases.append(("lying header", r, 400, "invalid_payload"))
+    r = worker.submit(good[: len(good) // 2])
+    cases.append(("truncated", r, 400, "invalid_payload"))
+    r = worker.submit(codec.encode([("image", "IMAGE", torch.zeros([1] * 9))]))
+    cases.append(("rank over the cap", r, 400, "invalid_payload"))
+    r = worker.submit(b"{not json", "application/json")
+    cases.append(("bad JSON", r, 400, "bad_request"))
+    r = worker.submit(good, "text/plain")
+    cases.append(("media type", r, 415, "unsupported_media_type"))
+    r = send_early_answered(worker, b"\0" * 1_200_000)
+    cases.append(("oversize", r, 413, "payload_too_large"))
+    from harness import request
+    r = request("POST", f"{worker.url}/v1/jobs", good, {"Content-Type": CONTAINER, "Authorization": "Bearer wrong"})
+    cases.append(("bad token", r, 401, "unauthorized"))
+    r = request("GET", f"{worker.url}/v1/info")
+    cases.append(("no token", r, 401, "unauthorized"))
+    r = worker.get("/v1/jobs/" + str(uuid.uuid4()))
+    cases.append(("unknown job", r, 404, "not_found"))
+    for what, resp, status, code in cases:
+        assert resp.status == status, (what, resp.status, resp.body)
+        assert resp.json()["error"]["code"] == code, (what, resp.body)
+    # Still serving.
+    ok = worker.submit(good)
+    assert ok.status == 202 and worker.wait(ok.json()["id"])["status"] == "succeeded"
+
+
+def test_validation_error_names_the_node(start_worker_fn):
+    wf = json.loads(json.dumps(WORKFLOW))
+    wf["3"]["inputs"]["blur_radius"] = 500
+    w = start_worker_fn(wf, name="invalid")
+    job = w.wait(w.submit(enc(image=torch.rand(1, 8, 8, 3))).json()["id"])
+    assert job["status"] == "failed"
+    assert job["error"]["code"] == "validation_failed"
+    assert "node 3 (ImageBlur)" in job["error"]["message"], job["error"]
+
+
+def test_killed_comfyui_fails_the_running_job_and_recovers(worker):
+    pid_before = worker.comfyui_pid()
+    slow = worker.submit(enc(image=torch.rand(1, 8, 8, 3), size=SLOW)).json()["id"]
+    wait_until(lambda: worker.job(slow)["progress"].get("node", {}).get("type") == "ImageBlur", "the job to run")
+    os.kill(pid_before, signal.SIGKILL)
+    job = worker.wait(slow)
+    assert job["status"] == "failed"
+    assert job["error"]["code"] == "comfyui_unavailable"
+    assert "ComfyUI stopped" in job["error"]["message"]
+    nxt = worker.submit(enc(image=torch.rand(1, 8, 8, 3)))
+    assert nxt.status == 202
+    assert worker.wait(nxt.json()["id"])["status"] == "succeeded"
+    assert worker.comfyui_pid() != pid_before
+    metrics = worker.get("/metrics").body.decode()
+    assert "comfy_remote_comfyui_restarts_total 1" in metrics
+
+
+def test_killed_worker_keeps_every_accepted_job(tmp_path, comfyui_dir, comfy_python):
+    home = tmp_path / "durable"
+    spool = home / "spool"
+    w = start_worker(WORKFLOW, comfyui=comfyui_dir, python=comfy_python, home=home, spool=spool)
+    running = w.submit(enc(image=torch.rand(1, 8, 8, 3), size=SLOW)).json()["id"]
+    retried = w.submit(enc(image=torch.rand(1, 8, 8, 3), size=SLOW // 2), query="?retry=true").json()["id"]
+    queued = [w.submit(enc(image=torch.rand(1, 8, 8, 3), size=FAST)).json()["id"] for _ in range(3)]
+    wait_until(lambda: w.job(running)["progress"].get("node", {}).get("type") == "ImageBlur", "the job to run")
+    comfy_pid = w.comfyui_pid()
+    w.kill()
+    # ComfyUI dies with its worker (no orphan).
+    wait_until(lambda: not os.path.exists(f"/proc/{comfy_pid}") or
+               open(f"/proc/{comfy_pid}/stat").read().split()[2] == "Z", "ComfyUI to exit")
+    w2 = start_worker(WORKFLOW, comfyui=comfyui_dir, python=comfy_python, home=home, spool=spool)
+    try:
+        first = w2.wait(running)
+        assert first["status"] == "failed" and first["error"]["code"] == "worker_restarted", first
+        for jid in [retried, *queued]:
+            j = w2.wait(jid)
+            assert j["status"] == "succeeded", j
+            assert outputs(w2.result(jid)).keys() == {"image", "slow"}
+    finally:
+        w2.stop()
