@@ -151,7 +151,14 @@ def test_json_inputs_form_and_idempotency(worker):
     assert first.json()["id"] == again.json()["id"]
     other = worker.submit(enc(image=torch.ones(1, 8, 8, 3)), CONTAINER, key)
     assert other.status == 409 and other.json()["error"]["code"] == "conflict"
-    assert worker.wait(first.json()["id"])["status"] == "succeeded"
+    jid = first.json()["id"]
+    assert worker.wait(jid)["status"] == "succeeded"
+    from harness import request
+    as_json = request("GET", f"{worker.url}/v1/jobs/{jid}/result", headers=worker.headers({"Accept": "application/json"}))
+    assert as_json.status == 200
+    form = as_json.json()
+    assert form["format"] == "comfy-remote/1+base64"
+    assert __import__("base64").b64decode(form["data"]) == worker.result(jid)
 
 
 def test_progress_events_are_in_order_and_end_at_one(worker):
@@ -285,3 +292,31 @@ def test_killed_worker_keeps_every_accepted_job(tmp_path, comfyui_dir, comfy_pyt
             assert outputs(w2.result(jid)).keys() == {"image", "slow"}
     finally:
         w2.stop()
+
+
+def test_run_cli_writes_outputs_and_a_json_summary(worker, tmp_path):
+    import subprocess
+
+    from harness import REPO, binary
+
+    out = tmp_path / "out"
+    env = {**os.environ, "MY_TOKEN": TOKEN}
+    r = subprocess.run([str(binary()), "run", worker.url, "--input", f"image={REPO / 'examples' / 'input.png'}",
+                        "--input", "size=32", "--out", str(out), "--token-env", "MY_TOKEN", "--json"],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["status"] == "succeeded"
+    assert [(o["name"], o["type"]) for o in doc["outputs"]] == [("image", "IMAGE"), ("slow", "IMAGE")]
+    from PIL import Image
+
+    img = Image.open(out / "image.png")
+    assert img.size == Image.open(REPO / "examples" / "input.png").size
+    assert Image.open(out / "slow.png").size == (32, 32)
+    bad = subprocess.run([str(binary()), "run", worker.url, "--input", "picture=3", "--token-env", "MY_TOKEN",
+                          "--out", str(out)], capture_output=True, text=True, env=env)
+    assert bad.returncode == 2, bad.stderr
+    assert "picture" in bad.stderr
+    noauth = subprocess.run([str(binary()), "run", worker.url, "--input", "size=3", "--out", str(out),
+                             "--token-env", "NO_SUCH_VAR"], capture_output=True, text=True, env=env)
+    assert noauth.returncode != 0 and "401" in noauth.stderr or "unauthorized" in noauth.stderr

@@ -138,13 +138,14 @@ async fn readyz(State(st): State<AppState>) -> Response {
     if ready {
         Json(body).into_response()
     } else {
-        ApiError::new(
+        let mut e = ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::NotReady,
             "ComfyUI is not answering yet",
         )
-        .with_details(body)
-        .into_response()
+        .with_details(body);
+        e.retry_after = Some(1);
+        e.into_response()
     }
 }
 
@@ -335,6 +336,7 @@ async fn submit(
             .map_err(|_| ApiError::internal("the container decoder panicked"))?
             .map_err(|e| {
                 ApiError::invalid_payload(format!("the inputs container is invalid: {e}"))
+                    .with_details(serde_json::json!({"kind": e.kind()}))
             })?;
         Engine::check_inputs(&sig, &payload).map_err(|(name, msg)| {
             ApiError::invalid_input(msg).with_details(serde_json::json!({"input": name}))
@@ -447,7 +449,11 @@ async fn cancel(
         .into_response())
 }
 
-async fn result(State(st): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn result(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     check_id(&id)?;
     let row = st
         .engine
@@ -480,6 +486,16 @@ async fn result(State(st): State<AppState>, Path(id): Path<String>) -> Result<Re
         }
     }
     let path = st.engine.job_dir(&id).join(RESULT_FILE);
+    let wants_json = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/json") && !a.contains(CONTAINER_MEDIA_TYPE));
+    if wants_json {
+        let bytes = tokio::fs::read(&path).await.map_err(ApiError::internal)?;
+        return Ok(
+            Json(comfy_remote_protocol::api::JsonForm::from_container(&bytes)).into_response(),
+        );
+    }
     let file = tokio::fs::File::open(&path)
         .await
         .map_err(ApiError::internal)?;
@@ -529,6 +545,7 @@ async fn events(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     let live = engine.live(&id);
+    let shutdown = engine.shutdown.clone();
     let stream = async_stream::stream! {
         let Some(live) = live else {
             // Not live (finished before this process started): the final state.
@@ -553,7 +570,17 @@ async fn events(
             if done { return; }
         }
         loop {
-            match rx.recv().await {
+            let next = tokio::select! {
+                r = rx.recv() => Some(r),
+                _ = shutdown.cancelled() => None,
+            };
+            let Some(next) = next else {
+                let body = serde_json::json!({"error": {"code": "not_ready",
+                    "message": "the worker is shutting down; reconnect with Last-Event-ID"}});
+                yield Ok(Event::default().event("error").data(body.to_string()));
+                return;
+            };
+            match next {
                 Ok(ev) => {
                     if ev.seq <= last { continue; }
                     last = ev.seq;
@@ -571,7 +598,6 @@ async fn events(
             }
         }
     };
-    let stream = stream.take_until(st.engine.shutdown.clone().cancelled_owned());
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())

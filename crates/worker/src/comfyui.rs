@@ -134,8 +134,16 @@ impl ComfyClient {
     }
 
     /// Queue `prompt` under our `client_id` and the given `prompt_id`.
-    pub async fn queue_prompt(&self, prompt: &Value, prompt_id: &str) -> Result<(), QueueError> {
-        let body = json!({ "prompt": prompt, "client_id": self.client_id, "prompt_id": prompt_id });
+    /// `number` is ComfyUI's queue priority (lower runs first): the job's
+    /// place in our queue, so prompts run in submit order even when two are
+    /// posted concurrently.
+    pub async fn queue_prompt(
+        &self,
+        prompt: &Value,
+        prompt_id: &str,
+        number: i64,
+    ) -> Result<(), QueueError> {
+        let body = json!({ "prompt": prompt, "client_id": self.client_id, "prompt_id": prompt_id, "number": number });
         let r = self
             .http
             .post(self.url("/prompt"))

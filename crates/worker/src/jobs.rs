@@ -455,7 +455,7 @@ impl Engine {
         self.publish_status(&id);
         let dir = self.job_dir(&id);
         let rx = self.comfy.router.register(&prompt_id);
-        let outcome = self.follow(&id, &prompt_id, &dir, &live, rx).await;
+        let outcome = self.follow(&id, row.seq, &prompt_id, &dir, &live, rx).await;
         self.comfy.router.unregister(&prompt_id);
         let (status, error, outputs, bytes) = match outcome {
             Outcome::Shutdown => return,
@@ -526,6 +526,7 @@ impl Engine {
     async fn follow(
         self: &Arc<Self>,
         id: &str,
+        seq: i64,
         prompt_id: &str,
         dir: &Path,
         live: &Arc<LiveJob>,
@@ -550,7 +551,7 @@ impl Engine {
         let prompt = self.workflow.prompt_for_job(dir);
         let mut tries = 0;
         loop {
-            match comfy.client.queue_prompt(&prompt, prompt_id).await {
+            match comfy.client.queue_prompt(&prompt, prompt_id, seq).await {
                 Ok(()) => break,
                 Err(QueueError::Rejected(body)) => {
                     return Outcome::Failed(validation_error(&body, &self.workflow))
