@@ -689,3 +689,57 @@ async fn follow_websocket(h: ComfyHandle, s: Arc<Senders>, shutdown: Cancellatio
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_and_previews_reach_the_prompt_that_owns_them() {
+        let router = EventRouter::default();
+        let mut rx = router.register("p1");
+        let mut other = router.register("p2");
+        router.on_text(r#"{"type": "execution_start", "data": {"prompt_id": "p1"}}"#);
+        router.on_text(r#"{"type": "progress", "data": {"prompt_id": "p1", "node": "3", "value": 2, "max": 8}}"#);
+        // A legacy preview (type 1, JPEG) carries no prompt id: it belongs to the running prompt.
+        let mut legacy = vec![0, 0, 0, 1, 0, 0, 0, 1];
+        legacy.extend_from_slice(b"jpegbytes");
+        router.on_binary(&legacy);
+        // A preview with metadata (type 4) names its prompt and node.
+        let meta = br#"{"prompt_id": "p2", "node_id": "7", "display_node_id": "7", "image_type": "image/png"}"#;
+        let mut framed = vec![0, 0, 0, 4];
+        framed.extend_from_slice(&(meta.len() as u32).to_be_bytes());
+        framed.extend_from_slice(meta);
+        framed.extend_from_slice(b"pngbytes");
+        router.on_binary(&framed);
+        router.on_binary(&[0, 0, 0, 4, 255, 255, 255, 255]); // lying length: ignored
+        router.on_text("not json");
+        assert!(matches!(rx.try_recv(), Ok(ComfyEvent::Started)));
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(ComfyEvent::Progress {
+                value: 2,
+                max: 8,
+                ..
+            })
+        ));
+        match rx.try_recv() {
+            Ok(ComfyEvent::Preview { mime, data, .. }) => {
+                assert_eq!(
+                    (mime.as_str(), data.as_slice()),
+                    ("image/jpeg", &b"jpegbytes"[..])
+                )
+            }
+            other => panic!("expected a preview, got {other:?}"),
+        }
+        match other.try_recv() {
+            Ok(ComfyEvent::Preview { mime, data, node }) => {
+                assert_eq!(mime, "image/png");
+                assert_eq!(data, b"pngbytes");
+                assert_eq!(node.as_deref(), Some("7"));
+            }
+            other => panic!("expected a preview, got {other:?}"),
+        }
+        assert!(rx.try_recv().is_err() && other.try_recv().is_err());
+    }
+}

@@ -368,7 +368,7 @@ impl Store {
             let mut victims = Vec::new();
             let mut st = c.prepare(&format!(
                 "SELECT {COLUMNS} FROM jobs WHERE status IN ('succeeded','failed','canceled')
-                 AND finished_at IS NOT NULL ORDER BY finished_at DESC"
+                 AND finished_at IS NOT NULL ORDER BY finished_at DESC, seq DESC"
             ))?;
             let rows = st.query_map([], row_to_job)?;
             let mut total: u64 = 0;
@@ -475,5 +475,36 @@ mod tests {
         assert_eq!(a.error.expect("error").code, ErrorCode::WorkerRestarted);
         assert!(store.cancel_if_queued("d").expect("cancel"));
         assert!(store.claim_next("w", "p2").expect("claim").is_none());
+    }
+
+    #[test]
+    fn retention_expires_old_results_and_the_oldest_beyond_the_byte_budget() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Store::open(&dir.path().join("jobs.db")).expect("open");
+        for id in ["old", "mid", "new"] {
+            store.insert(&new(id, None, "h")).expect("insert");
+            store.claim_next("w", id).expect("claim");
+            store
+                .finish(id, JobStatus::Succeeded, None, &[], Some(100))
+                .expect("finish");
+        }
+        let now = now_ms();
+        // Everything is younger than the cutoff; 250 bytes keep the two newest.
+        let v: Vec<String> = store
+            .retention_victims(now - 60_000, 250)
+            .expect("victims")
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(v, ["old"]);
+        // A cutoff in the future expires everything.
+        let v = store
+            .retention_victims(now + 60_000, u64::MAX)
+            .expect("victims");
+        assert_eq!(v.len(), 3);
+        store.expire("old").expect("expire");
+        let old = store.get("old").expect("get").expect("row");
+        assert_eq!(old.status, JobStatus::Expired);
+        assert_eq!(old.error.expect("error").code, ErrorCode::Expired);
     }
 }
