@@ -30,6 +30,9 @@ use crate::live::EventData;
 use crate::store::{Inserted, NewJob};
 use crate::workflow::INPUTS_FILE;
 
+/// Largest JSON request body (the binary container has no such cliff).
+pub const MAX_JSON_BODY: u64 = 64 << 20;
+
 /// State shared by all handlers.
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -305,14 +308,20 @@ async fn submit(
             out.flush().await.map_err(ApiError::internal)?;
         }
         BodyKind::Json => {
+            // JSON is parsed in memory: large payloads belong in the container.
+            let json_max = max.min(MAX_JSON_BODY);
             let mut buf = Vec::new();
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk.map_err(|e| {
                     ApiError::bad_request(format!("reading the request body failed: {e}"))
                 })?;
                 total += chunk.len() as u64;
-                if total > max {
-                    return Err(ApiError::too_large(max));
+                if total > json_max {
+                    let mut e = ApiError::too_large(json_max);
+                    e.message = format!(
+                        "JSON bodies are limited to {json_max} bytes; send large inputs as `{CONTAINER_MEDIA_TYPE}`"
+                    );
+                    return Err(e);
                 }
                 hasher.update(&chunk);
                 buf.extend_from_slice(&chunk);

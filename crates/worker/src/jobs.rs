@@ -621,6 +621,9 @@ impl Engine {
                         other => {
                             if matches!(other, ComfyEvent::Started | ComfyEvent::Executing(_)) && !started {
                                 started = true;
+                                if let Err(e) = self.store.mark_started(id) {
+                                    tracing::warn!(job = %id, "recording the start: {e}");
+                                }
                             }
                             if let Some(p) = tracker.apply(other) {
                                 self.metrics.progress_events.fetch_add(1, Ordering::Relaxed);

@@ -198,7 +198,7 @@ impl Store {
             c.query_row(
                 &format!(
                     "UPDATE jobs SET status = 'running', owner = ?1, prompt_id = ?2, attempts = attempts + 1,
-                       started_at = ?3, updated_at = ?3, lease_until = NULL
+                       started_at = NULL, updated_at = ?3, lease_until = NULL
                      WHERE seq = (SELECT seq FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT 1)
                      RETURNING {COLUMNS}"
                 ),
@@ -218,6 +218,17 @@ impl Store {
                 params![id, status.as_str(), now_ms()],
             )?;
             Ok(n == 1)
+        })
+    }
+
+    /// Record that ComfyUI began executing the job's prompt.
+    pub fn mark_started(&self, id: &str) -> Result<(), WorkerError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE jobs SET started_at = ?2, updated_at = ?2 WHERE id = ?1 AND started_at IS NULL",
+                params![id, now_ms()],
+            )?;
+            Ok(())
         })
     }
 
@@ -275,8 +286,9 @@ impl Store {
         })
     }
 
-    /// After a restart: jobs left running either go back to the queue
-    /// (submitted as retryable) or fail with `worker_restarted`.
+    /// After a restart: jobs handed to ComfyUI that had not begun executing,
+    /// and jobs submitted as retryable, go back to the queue; jobs that were
+    /// executing fail with `worker_restarted`.
     pub fn recover(&self) -> Result<Recovery, WorkerError> {
         let err = ErrorInfo {
             code: ErrorCode::WorkerRestarted,
@@ -291,7 +303,7 @@ impl Store {
             let tx = c.transaction()?;
             let requeued = tx.execute(
                 "UPDATE jobs SET status = 'queued', owner = NULL, prompt_id = NULL, updated_at = ?1
-                 WHERE status IN ('running','canceling') AND retryable = 1 AND status != 'canceling'",
+                 WHERE status = 'running' AND (retryable = 1 OR started_at IS NULL)",
                 params![now],
             )?;
             let canceled = tx.execute(
@@ -456,6 +468,7 @@ mod tests {
         let first = store.claim_next("w", "p1").expect("claim").expect("some");
         assert_eq!(first.id, "a");
         assert_eq!(first.status, JobStatus::Running);
+        store.mark_started("a").expect("started");
         assert_eq!(
             store
                 .queue_position(store.get("d").expect("get").expect("d").seq)
@@ -473,8 +486,21 @@ mod tests {
         let a = store.get("a").expect("get").expect("a");
         assert_eq!(a.status, JobStatus::Failed);
         assert_eq!(a.error.expect("error").code, ErrorCode::WorkerRestarted);
+        // Handed to ComfyUI but never started: back in the queue after a restart.
+        store.claim_next("w", "p2").expect("claim").expect("d");
+        assert_eq!(
+            store.recover().expect("recover"),
+            Recovery {
+                requeued: 1,
+                failed: 0
+            }
+        );
+        assert_eq!(
+            store.get("d").expect("get").expect("d").status,
+            JobStatus::Queued
+        );
         assert!(store.cancel_if_queued("d").expect("cancel"));
-        assert!(store.claim_next("w", "p2").expect("claim").is_none());
+        assert!(store.claim_next("w", "p3").expect("claim").is_none());
     }
 
     #[test]
