@@ -320,3 +320,31 @@ def test_run_cli_writes_outputs_and_a_json_summary(worker, tmp_path):
     noauth = subprocess.run([str(binary()), "run", worker.url, "--input", "size=3", "--out", str(out),
                              "--token-env", "NO_SUCH_VAR"], capture_output=True, text=True, env=env)
     assert noauth.returncode != 0 and "401" in noauth.stderr or "unauthorized" in noauth.stderr
+
+
+def test_nodes_run_locally_without_a_worker(direct_comfyui):
+    """Designing the workflow locally: Remote Input passes its default through,
+    Remote Output previews; with neither a job nor a default, a clear error."""
+    from harness import request
+
+    local = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 16, "height": 8, "batch_size": 1, "color": 0xFF0000}},
+        "2": {"class_type": "RemoteInput", "inputs": {"name": "image", "type": "IMAGE", "default": ["1", 0]}},
+        "3": {"class_type": "ImageInvert", "inputs": {"image": ["2", 0]}},
+        "4": {"class_type": "RemoteOutput", "inputs": {"name": "image", "value": ["3", 0]}},
+        "5": {"class_type": "RemoteOutput", "inputs": {"name": "text", "value": ["6", 0]}},
+        "6": {"class_type": "PrimitiveString", "inputs": {"value": "hello"}},
+    }
+    h = direct_comfyui.prompt(local)
+    assert h["status"]["completed"], h["status"]
+    assert h["outputs"]["4"]["images"], h["outputs"]["4"]
+    assert "hello" in json.dumps(h["outputs"]["5"])
+    missing = {
+        "1": {"class_type": "RemoteInput", "inputs": {"name": "image", "type": "IMAGE"}},
+        "2": {"class_type": "RemoteOutput", "inputs": {"name": "image", "value": ["1", 0]}},
+    }
+    h = direct_comfyui.prompt(missing)
+    assert not h["status"]["completed"]
+    err = next(m[1] for m in h["status"]["messages"] if m[0] == "execution_error")
+    assert "connect a `default`" in err["exception_message"] and err["node_type"] == "RemoteInput"
+    assert request("GET", f"{direct_comfyui.url}/object_info/RemoteInput").json()["RemoteInput"]["category"] == "comfy-remote"

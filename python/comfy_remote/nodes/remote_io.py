@@ -20,27 +20,24 @@ from comfy_remote.nodes import CATEGORY
 
 TYPES = ["*", "IMAGE", "MASK", "LATENT", "AUDIO", "STRING", "INT", "FLOAT", "BOOLEAN"]
 
-_cache: tuple[tuple[str, int, int], dict[str, tuple[str, Any]]] | None = None
-
 
 def _entries(path: str) -> dict[str, tuple[str, Any]]:
-    """The job's inputs by name, decoded once per job (a one-entry cache)."""
-    global _cache
+    """The job's inputs by name. The container is mapped copy-on-write, so
+    tensors share the file's pages (only what a node touches is read) and
+    stay valid after the worker deletes the file."""
+    import mmap
+
     from comfy_remote import codec
 
     try:
-        st = os.stat(path)
+        with open(path, "rb") as f:
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
     except OSError as exc:
         raise RuntimeError(
             f"Remote Input: the job's input container {path} is missing ({exc.strerror}); "
             "was the job canceled or expired?"
         ) from exc
-    key = (path, st.st_mtime_ns, st.st_size)
-    if _cache is not None and _cache[0] == key:
-        return _cache[1]
-    entries = {name: (ty, value) for name, ty, value in codec.decode_file(path)}
-    _cache = (key, entries)
-    return entries
+    return {name: (ty, value) for name, ty, value in codec.decode(memoryview(mapped))}
 
 
 def _check_name(name: str, node: str) -> str:
@@ -66,18 +63,12 @@ class RemoteInput(io.ComfyNode):
             inputs=[
                 io.String.Input("name", default="input"),
                 io.Combo.Input("type", options=TYPES, default="*"),
-                io.AnyType.Input("default", optional=True, lazy=True),
+                io.AnyType.Input("default", optional=True),
                 io.String.Input("remote_job", default="", optional=True, advanced=True,
                                 tooltip="Set by the worker; leave empty."),
             ],
             outputs=[io.AnyType.Output(display_name="value")],
         )
-
-    @classmethod
-    def check_lazy_status(cls, name: str, type: str, default: Any = None, remote_job: str = "") -> list[str]:
-        if remote_job and _check_name(name, "Remote Input") in _entries(remote_job):
-            return []
-        return ["default"]
 
     @classmethod
     def execute(cls, name: str, type: str, default: Any = None, remote_job: str = "") -> io.NodeOutput:
