@@ -185,6 +185,10 @@ def test_cancel_running_job_and_the_next_still_succeeds(worker):
     after = worker.submit(enc(image=torch.rand(1, 8, 8, 3), size=FAST)).json()["id"]
     wait_until(lambda: (p := worker.job(slow)["progress"]).get("node", {}).get("type") == "ImageBlur" and p,
                "the slow job to be blurring")
+    # Jobs behind it are queued (in ComfyUI's queue or ours) with their place.
+    q1, q2 = worker.job(queued), worker.job(after)
+    assert (q1["status"], q1["progress"]["phase"], q1["progress"]["queue_position"]) == ("queued", "queued", 1)
+    assert (q2["status"], q2["progress"]["queue_position"]) == ("queued", 2)
     r = worker.cancel(slow)
     assert r.status == 202
     assert worker.wait(slow)["status"] == "canceled"

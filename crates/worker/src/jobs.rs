@@ -226,9 +226,20 @@ impl Engine {
             Some(l) => l.progress(),
             None => Progress::start(Phase::Queued),
         };
-        if row.status == JobStatus::Queued {
+        // Handed to ComfyUI but not executing yet: still queued for the user.
+        let waiting = row.status == JobStatus::Running && row.started_at.is_none();
+        let status = if waiting {
+            JobStatus::Queued
+        } else {
+            row.status
+        };
+        if row.status == JobStatus::Queued || waiting {
             progress.phase = Phase::Queued;
-            progress.queue_position = self.store.queue_position(row.seq).ok();
+            progress.queue_position = if waiting {
+                self.store.handed_position(row.seq).ok()
+            } else {
+                self.store.queue_position(row.seq).ok()
+            };
             progress.text = match progress.queue_position {
                 Some(0) | None => "queued".into(),
                 Some(n) => format!("queued ({n} ahead)"),
@@ -252,7 +263,7 @@ impl Engine {
         });
         JobView {
             id: row.id.clone(),
-            status: row.status,
+            status,
             progress,
             poll_url: urls.self_.clone(),
             urls,
@@ -391,7 +402,7 @@ impl Engine {
     }
 
     fn refresh_queue_positions(&self) {
-        if let Ok(ids) = self.store.queued_ids() {
+        if let Ok(ids) = self.store.waiting_ids() {
             for id in ids {
                 self.publish_status(&id);
             }
@@ -421,14 +432,21 @@ impl Engine {
                             self.add_live(&row.id, Progress::start(Phase::Starting))
                         });
                         let engine = self.clone();
+                        // The next prompt is posted only after this one, so
+                        // ComfyUI sees them in queue order.
+                        let (posted_tx, posted) = tokio::sync::oneshot::channel::<()>();
                         drivers.spawn(async move {
                             let id = row.id.clone();
-                            engine.drive(row, prompt_id, live).await;
+                            engine.drive(row, prompt_id, live, posted_tx).await;
                             engine.in_flight.fetch_sub(1, Ordering::SeqCst);
                             engine.wake.notify_one();
                             tracing::debug!(job = %id, "driver finished");
                         });
                         self.refresh_queue_positions();
+                        tokio::select! {
+                            _ = posted => {}
+                            _ = self.shutdown.cancelled() => break,
+                        }
                         continue;
                     }
                     Ok(None) => {}
@@ -446,16 +464,18 @@ impl Engine {
         while drivers.join_next().await.is_some() {}
     }
 
-    async fn drive(self: &Arc<Self>, row: JobRow, prompt_id: String, live: Arc<LiveJob>) {
+    async fn drive(
+        self: &Arc<Self>,
+        row: JobRow,
+        prompt_id: String,
+        live: Arc<LiveJob>,
+        posted: tokio::sync::oneshot::Sender<()>,
+    ) {
         let id = row.id.clone();
         let t0 = Instant::now();
-        let mut p = Progress::start(Phase::Starting);
-        p.text = "starting".into();
-        live.publish(EventData::Progress(p));
-        self.publish_status(&id);
         let dir = self.job_dir(&id);
         let rx = self.comfy.router.register(&prompt_id);
-        let outcome = self.follow(&id, row.seq, &prompt_id, &dir, &live, rx).await;
+        let outcome = self.follow(&row, &prompt_id, &dir, &live, rx, posted).await;
         self.comfy.router.unregister(&prompt_id);
         let (status, error, outputs, bytes) = match outcome {
             Outcome::Shutdown => return,
@@ -496,7 +516,12 @@ impl Engine {
                 p.text = "collecting outputs".into();
                 live.publish(EventData::Progress(p));
                 let outputs_sig = self.workflow.outputs.clone();
-                let limits = self.config.limits.clone();
+                // Outputs come from our own node, not from a client: the
+                // request limits do not apply, only sanity bounds.
+                let limits = Limits {
+                    max_total_bytes: 1 << 40,
+                    ..Limits::default()
+                };
                 let d = dir.clone();
                 match tokio::task::spawn_blocking(move || {
                     collect_outputs(&d, &outputs_sig, &limits)
@@ -525,13 +550,14 @@ impl Engine {
 
     async fn follow(
         self: &Arc<Self>,
-        id: &str,
-        seq: i64,
+        row: &JobRow,
         prompt_id: &str,
         dir: &Path,
         live: &Arc<LiveJob>,
         mut rx: tokio::sync::mpsc::UnboundedReceiver<ComfyEvent>,
+        posted: tokio::sync::oneshot::Sender<()>,
     ) -> Outcome {
+        let (id, seq) = (row.id.as_str(), row.seq);
         let comfy = &self.comfy;
         // Wait for ComfyUI and our websocket, so no event of this prompt is lost.
         let mut ws = comfy.ws_up.clone();
@@ -574,6 +600,7 @@ impl Engine {
                 }
             }
         }
+        let _ = posted.send(());
         tracing::info!(job = %id, prompt = %prompt_id, "prompt queued in ComfyUI");
         let mut tracker = Tracker::new(&self.workflow);
         let mut started = false;
@@ -624,6 +651,8 @@ impl Engine {
                                 if let Err(e) = self.store.mark_started(id) {
                                     tracing::warn!(job = %id, "recording the start: {e}");
                                 }
+                                self.publish_status(id);
+                                self.refresh_queue_positions();
                             }
                             if let Some(p) = tracker.apply(other) {
                                 self.metrics.progress_events.fetch_add(1, Ordering::Relaxed);
@@ -1076,11 +1105,19 @@ impl Tracker {
         if let Some(s) = self.step {
             text.push_str(&format!(" step {}/{}", s.value, s.max));
         }
+        let phase = if self.current.is_none() && self.done.is_empty() {
+            Phase::Starting
+        } else {
+            Phase::Running
+        };
+        if phase == Phase::Starting {
+            text = "starting".to_owned();
+        }
         Some(Progress {
             value: fraction,
             max: 1.0,
             fraction,
-            phase: Phase::Running,
+            phase,
             node,
             step: self.step,
             queue_position: None,

@@ -345,6 +345,30 @@ impl Store {
         })
     }
 
+    /// Number of jobs ahead of one handed to ComfyUI that has not begun
+    /// executing: the ones handed before it (ComfyUI runs them in order).
+    pub fn handed_position(&self, seq: i64) -> Result<u64, WorkerError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM jobs WHERE status IN ('running','canceling') AND seq < ?1",
+                [seq],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n.max(0) as u64)
+        })
+    }
+
+    /// Jobs waiting: queued here, or handed to ComfyUI and not yet executing.
+    pub fn waiting_ids(&self) -> Result<Vec<String>, WorkerError> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT id FROM jobs WHERE status = 'queued' OR (status = 'running' AND started_at IS NULL) ORDER BY seq",
+            )?;
+            let rows = st.query_map([], |r| r.get(0))?;
+            rows.collect()
+        })
+    }
+
     /// Jobs not yet finished.
     pub fn active_count(&self) -> Result<u64, WorkerError> {
         self.with(|c| {
