@@ -115,7 +115,7 @@ def bench_latency(codec, torch, comfy, worker_url: str, work: Path, n: int) -> d
             now = time.time()
             d = ev["data"] or {}
             if ev.get("event") == "progress":
-                if d.get("phase") == "running" and got_start is None:
+                if d.get("phase") in ("starting", "running") and got_start is None:
                     got_start = now
                 if d.get("phase") == "collecting" and got_end is None:
                     got_end = now
@@ -238,7 +238,7 @@ def main() -> int:
     print(f"| Same job through the worker: submit, SSE until `done`, download the result | {ms(lat['worker'])} |")
     print(f"| Added by the worker (paired difference) | {ms(added)} |")
     if lat["start"]:
-        print(f"| Progress latency: ComfyUI `execution_start` -> SSE `progress` (running) at the client | {ms(lat['start'])} |")
+        print(f"| Progress latency: ComfyUI `execution_start` -> first SSE `progress` (starting) at the client | {ms(lat['start'])} |")
     if lat["end"]:
         print(f"| Progress latency: ComfyUI `execution_success` -> SSE `progress` (collecting) at the client | {ms(lat['end'])} |")
     print("\nComfyUI timestamps have 1 ms resolution.\n")
