@@ -24,13 +24,17 @@ import sys
 import venv
 from pathlib import Path
 
-# Coherent sets that exist on PyPI for CPython 3.10-3.12 on Linux x86_64.
-# The default is the one our tests run on; keep in step with
-# crates/deploy/torch_stacks.json (the deploy table is the superset).
+# The one table of coherent torch/torchvision/torchaudio sets, shared with the
+# Modal scaffold. Here only the three PyPI pins matter (the CUDA index URL and
+# xformers are for the GPU image).
+_TABLE = json.loads(
+    (Path(__file__).resolve().parent.parent / "crates" / "deploy" / "torch_stacks.json").read_text()
+)
 STACKS = {
-    "torch-2.11": {"torch": "2.11.0", "torchvision": "0.26.0", "torchaudio": "2.11.0"},
+    name: {k: row[k] for k in ("torch", "torchvision", "torchaudio")}
+    for name, row in _TABLE["stacks"].items()
 }
-DEFAULT_STACK = "torch-2.11"
+DEFAULT_STACK = _TABLE["default"]
 
 # Heavy optional requirements ComfyUI lists as "non essential"; weight-free
 # nodes do not need them and some have no wheel here.
