@@ -190,6 +190,7 @@ pub enum ErrorCode {
     InvalidPayload,
     Unauthorized,
     NotFound,
+    MethodNotAllowed,
     Conflict,
     PayloadTooLarge,
     UnsupportedMediaType,

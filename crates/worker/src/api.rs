@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::io::AsyncWriteExt;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Path, Query};
 use crate::jobs::{rebase, Engine, RESULT_FILE};
 use crate::live::EventData;
 use crate::store::{Inserted, NewJob};
@@ -76,11 +76,20 @@ pub fn router(state: AppState) -> Router {
         )
         .merge(v1)
         .fallback(|| async { ApiError::not_found("route") })
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(
             state.clone(),
             common_headers,
         ))
         .with_state(state)
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::MethodNotAllowed,
+        format!("{} does not take {method}", uri.path()),
+    )
 }
 
 async fn common_headers(State(st): State<AppState>, req: Request, next: Next) -> Response {
@@ -131,22 +140,20 @@ fn base_url(st: &AppState, headers: &HeaderMap) -> String {
 async fn readyz(State(st): State<AppState>) -> Response {
     let comfy = &st.engine.comfy;
     let ready = *comfy.ready.borrow();
-    let body = serde_json::json!({
-        "ready": ready,
-        "comfyui": comfy.client.base(),
-        "pid": comfy.pid.load(Ordering::Relaxed),
-        "websocket": *comfy.ws_up.borrow(),
-        "restarts": comfy.restarts.load(Ordering::Relaxed),
-    });
+    // Public: whether, and why not; nothing about ComfyUI's address or process.
+    let reason = if ready {
+        "ComfyUI answers"
+    } else if comfy.restarts.load(Ordering::Relaxed) > 0 {
+        "ComfyUI is restarting"
+    } else {
+        "ComfyUI is not answering yet"
+    };
+    let body = serde_json::json!({ "ready": ready, "reason": reason });
     if ready {
         Json(body).into_response()
     } else {
-        let mut e = ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::NotReady,
-            "ComfyUI is not answering yet",
-        )
-        .with_details(body);
+        let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::NotReady, reason)
+            .with_details(body);
         e.retry_after = Some(1);
         e.into_response()
     }
@@ -155,11 +162,16 @@ async fn readyz(State(st): State<AppState>) -> Response {
 async fn metrics(State(st): State<AppState>) -> Result<Response, ApiError> {
     let e = &st.engine;
     let counts = e.store.counts()?;
-    let text = e.metrics.render(
+    let mut text = e.metrics.render(
         &counts,
         e.comfy.restarts.load(Ordering::Relaxed),
         *e.comfy.ready.borrow(),
     );
+    text.push_str(&format!(
+        "# HELP comfy_remote_comfyui_pid Process id of the ComfyUI child (0 when attached or down).\n\
+         # TYPE comfy_remote_comfyui_pid gauge\ncomfy_remote_comfyui_pid {}\n",
+        e.comfy.pid.load(Ordering::Relaxed)
+    ));
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 
@@ -267,7 +279,12 @@ async fn submit(
             Some(k.to_owned())
         }
     };
-    if idem.is_none() && engine.store.active_count()? >= engine.config.max_active_jobs {
+    // Only a replay of a known key may skip the limit: a new key is a new job.
+    let known_key = match &idem {
+        Some(k) => engine.store.by_idempotency_key(k)?.is_some(),
+        None => false,
+    };
+    if !known_key && engine.store.active_count()? >= engine.config.max_active_jobs {
         let mut e = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::TooManyRequests,
@@ -410,12 +427,24 @@ fn json_form_bytes(
     buf: &[u8],
     limits: &comfy_remote_protocol::Limits,
 ) -> Result<Vec<u8>, ApiError> {
-    let body = comfy_remote_protocol::parse_json_body(buf, limits)
-        .map_err(|e| ApiError::bad_request(format!("the JSON body is invalid: {e}")))?;
+    let body = comfy_remote_protocol::parse_json_body(buf, limits).map_err(|e| {
+        let kind = e.kind();
+        let msg = format!("the JSON body is invalid: {e}");
+        // Not JSON, or neither form: a malformed request. A value tree
+        // that breaks the rules: the same error as in a container.
+        let err = if kind == "invalid_json_body" {
+            ApiError::bad_request(msg)
+        } else {
+            ApiError::invalid_payload(msg)
+        };
+        err.with_details(serde_json::json!({ "kind": kind }))
+    })?;
     match body {
         JsonBody::Container(bytes) => Ok(bytes),
-        JsonBody::Inputs(payload) => comfy_remote_protocol::encode(&payload)
-            .map_err(|e| ApiError::invalid_payload(format!("the inputs cannot be encoded: {e}"))),
+        JsonBody::Inputs(payload) => comfy_remote_protocol::encode(&payload).map_err(|e| {
+            ApiError::invalid_payload(format!("the inputs cannot be encoded: {e}"))
+                .with_details(serde_json::json!({ "kind": e.kind() }))
+        }),
     }
 }
 
@@ -557,19 +586,22 @@ async fn events(
     let shutdown = engine.shutdown.clone();
     let stream = async_stream::stream! {
         let Some(live) = live else {
-            // Not live (finished before this process started): the final state.
+            // Not live (finished before this process started): the final
+            // state, with ids of this process (above any earlier one's).
             let view = Box::new(engine.view(&row, ""));
-            yield Ok::<_, std::convert::Infallible>(sse_event(1, &EventData::Status(view.clone()), &base));
+            let b = engine.event_base();
+            yield Ok::<_, std::convert::Infallible>(sse_event(b + 1, &EventData::Status(view.clone()), &base));
             if row.status.is_terminal() {
-                yield Ok(sse_event(2, &EventData::Done(view), &base));
+                yield Ok(sse_event(b + 2, &EventData::Done(view), &base));
             }
             return;
         };
-        let (replay, mut rx) = live.subscribe(after);
-        let mut last = after.unwrap_or(0);
-        if replay.is_empty() && after.is_none() {
+        let sub = live.subscribe(after);
+        let (replay, mut rx) = (sub.replay, sub.rx);
+        let mut last = sub.after;
+        if sub.snapshot {
             if let Ok(Some(row)) = engine.store.get(&id) {
-                yield Ok(sse_event(0, &EventData::Status(Box::new(engine.view(&row, ""))), &base));
+                yield Ok(sse_event(sub.snapshot_seq, &EventData::Status(Box::new(engine.view(&row, ""))), &base));
             }
         }
         for ev in replay {

@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -50,6 +50,9 @@ pub struct EngineConfig {
     /// Results up to this size are also inlined in the job view.
     pub inline_result_bytes: u64,
     pub sweep_interval: Duration,
+    /// A queued job fails with `comfyui_unavailable` once it has waited
+    /// this long while ComfyUI was unreachable; zero waits forever.
+    pub queue_timeout: Duration,
 }
 
 impl EngineConfig {
@@ -64,6 +67,7 @@ impl EngineConfig {
             max_result_bytes: 10 << 30,
             inline_result_bytes: 0,
             sweep_interval: Duration::from_secs(30),
+            queue_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -92,6 +96,10 @@ pub struct Engine {
     wake: Notify,
     in_flight: AtomicUsize,
     owner: String,
+    /// Event ids of this process are above this (see `Store::next_boot`).
+    event_base: AtomicU64,
+    /// Since when (ms) ComfyUI has not answered; `None` while it answers.
+    down_since: Mutex<Option<i64>>,
     pub shutdown: CancellationToken,
 }
 
@@ -157,6 +165,8 @@ impl Engine {
             wake: Notify::new(),
             in_flight: AtomicUsize::new(0),
             owner: format!("worker-{}", std::process::id()),
+            event_base: AtomicU64::new(0),
+            down_since: Mutex::new(None),
             shutdown,
         })
     }
@@ -178,7 +188,10 @@ impl Engine {
     }
 
     fn add_live(&self, id: &str, progress: Progress) -> Arc<LiveJob> {
-        let job = Arc::new(LiveJob::new(progress));
+        let job = Arc::new(LiveJob::new(
+            progress,
+            self.event_base.load(Ordering::Relaxed),
+        ));
         self.live
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -197,6 +210,8 @@ impl Engine {
                 let _ = std::fs::remove_file(e.path());
             }
         }
+        self.event_base
+            .store(self.store.next_boot()? << 32, Ordering::Relaxed);
         let r = self.store.recover()?;
         if r.requeued + r.failed > 0 {
             tracing::warn!(
@@ -217,6 +232,70 @@ impl Engine {
             self.add_live(&id, Progress::start(Phase::Queued));
         }
         Ok(())
+    }
+
+    /// The id base of this process's events: above every earlier process's.
+    pub fn event_base(&self) -> u64 {
+        self.event_base.load(Ordering::Relaxed)
+    }
+
+    /// Since when ComfyUI has not answered (`None` while it answers).
+    fn comfy_down_since(&self) -> Option<i64> {
+        let ready = *self.comfy.ready.borrow();
+        let mut d = self.down_since.lock().unwrap_or_else(|p| p.into_inner());
+        if ready {
+            *d = None;
+        } else if d.is_none() {
+            *d = Some(now_ms());
+        }
+        *d
+    }
+
+    /// The error of a job that waited past the queue timeout for ComfyUI,
+    /// when it has (waiting since `since_ms`, ComfyUI down since `down_ms`).
+    fn overdue_error(&self, down_ms: Option<i64>, since_ms: i64) -> Option<ErrorInfo> {
+        let t = self.config.queue_timeout;
+        let down = down_ms?;
+        if t.is_zero() || now_ms() - down.max(since_ms) < t.as_millis() as i64 {
+            return None;
+        }
+        Some(ErrorInfo {
+            code: ErrorCode::ComfyuiUnavailable,
+            message: format!(
+                "ComfyUI has not been reachable since {}; the job waited longer than the \
+                 worker's queue timeout ({} s). Submit it again once the worker is ready",
+                rfc3339(down),
+                t.as_secs()
+            ),
+            details: Value::Null,
+        })
+    }
+
+    /// Fail queued jobs that waited past the queue timeout while ComfyUI
+    /// was unreachable.
+    fn fail_overdue(&self) {
+        let t = self.config.queue_timeout;
+        let Some(down) = self.comfy_down_since() else {
+            return;
+        };
+        let cutoff = now_ms() - t.as_millis() as i64;
+        let Some(err) = self.overdue_error(Some(down), cutoff) else {
+            return;
+        };
+        match self.store.fail_queued_before(cutoff, &err) {
+            Ok(ids) => {
+                for id in &ids {
+                    tracing::warn!(job = %id, "{}", err.message);
+                    self.metrics.finished(JobStatus::Failed, 0.0);
+                    self.cleanup_inputs(id);
+                    self.publish_status(id);
+                }
+                if !ids.is_empty() {
+                    self.refresh_queue_positions();
+                }
+            }
+            Err(e) => tracing::error!("failing overdue jobs: {e}"),
+        }
     }
 
     /// The public view of a job. `base` prefixes its URLs.
@@ -421,6 +500,7 @@ impl Engine {
         let mut ready = self.comfy.ready.clone();
         loop {
             while drivers.try_join_next().is_some() {}
+            self.fail_overdue();
             let can_run = *ready.borrow()
                 && self.in_flight.load(Ordering::SeqCst) < self.config.comfy_queue_depth;
             if can_run {
@@ -561,9 +641,13 @@ impl Engine {
         let comfy = &self.comfy;
         // Wait for ComfyUI and our websocket, so no event of this prompt is lost.
         let mut ws = comfy.ws_up.clone();
+        let claimed = now_ms();
         loop {
             if *ws.borrow() && *comfy.ready.borrow() {
                 break;
+            }
+            if let Some(e) = self.overdue_error(self.comfy_down_since(), claimed) {
+                return Outcome::Failed(e);
             }
             tokio::select! {
                 _ = self.shutdown.cancelled() => return Outcome::Shutdown,
@@ -615,11 +699,7 @@ impl Engine {
                     match ev {
                         ComfyEvent::Success => return Outcome::Success,
                         ComfyEvent::Error { node_id, node_type, message, details } => {
-                            return Outcome::Failed(ErrorInfo {
-                                code: ErrorCode::ExecutionFailed,
-                                message: format!("node {node_id} ({node_type}) failed: {message}"),
-                                details: json!({"node": {"id": node_id, "type": node_type}, "comfyui": details}),
-                            });
+                            return Outcome::Failed(execution_error(id, &node_id, &node_type, &message, &details));
                         }
                         ComfyEvent::Interrupted => {
                             return if cancel_requested || live.cancel.is_cancelled() {
@@ -900,16 +980,13 @@ fn outcome_from_history(h: &Value, cancel_requested: bool) -> Outcome {
                     .trim()
                     .to_owned()
             };
-            return Outcome::Failed(ErrorInfo {
-                code: ErrorCode::ExecutionFailed,
-                message: format!(
-                    "node {} ({}) failed: {}",
-                    s("node_id"),
-                    s("node_type"),
-                    s("exception_message")
-                ),
-                details: json!({"node": {"id": s("node_id"), "type": s("node_type")}}),
-            });
+            return Outcome::Failed(execution_error(
+                "",
+                &s("node_id"),
+                &s("node_type"),
+                &s("exception_message"),
+                &data,
+            ));
         }
         if kind == "execution_interrupted" {
             return if cancel_requested {
@@ -923,11 +1000,52 @@ fn outcome_from_history(h: &Value, cancel_requested: bool) -> Outcome {
             };
         }
     }
+    // ComfyUI's status messages may carry tracebacks: logged, not sent.
+    let status_text = h.get("status").map(Value::to_string).unwrap_or_default();
+    tracing::warn!(status = %status_text, "prompt ended without success");
     Outcome::Failed(ErrorInfo {
         code: ErrorCode::ExecutionFailed,
-        message: "ComfyUI finished the prompt without success".into(),
-        details: h.get("status").cloned().unwrap_or(Value::Null),
+        message: "ComfyUI finished the prompt without success; see the worker's log".into(),
+        details: Value::Null,
     })
+}
+
+/// A node's failure: its id, type, and ComfyUI's exception type and
+/// message. The traceback (with the server's paths) goes to the log only.
+fn execution_error(
+    job: &str,
+    node_id: &str,
+    node_type: &str,
+    message: &str,
+    comfyui: &Value,
+) -> ErrorInfo {
+    let traceback = match comfyui.get("traceback") {
+        Some(Value::Array(lines)) => lines
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .concat(),
+        Some(Value::String(t)) => t.clone(),
+        _ => String::new(),
+    };
+    tracing::warn!(
+        job,
+        node = node_id,
+        node_type,
+        "node failed: {message}\n{traceback}"
+    );
+    let exception_type = comfyui
+        .get("exception_type")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    ErrorInfo {
+        code: ErrorCode::ExecutionFailed,
+        message: format!("node {node_id} ({node_type}) failed: {message}"),
+        details: json!({
+            "node": {"id": node_id, "type": node_type},
+            "comfyui": {"exception_type": exception_type, "exception_message": message},
+        }),
+    }
 }
 
 /// Read each Remote Output's file in signature order into one result container.
@@ -1136,6 +1254,32 @@ mod tests {
     fn rfc3339_formats_known_instants() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+    }
+
+    #[test]
+    fn execution_errors_keep_the_exception_but_not_the_traceback() {
+        let data = json!({"node_id": "2", "node_type": "ImageInvert",
+            "exception_type": "TypeError", "exception_message": "bad operand",
+            "traceback": ["  File \"/srv/comfy/nodes.py\", line 1\n", "TypeError\n"]});
+        let h = json!({"status": {"completed": false, "messages": [["execution_error", data]]}});
+        let Outcome::Failed(e) = outcome_from_history(&h, false) else {
+            panic!("not a failure")
+        };
+        assert_eq!(e.code, ErrorCode::ExecutionFailed);
+        assert_eq!(e.details["node"], json!({"id": "2", "type": "ImageInvert"}));
+        assert_eq!(e.details["comfyui"]["exception_type"], "TypeError");
+        let text = serde_json::to_string(&e).expect("json");
+        assert!(
+            !text.contains("traceback") && !text.contains("/srv/comfy"),
+            "{text}"
+        );
+        let odd = json!({"status": {"completed": false, "messages": [["odd", data]]}});
+        let Outcome::Failed(e) = outcome_from_history(&odd, false) else {
+            panic!("not a failure")
+        };
+        assert!(!serde_json::to_string(&e)
+            .expect("json")
+            .contains("/srv/comfy"));
     }
 
     #[test]

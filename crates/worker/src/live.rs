@@ -43,7 +43,24 @@ struct Inner {
     progress: Progress,
     log: VecDeque<JobEvent>,
     next_seq: u64,
+    /// The highest sequence number dropped from the log (0: none).
+    trimmed: u64,
     done: bool,
+}
+
+/// What a subscriber gets on connect.
+#[derive(Debug)]
+pub struct Subscription {
+    /// Begin with a `status` snapshot: the reader missed events this log
+    /// no longer holds (or holds none yet), or its id is not one of ours.
+    pub snapshot: bool,
+    /// The id to give that snapshot: below every replayed event.
+    pub snapshot_seq: u64,
+    /// Held events the reader has not seen, in order.
+    pub replay: Vec<JobEvent>,
+    /// Live events follow; those at or below `after` are already covered.
+    pub rx: broadcast::Receiver<JobEvent>,
+    pub after: u64,
 }
 
 /// Live state of one job.
@@ -53,20 +70,26 @@ pub struct LiveJob {
     tx: broadcast::Sender<JobEvent>,
     /// Fired by `POST /cancel` while the job is running.
     pub cancel: CancellationToken,
+    base: u64,
 }
 
 impl LiveJob {
-    pub fn new(progress: Progress) -> Self {
+    /// A live job whose event ids start after `base`: every id of this
+    /// process is above `base`, and `base` is above every id an earlier
+    /// process gave (see [`crate::store::Store::next_boot`]).
+    pub fn new(progress: Progress, base: u64) -> Self {
         let (tx, _) = broadcast::channel(256);
         LiveJob {
             inner: Mutex::new(Inner {
                 progress,
                 log: VecDeque::new(),
-                next_seq: 1,
+                next_seq: base + 1,
+                trimmed: 0,
                 done: false,
             }),
             tx,
             cancel: CancellationToken::new(),
+            base,
         }
     }
 
@@ -108,8 +131,17 @@ impl LiveJob {
         inner.next_seq += 1;
         if !matches!(ev.data, EventData::Preview(_)) {
             if inner.log.len() >= LOG_CAP {
-                // Keep the first status; drop the oldest progress.
-                inner.log.remove(1);
+                // Drop the oldest progress; status and done events stay
+                // (there are few: one per status or queue-position change).
+                if let Some(i) = inner
+                    .log
+                    .iter()
+                    .position(|e| matches!(e.data, EventData::Progress(_)))
+                {
+                    if let Some(old) = inner.log.remove(i) {
+                        inner.trimmed = inner.trimmed.max(old.seq);
+                    }
+                }
             }
             inner.log.push_back(ev.clone());
         }
@@ -117,16 +149,106 @@ impl LiveJob {
     }
 
     /// Events after `after` (all when `None`) and a receiver for what follows,
-    /// taken atomically so nothing is missed or repeated.
-    pub fn subscribe(&self, after: Option<u64>) -> (Vec<JobEvent>, broadcast::Receiver<JobEvent>) {
+    /// taken atomically so nothing is missed or repeated. An `after` that is
+    /// not an id of this process (from before a restart, or unknown) replays
+    /// everything held after a snapshot; one older than what the log dropped
+    /// replays what is left after a snapshot.
+    pub fn subscribe(&self, after: Option<u64>) -> Subscription {
         let inner = self.lock();
-        let after = after.unwrap_or(0);
-        let replay = inner
+        let issued = inner.next_seq - 1;
+        let (after, snapshot) = match after {
+            None => (self.base, inner.log.is_empty()),
+            Some(a) if a <= self.base || a > issued => (self.base, true),
+            Some(a) => (a, a < inner.trimmed),
+        };
+        let replay: Vec<JobEvent> = inner
             .log
             .iter()
             .filter(|e| e.seq > after)
             .cloned()
             .collect();
-        (replay, self.tx.subscribe())
+        let snapshot_seq = replay.first().map_or(issued, |e| e.seq - 1).max(after);
+        Subscription {
+            snapshot,
+            snapshot_seq,
+            replay,
+            rx: self.tx.subscribe(),
+            after,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use comfy_remote_protocol::api::Phase;
+
+    fn progress(f: f64) -> EventData {
+        let mut p = Progress::start(Phase::Running);
+        p.fraction = f;
+        EventData::Progress(p)
+    }
+
+    fn status() -> EventData {
+        EventData::Status(Box::new(JobView {
+            id: "j".into(),
+            status: comfy_remote_protocol::api::JobStatus::Running,
+            progress: Progress::start(Phase::Running),
+            poll_url: String::new(),
+            urls: crate::jobs::job_urls("", "j"),
+            created_at: String::new(),
+            updated_at: String::new(),
+            result: None,
+            error: None,
+        }))
+    }
+
+    #[test]
+    fn trimming_keeps_every_status_and_replay_after_a_gap_starts_with_a_snapshot() {
+        let job = LiveJob::new(Progress::start(Phase::Queued), 0);
+        job.publish(status());
+        for i in 0..LOG_CAP + 10 {
+            job.publish(progress(i as f64 / 10_000.0));
+            if i == 500 {
+                job.publish(status());
+            }
+        }
+        job.publish(status());
+        let all = job.subscribe(None);
+        assert!(!all.snapshot);
+        assert_eq!(all.replay.len(), LOG_CAP);
+        let statuses = all
+            .replay
+            .iter()
+            .filter(|e| matches!(e.data, EventData::Status(_)))
+            .count();
+        assert_eq!(statuses, 3, "status events are never trimmed");
+        // The reader saw event 2 only; 3.. were partly dropped: snapshot first.
+        let gap = job.subscribe(Some(2));
+        assert!(gap.snapshot);
+        assert!(gap.replay.iter().all(|e| e.seq > 2));
+        assert!(gap.snapshot_seq < gap.replay[0].seq);
+        // A reader that saw everything held needs no snapshot.
+        let last = all.replay.last().map(|e| e.seq).unwrap_or(0);
+        let tail = job.subscribe(Some(last - 1));
+        assert!(!tail.snapshot);
+        assert_eq!(tail.replay.len(), 1);
+    }
+
+    #[test]
+    fn ids_of_an_earlier_process_or_unknown_ids_replay_everything_after_a_snapshot() {
+        let base = 7 << 32;
+        let job = LiveJob::new(Progress::start(Phase::Queued), base);
+        job.publish(status());
+        job.publish(progress(0.5));
+        for stale in [3, base, base + 99] {
+            let s = job.subscribe(Some(stale));
+            assert!(s.snapshot, "{stale}");
+            assert_eq!(
+                s.replay.iter().map(|e| e.seq).collect::<Vec<_>>(),
+                [base + 1, base + 2]
+            );
+            assert_eq!(s.after, base);
+        }
     }
 }

@@ -30,7 +30,7 @@ pub fn document() -> Value {
             "properties": {
               "code": {"type": "string", "enum": [
                 "bad_request", "invalid_input", "invalid_payload", "unauthorized", "not_found", "conflict",
-                "payload_too_large", "unsupported_media_type", "too_many_requests", "not_ready", "internal",
+                "payload_too_large", "unsupported_media_type", "method_not_allowed", "too_many_requests", "not_ready", "internal",
                 "validation_failed", "execution_failed", "comfyui_unavailable", "worker_restarted", "canceled", "expired"]},
               "message": {"type": "string"},
               "details": {}

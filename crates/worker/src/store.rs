@@ -94,7 +94,18 @@ CREATE TABLE IF NOT EXISTS jobs (
   finished_at INTEGER
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, seq);
+CREATE TABLE IF NOT EXISTS meta (
+  key TEXT PRIMARY KEY,
+  value INTEGER NOT NULL
+);
 ";
+
+/// Columns added after the first release: (name, definition). Added to an
+/// existing database when it is opened.
+const ADDED_COLUMNS: &[(&str, &str)] = &[
+    // 1 once retention deleted the job's files (the sweep skips it then).
+    ("files_dropped", "INTEGER NOT NULL DEFAULT 0"),
+];
 
 const COLUMNS: &str = "seq, id, status, attempts, retryable, idempotency_key, body_sha256, \
      input_bytes, result_bytes, prompt_id, error, outputs, created_at, updated_at, started_at, finished_at";
@@ -133,6 +144,21 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        let have: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_table_info('jobs')")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for (name, def) in ADDED_COLUMNS {
+            if !have.iter().any(|h| h == name) {
+                conn.execute_batch(&format!("ALTER TABLE jobs ADD COLUMN {name} {def}"))?;
+                if *name == "files_dropped" {
+                    // Expired rows had their files deleted already.
+                    conn.execute_batch(
+                        "UPDATE jobs SET files_dropped = 1 WHERE status = 'expired'",
+                    )?;
+                }
+            }
+        }
         Ok(Store {
             conn: Mutex::new(conn),
         })
@@ -144,6 +170,33 @@ impl Store {
     ) -> Result<T, WorkerError> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         Ok(f(&mut conn)?)
+    }
+
+    /// Count this start of the worker and return its number (1, 2, ...):
+    /// event ids of a process are above `boot << 32`, so every id of a
+    /// later process is above every id of an earlier one.
+    pub fn next_boot(&self) -> Result<u64, WorkerError> {
+        self.with(|c| {
+            c.query_row(
+                "INSERT INTO meta (key, value) VALUES ('boot', 1)
+                 ON CONFLICT(key) DO UPDATE SET value = value + 1 RETURNING value",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n.max(0) as u64)
+        })
+    }
+
+    /// The job created with this idempotency key, if any.
+    pub fn by_idempotency_key(&self, key: &str) -> Result<Option<JobRow>, WorkerError> {
+        self.with(|c| {
+            c.query_row(
+                &format!("SELECT {COLUMNS} FROM jobs WHERE idempotency_key = ?1"),
+                [key],
+                row_to_job,
+            )
+            .optional()
+        })
     }
 
     /// Insert a queued job, honouring its idempotency key.
@@ -298,6 +351,13 @@ impl Store {
             details: serde_json::Value::Null,
         };
         let err = serde_json::to_string(&err).unwrap_or_default();
+        let canceled = serde_json::to_string(&ErrorInfo {
+            code: ErrorCode::Canceled,
+            message: "canceled on request (the worker restarted before the cancel completed)"
+                .into(),
+            details: serde_json::Value::Null,
+        })
+        .unwrap_or_default();
         self.with(|c| {
             let now = now_ms();
             let tx = c.transaction()?;
@@ -307,9 +367,9 @@ impl Store {
                 params![now],
             )?;
             let canceled = tx.execute(
-                "UPDATE jobs SET status = 'canceled', owner = NULL, updated_at = ?1, finished_at = ?1
+                "UPDATE jobs SET status = 'canceled', error = ?2, owner = NULL, updated_at = ?1, finished_at = ?1
                  WHERE status = 'canceling'",
-                params![now],
+                params![now, canceled],
             )?;
             let failed = tx.execute(
                 "UPDATE jobs SET status = 'failed', error = ?2, owner = NULL, updated_at = ?1, finished_at = ?1
@@ -321,6 +381,25 @@ impl Store {
                 requeued,
                 failed: failed + canceled,
             })
+        })
+    }
+
+    /// Fail the jobs in our queue that were queued before `cutoff_ms` with
+    /// `error`; returns their ids.
+    pub fn fail_queued_before(
+        &self,
+        cutoff_ms: i64,
+        error: &ErrorInfo,
+    ) -> Result<Vec<String>, WorkerError> {
+        let err = serde_json::to_string(error).unwrap_or_default();
+        self.with(|c| {
+            let now = now_ms();
+            let mut st = c.prepare(
+                "UPDATE jobs SET status = 'failed', error = ?2, updated_at = ?3, finished_at = ?3
+                 WHERE status = 'queued' AND updated_at < ?1 RETURNING id",
+            )?;
+            let rows = st.query_map(params![cutoff_ms, err, now], |r| r.get(0))?;
+            rows.collect()
         })
     }
 
@@ -393,8 +472,9 @@ impl Store {
         })
     }
 
-    /// Finished jobs whose files may be deleted: older than `cutoff_ms`, or
-    /// the oldest succeeded ones beyond `max_result_bytes` in total.
+    /// Finished jobs whose files may be deleted and were not yet: older
+    /// than `cutoff_ms`, or the oldest succeeded ones beyond
+    /// `max_result_bytes` in total.
     pub fn retention_victims(
         &self,
         cutoff_ms: i64,
@@ -404,7 +484,7 @@ impl Store {
             let mut victims = Vec::new();
             let mut st = c.prepare(&format!(
                 "SELECT {COLUMNS} FROM jobs WHERE status IN ('succeeded','failed','canceled')
-                 AND finished_at IS NOT NULL ORDER BY finished_at DESC, seq DESC"
+                 AND finished_at IS NOT NULL AND files_dropped = 0 ORDER BY finished_at DESC, seq DESC"
             ))?;
             let rows = st.query_map([], row_to_job)?;
             let mut total: u64 = 0;
@@ -424,7 +504,7 @@ impl Store {
         })
     }
 
-    /// Mark a succeeded job's result as gone.
+    /// Record that a finished job's files are gone; a succeeded one expires.
     pub fn expire(&self, id: &str) -> Result<(), WorkerError> {
         let err = ErrorInfo {
             code: ErrorCode::Expired,
@@ -439,7 +519,7 @@ impl Store {
             )?;
             // Failed/canceled rows keep their status; only their files go.
             c.execute(
-                "UPDATE jobs SET result_bytes = 0 WHERE id = ?1",
+                "UPDATE jobs SET result_bytes = 0, files_dropped = 1 WHERE id = ?1",
                 params![id],
             )?;
             Ok(())
@@ -556,5 +636,88 @@ mod tests {
         let old = store.get("old").expect("get").expect("row");
         assert_eq!(old.status, JobStatus::Expired);
         assert_eq!(old.error.expect("error").code, ErrorCode::Expired);
+    }
+
+    #[test]
+    fn retention_drops_each_jobs_files_once() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Store::open(&dir.path().join("jobs.db")).expect("open");
+        for (id, status) in [
+            ("ok", JobStatus::Succeeded),
+            ("bad", JobStatus::Failed),
+            ("stop", JobStatus::Canceled),
+        ] {
+            store.insert(&new(id, None, "h")).expect("insert");
+            store.claim_next("w", id).expect("claim");
+            store
+                .finish(id, status, None, &[], Some(10))
+                .expect("finish");
+        }
+        let future = now_ms() + 60_000;
+        let first = store.retention_victims(future, u64::MAX).expect("victims");
+        assert_eq!(first.len(), 3);
+        for r in &first {
+            store.expire(&r.id).expect("expire");
+        }
+        // Failed and canceled jobs keep their status but are not swept again.
+        assert!(store
+            .retention_victims(future, u64::MAX)
+            .expect("victims")
+            .is_empty());
+        assert_eq!(
+            store.get("bad").expect("get").expect("row").status,
+            JobStatus::Failed
+        );
+    }
+
+    #[test]
+    fn a_database_of_an_earlier_version_gets_the_new_columns() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("jobs.db");
+        {
+            let c = Connection::open(&path).expect("open");
+            // The schema as first released: no files_dropped, no meta.
+            c.execute_batch(
+                &SCHEMA[..SCHEMA
+                    .find("CREATE TABLE IF NOT EXISTS meta")
+                    .expect("meta")],
+            )
+            .expect("old schema");
+            c.execute(
+                "INSERT INTO jobs (id, status, body_sha256, created_at, updated_at, finished_at)
+                 VALUES ('old', 'failed', 'h', 1, 1, 1)",
+                [],
+            )
+            .expect("row");
+        }
+        let store = Store::open(&path).expect("migrate");
+        let v = store
+            .retention_victims(now_ms(), u64::MAX)
+            .expect("victims");
+        assert_eq!(v.len(), 1);
+        store.expire("old").expect("expire");
+        assert!(store
+            .retention_victims(now_ms(), u64::MAX)
+            .expect("victims")
+            .is_empty());
+        drop(store);
+        // Opening again is a no-op; boots count up.
+        let store = Store::open(&path).expect("reopen");
+        assert_eq!(store.next_boot().expect("boot"), 1);
+        assert_eq!(store.next_boot().expect("boot"), 2);
+    }
+
+    #[test]
+    fn a_job_canceling_at_restart_is_canceled_with_the_canceled_code() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Store::open(&dir.path().join("jobs.db")).expect("open");
+        store.insert(&new("c", None, "h")).expect("insert");
+        store.claim_next("w", "p").expect("claim");
+        store.mark_started("c").expect("started");
+        assert!(store.set_status("c", JobStatus::Canceling).expect("set"));
+        store.recover().expect("recover");
+        let row = store.get("c").expect("get").expect("row");
+        assert_eq!(row.status, JobStatus::Canceled);
+        assert_eq!(row.error.expect("error").code, ErrorCode::Canceled);
     }
 }

@@ -24,7 +24,8 @@ const TOKEN: &str = "s3cret";
 
 struct App {
     router: axum::Router,
-    _dir: tempfile::TempDir,
+    engine: std::sync::Arc<Engine>,
+    _dir: Option<tempfile::TempDir>,
     shutdown: CancellationToken,
 }
 
@@ -36,7 +37,14 @@ impl Drop for App {
 
 fn app_with(f: impl FnOnce(&mut EngineConfig)) -> App {
     let dir = tempfile::tempdir().expect("tmp");
-    let mut config = EngineConfig::new(dir.path().to_path_buf());
+    let mut app = app_in(dir.path(), f);
+    app._dir = Some(dir);
+    app
+}
+
+/// A worker on the spool `dir` (a restart when one ran there before).
+fn app_in(dir: &std::path::Path, f: impl FnOnce(&mut EngineConfig)) -> App {
+    let mut config = EngineConfig::new(dir.to_path_buf());
     config.max_body_bytes = 1 << 20;
     config.limits.max_total_bytes = 1 << 20;
     f(&mut config);
@@ -48,13 +56,14 @@ fn app_with(f: impl FnOnce(&mut EngineConfig)) -> App {
         },
         shutdown.clone(),
     );
-    let store = Store::open(&dir.path().join("jobs.db")).expect("store");
+    let store = Store::open(&dir.join("jobs.db")).expect("store");
     let wf = Workflow::parse("wf.json", WF).expect("workflow");
     let engine = Engine::new(config, store, wf, comfy, shutdown.clone());
     engine.recover().expect("recover");
     App {
-        router: router(AppState::new(engine, Some(TOKEN), None)),
-        _dir: dir,
+        router: router(AppState::new(engine.clone(), Some(TOKEN), None)),
+        engine,
+        _dir: None,
         shutdown,
     }
 }
@@ -130,6 +139,12 @@ async fn health_ready_and_auth() {
         (s, code(&b)),
         (StatusCode::SERVICE_UNAVAILABLE, "not_ready")
     );
+    // Public: ready and a reason only, never ComfyUI's address or pid.
+    let details = b["error"]["details"].as_object().expect("details");
+    let mut keys: Vec<_> = details.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["ready", "reason"], "{b}");
+    assert!(!b.to_string().contains("127.0.0.1"), "{b}");
     let (s, _, b) = call(
         &app,
         Request::get("/v1/info").body(Body::empty()).expect("req"),
@@ -233,6 +248,26 @@ async fn bad_submissions_get_stable_4xx() {
             "invalid_input",
         ),
         (
+            "json inputs with a bad tree",
+            post(
+                "/v1/jobs",
+                "application/json",
+                br#"{"inputs": {"image": {"$nope": 1}}}"#.to_vec(),
+            ),
+            StatusCode::BAD_REQUEST,
+            "invalid_payload",
+        ),
+        (
+            "json inputs with a blob reference",
+            post(
+                "/v1/jobs",
+                "application/json",
+                br#"{"inputs": {"image": {"$t": "t0"}}}"#.to_vec(),
+            ),
+            StatusCode::BAD_REQUEST,
+            "invalid_payload",
+        ),
+        (
             "bad job id",
             get("/v1/jobs/not-a-uuid"),
             StatusCode::NOT_FOUND,
@@ -242,6 +277,9 @@ async fn bad_submissions_get_stable_4xx() {
     for (what, req, status, want) in cases {
         let (s, _, b) = call(&app, req).await;
         assert_eq!((s, code(&b)), (status, want), "{what}: {b}");
+        if want == "invalid_payload" {
+            assert!(b["error"]["details"]["kind"].is_string(), "{what}: {b}");
+        }
         assert!(
             b["error"]["message"]
                 .as_str()
@@ -326,6 +364,102 @@ async fn too_many_unfinished_jobs_is_429_with_retry_after() {
 }
 
 #[tokio::test]
+async fn a_new_idempotency_key_does_not_get_past_the_job_limit() {
+    let app = app_with(|c| c.max_active_jobs = 1);
+    let body = container(vec![("image", Some("IMAGE"), image(2))]);
+    let keyed = |k: &str| {
+        let mut r = post("/v1/jobs", CONTAINER_MEDIA_TYPE, body.clone());
+        r.headers_mut()
+            .insert("idempotency-key", k.parse().expect("hv"));
+        r
+    };
+    let (s, _, first) = call(&app, keyed("k-1")).await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let (s, h, b) = call(&app, keyed("k-2")).await;
+    assert_eq!(
+        (s, code(&b)),
+        (StatusCode::TOO_MANY_REQUESTS, "too_many_requests")
+    );
+    assert!(h.contains_key(header::RETRY_AFTER));
+    // A replay of the known key still answers with its job.
+    let (s, _, again) = call(&app, keyed("k-1")).await;
+    assert_eq!((s, &again["id"]), (StatusCode::OK, &first["id"]));
+}
+
+#[tokio::test]
+async fn framework_errors_carry_the_error_body() {
+    let app = app();
+    for (req, status, want) in [
+        (
+            get("/v1/jobs"),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        ),
+        (
+            post("/v1/info", "application/json", vec![]),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        ),
+        (
+            Request::delete("/healthz")
+                .body(Body::empty())
+                .expect("req"),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        ),
+        (get("/v1/jobs/a/b/c"), StatusCode::NOT_FOUND, "not_found"),
+        (get("/v2/whatever"), StatusCode::NOT_FOUND, "not_found"),
+    ] {
+        let what = format!("{} {}", req.method(), req.uri());
+        let (s, h, b) = call(&app, req).await;
+        assert_eq!((s, code(&b)), (status, want), "{what}: {b}");
+        assert!(b["error"]["message"].is_string(), "{what}: {b}");
+        assert_eq!(h["comfy-remote-protocol"], "comfy-remote/1");
+    }
+}
+
+#[tokio::test]
+async fn a_job_waiting_past_the_queue_timeout_fails_with_comfyui_unavailable() {
+    let app = app_with(|c| c.queue_timeout = Duration::from_millis(300));
+    tokio::spawn(app.engine.clone().dispatch());
+    let body = container(vec![("image", Some("IMAGE"), image(2))]);
+    let (s, _, job) = call(&app, post("/v1/jobs", CONTAINER_MEDIA_TYPE, body)).await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let url = format!("/v1/jobs/{}", job["id"].as_str().expect("id"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let failed = loop {
+        let (_, _, b) = call(&app, get(&url)).await;
+        if b["status"] != "queued" {
+            break b;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still queued: {b}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert_eq!(failed["error"]["code"], "comfyui_unavailable");
+    let msg = failed["error"]["message"].as_str().expect("message");
+    assert!(msg.contains("has not been reachable since"), "{msg}");
+}
+
+#[tokio::test]
+async fn no_queue_timeout_waits_forever() {
+    let app = app_with(|c| {
+        c.queue_timeout = Duration::ZERO;
+    });
+    tokio::spawn(app.engine.clone().dispatch());
+    let body = container(vec![("image", Some("IMAGE"), image(2))]);
+    let (_, _, job) = call(&app, post("/v1/jobs", CONTAINER_MEDIA_TYPE, body)).await;
+    // The dispatcher checks at least once a second.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, _, b) = call(
+        &app,
+        get(&format!("/v1/jobs/{}", job["id"].as_str().expect("id"))),
+    )
+    .await;
+    assert_eq!(b["status"], "queued", "{b}");
+}
+
+#[tokio::test]
 async fn events_of_a_queued_job_start_with_its_status() {
     let app = app();
     let body = container(vec![("image", Some("IMAGE"), image(2))]);
@@ -346,8 +480,102 @@ async fn events_of_a_queued_job_start_with_its_status() {
         .expect("ok");
     let text = String::from_utf8(frame.into_data().expect("data").to_vec()).expect("utf8");
     assert!(
-        text.contains("event: status") && text.contains("id: 1"),
+        text.contains("event: status") && text.contains("id: "),
         "{text}"
+    );
+}
+
+/// Read SSE events (`(id, name)`) from `body` until `n` arrived.
+async fn sse_events(body: &mut Body, n: usize) -> Vec<(u64, String)> {
+    let mut text = String::new();
+    let mut out = Vec::new();
+    while out.len() < n {
+        let frame = tokio::time::timeout(Duration::from_secs(30), body.frame())
+            .await
+            .expect("an event")
+            .expect("frame")
+            .expect("ok");
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        text.push_str(std::str::from_utf8(&data).expect("utf8"));
+        while let Some(end) = text.find("\n\n") {
+            let block: String = text.drain(..end + 2).collect();
+            let field = |k: &str| {
+                block
+                    .lines()
+                    .find_map(|l| l.strip_prefix(k).map(str::to_owned))
+            };
+            if let (Some(id), Some(ev)) = (field("id: "), field("event: ")) {
+                out.push((id.parse().expect("numeric id"), ev));
+            }
+        }
+    }
+    out
+}
+
+async fn open_events(app: &App, id: &str, last: Option<u64>) -> Body {
+    let mut req = get(&format!("/v1/jobs/{id}/events"));
+    if let Some(l) = last {
+        req.headers_mut()
+            .insert("last-event-id", l.to_string().parse().expect("hv"));
+    }
+    let resp = app.router.clone().oneshot(req).await.expect("resp");
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.into_body()
+}
+
+#[tokio::test]
+async fn event_ids_keep_growing_across_a_restart() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let body = container(vec![("image", Some("IMAGE"), image(2))]);
+    let (id, old_last) = {
+        let app = app_in(dir.path(), |_| {});
+        let (_, _, job) = call(&app, post("/v1/jobs", CONTAINER_MEDIA_TYPE, body.clone())).await;
+        let id = job["id"].as_str().expect("id").to_owned();
+        // A second job and its cancel: more events, higher ids for the first.
+        let (_, _, other) = call(&app, post("/v1/jobs", CONTAINER_MEDIA_TYPE, body.clone())).await;
+        let mut events = open_events(&app, &id, None).await;
+        let first = sse_events(&mut events, 1).await;
+        let other = other["id"].as_str().expect("id");
+        call(
+            &app,
+            post(
+                &format!("/v1/jobs/{other}/cancel"),
+                "application/json",
+                vec![],
+            ),
+        )
+        .await;
+        (id, first.last().expect("event").0)
+    };
+    // The worker restarts; the client reconnects with the id it saw last.
+    let app = app_in(dir.path(), |_| {});
+    let mut events = open_events(&app, &id, Some(old_last)).await;
+    let got = sse_events(&mut events, 1).await;
+    assert_eq!(got[0].1, "status", "{got:?}");
+    assert!(got[0].0 > old_last, "{got:?} after {old_last}");
+    // What happens next reaches the reader: nothing is filtered as old.
+    call(
+        &app,
+        post(&format!("/v1/jobs/{id}/cancel"), "application/json", vec![]),
+    )
+    .await;
+    let mut got = Vec::new();
+    while !got.iter().any(|(_, e): &(u64, String)| e == "done") {
+        got.extend(sse_events(&mut events, 1).await);
+    }
+    assert!(got.iter().all(|(i, _)| *i > old_last), "{got:?}");
+    let ids: Vec<u64> = got.iter().map(|(i, _)| *i).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    // A reader that saw everything of this process gets no snapshot again.
+    let last = *ids.last().expect("id");
+    let (_, _, b) = call(&app, get(&format!("/v1/jobs/{id}"))).await;
+    assert_eq!(b["status"], "canceled");
+    let mut events = open_events(&app, &id, Some(last - 1)).await;
+    assert_eq!(
+        sse_events(&mut events, 1).await,
+        [(last, "done".to_owned())]
     );
 }
 

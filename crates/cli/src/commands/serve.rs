@@ -67,6 +67,10 @@ pub struct Args {
     /// Results up to this size are also inlined (base64) in the job view.
     #[arg(long, default_value_t = 0)]
     pub inline_result_bytes: u64,
+    /// Seconds a queued job waits while ComfyUI is unreachable before it
+    /// fails with comfyui_unavailable (0: wait forever).
+    #[arg(long, default_value_t = 600)]
+    pub queue_timeout_secs: u64,
     /// Seconds to wait for ComfyUI to answer at start.
     #[arg(long, default_value_t = 600)]
     pub startup_timeout: u64,
@@ -165,6 +169,7 @@ pub fn execute(args: Args) -> anyhow::Result<i32> {
     config.retention = Duration::from_secs(args.retention_secs);
     config.max_result_bytes = args.max_result_bytes;
     config.inline_result_bytes = args.inline_result_bytes;
+    config.queue_timeout = Duration::from_secs(args.queue_timeout_secs);
 
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async move {
