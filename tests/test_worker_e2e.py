@@ -256,6 +256,30 @@ def test_validation_error_names_the_node(start_worker_fn):
     assert "node 3 (ImageBlur)" in job["error"]["message"], job["error"]
 
 
+def test_a_failing_node_reports_its_exception_but_not_the_traceback(start_worker_fn):
+    wf = {
+        "1": {"class_type": "RemoteInput", "inputs": {"name": "x", "type": "*"}},
+        "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+        "3": {"class_type": "RemoteOutput", "inputs": {"name": "out", "value": ["2", 0]}},
+    }
+    w = start_worker_fn(wf, name="failing")
+    r = w.submit(json.dumps({"inputs": {"x": "not an image"}}).encode(), "application/json")
+    assert r.status == 202, r.body
+    job = w.wait(r.json()["id"])
+    assert job["status"] == "failed" and job["error"]["code"] == "execution_failed", job
+    details = job["error"]["details"]
+    assert details["node"] == {"id": "2", "type": "ImageInvert"}
+    assert details["comfyui"]["exception_type"], details
+    text = json.dumps(job)
+    assert "traceback" not in text.lower() and ".py" not in text, text
+    # The traceback is in the worker's log, for the operator.
+    assert "Traceback" in w.log_path.read_text() or "File \"" in w.log_path.read_text()
+    # Public readiness: whether and why, nothing about ComfyUI's address or process.
+    from harness import request
+    ready = request("GET", f"{w.url}/readyz")
+    assert ready.status == 200 and set(ready.json()) == {"ready", "reason"}, ready.body
+
+
 def test_killed_comfyui_fails_the_running_job_and_recovers(worker):
     pid_before = worker.comfyui_pid()
     slow = worker.submit(enc(image=torch.rand(1, 8, 8, 3), size=SLOW)).json()["id"]

@@ -249,7 +249,8 @@ class Worker:
         return sse(f"{self.url}/v1/jobs/{job_id}/events", h)
 
     def comfyui_pid(self) -> int:
-        return int(self.get("/readyz").json()["pid"])
+        text = self.get("/metrics").body.decode()
+        return int(next(line.split()[1] for line in text.splitlines() if line.startswith("comfy_remote_comfyui_pid ")))
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         stop_process(self.proc, sig)
