@@ -9,9 +9,12 @@ image colour so nothing is served from ComfyUI's cache. Wall time is from
 POST /prompt to `execution_success` on the websocket; median of N runs
 after one warm-up.
 
-Usage: COMFYUI_DIR=... python scripts/bench_nodes.py [--runs N]
+Usage: COMFYUI_DIR=... python scripts/bench_nodes.py [--runs N] [--only tiny|image]
+    [--keep DIR]
 Needs the comfy-remote binary and wheel (as the tests do). Prints a
-markdown table on stdout.
+markdown table on stdout. --keep leaves the worker's and both ComfyUIs' logs
+(and spool) in DIR; with COMFY_REMOTE_TRACE=1 the local ComfyUI's log shows
+the Remote API node's phases in ms.
 """
 
 from __future__ import annotations
@@ -82,10 +85,14 @@ async def timed(base: str, p: dict[str, Any]) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--only", choices=["tiny", "image"], help="run one payload only")
+    ap.add_argument("--keep", type=Path, help="keep logs and spool in this directory")
     args = ap.parse_args()
     comfyui = Path(os.environ.get("COMFYUI_DIR") or sys.exit("set COMFYUI_DIR to a ComfyUI checkout"))
     py = comfyui_python(comfyui, wheel())
-    tmp = Path(tempfile.mkdtemp(prefix="cr-bench-"))
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="cr-bench-", dir=args.keep))
     worker = local = None
     try:
         worker = start_worker(REMOTE_WORKFLOW, comfyui=comfyui, python=py, home=tmp / "remote", spool=tmp / "spool")
@@ -95,7 +102,10 @@ def main() -> int:
         local = start_comfyui(py, comfyui, home)
         rows = []
         color = 1
-        for label, size in [("tiny 1x8x8x3", (1, 8, 8)), ("IMAGE 4x1024x1024x3", (4, 1024, 1024))]:
+        payloads = [("tiny", "tiny 1x8x8x3", (1, 8, 8)), ("image", "IMAGE 4x1024x1024x3", (4, 1024, 1024))]
+        for key, label, size in payloads:
+            if args.only and key != args.only:
+                continue
             times: dict[str, list[float]] = {"local": [], "remote": []}
             for i in range(args.runs + 1):
                 for kind in ("local", "remote"):  # interleaved: both see the same machine load
@@ -115,7 +125,10 @@ def main() -> int:
         for p in (local, worker):
             if p is not None:
                 p.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+        if args.keep:
+            print(f"logs kept in {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,10 @@ pub struct ClientOptions {
     pub mode: Mode,
     /// Follow the SSE stream when the endpoint offers one (else poll).
     pub use_events: bool,
+    /// How long the endpoint's protocol and signature (`GET /v1/info`) are
+    /// trusted before they are asked again; a client reused for many jobs
+    /// asks at most this often.
+    pub signature_ttl: Duration,
 }
 
 impl ClientOptions {
@@ -68,6 +72,7 @@ impl ClientOptions {
             retry: RetryPolicy::default(),
             mode: Mode::Auto,
             use_events: true,
+            signature_ttl: Duration::from_secs(10),
         }
     }
 }
@@ -100,7 +105,15 @@ enum Resolved {
     Json,
 }
 
-/// An HTTP client bound to one endpoint. Cheap to share (`Arc`).
+/// What is known about the endpoint, and since when (`None`: fixed by [`Mode`]).
+#[derive(Debug)]
+struct Known {
+    resolved: Resolved,
+    fetched: Option<Instant>,
+}
+
+/// An HTTP client bound to one endpoint. Cheap to share (`Arc`); reuse it
+/// for many jobs so they share its connections and its cached signature.
 #[derive(Debug)]
 pub struct Client {
     http: reqwest::Client,
@@ -108,7 +121,7 @@ pub struct Client {
     endpoint: Url,
     /// `endpoint` with `/v1/...` stripped and a trailing slash, for joins.
     base: Url,
-    resolved: Mutex<Option<Resolved>>,
+    resolved: Mutex<Option<Known>>,
 }
 
 fn join(base: &Url, path: &str) -> Result<Url> {
@@ -167,7 +180,11 @@ impl Client {
             Mode::Auto => None,
             Mode::Native => Some(Resolved::Native(None)),
             Mode::Json => Some(Resolved::Json),
-        };
+        }
+        .map(|resolved| Known {
+            resolved,
+            fetched: None,
+        });
         Ok(Client {
             http,
             opts,
@@ -230,14 +247,20 @@ impl Client {
         read_json(url, resp).await
     }
 
-    /// Find out which protocol the endpoint speaks (once) and its signature.
+    /// Find out which protocol the endpoint speaks and its signature
+    /// (asked again after [`ClientOptions::signature_ttl`]).
     pub async fn signature(&self) -> Result<Option<Signature>> {
         let mut guard = self.resolved.lock().await;
-        if let Some(r) = guard.as_ref() {
-            return Ok(match r {
-                Resolved::Native(s) => s.clone(),
-                Resolved::Json => None,
-            });
+        if let Some(k) = guard.as_ref() {
+            let fresh = k
+                .fetched
+                .map_or(true, |at| at.elapsed() < self.opts.signature_ttl);
+            if fresh {
+                return Ok(match &k.resolved {
+                    Resolved::Native(s) => s.clone(),
+                    Resolved::Json => None,
+                });
+            }
         }
         let url = join(&self.base, "v1/info")?;
         let resolved = match self
@@ -250,11 +273,7 @@ impl Client {
             .await
         {
             Ok(resp) => {
-                let body = resp.bytes().await.map_err(|e| ClientError::Unreachable {
-                    url: url.to_string(),
-                    attempts: 1,
-                    source: e,
-                })?;
+                let body = read_body(&url, resp).await?;
                 match serde_json::from_slice::<Signature>(&body) {
                     Ok(sig) if sig.protocol.starts_with("comfy-remote/") => {
                         Resolved::Native(Some(sig))
@@ -274,12 +293,24 @@ impl Client {
             Resolved::Native(s) => s.clone(),
             Resolved::Json => None,
         };
-        *guard = Some(resolved);
+        *guard = Some(Known {
+            resolved,
+            fetched: Some(Instant::now()),
+        });
         Ok(sig)
     }
 
-    /// Check local inputs against the endpoint's signature (fetched once) and
-    /// return the names to send them under.
+    /// Forget a fetched signature so the next call asks again (after the
+    /// endpoint refused a payload planned with it).
+    async fn forget_signature(&self) {
+        let mut guard = self.resolved.lock().await;
+        if guard.as_ref().is_some_and(|k| k.fetched.is_some()) {
+            *guard = None;
+        }
+    }
+
+    /// Check local inputs against the endpoint's signature (cached for
+    /// [`ClientOptions::signature_ttl`]) and return the names to send them under.
     pub async fn plan_inputs(&self, local: &[LocalInput]) -> Result<Vec<String>> {
         let sig = self.signature().await?;
         plan_inputs(sig.as_ref(), local)
@@ -289,7 +320,10 @@ impl Client {
         self.signature().await?;
         Ok(matches!(
             self.resolved.lock().await.as_ref(),
-            Some(Resolved::Native(_))
+            Some(Known {
+                resolved: Resolved::Native(_),
+                ..
+            })
         ))
     }
 
@@ -309,7 +343,7 @@ impl Client {
                 Bytes::from(form.to_string()),
             )
         };
-        let resp = self
+        let sent = self
             .send("POST", &url, || {
                 self.http
                     .post(url.clone())
@@ -319,7 +353,23 @@ impl Client {
                     .timeout(self.opts.request_timeout)
                     .body(body.clone())
             })
-            .await?;
+            .await;
+        let resp = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                if matches!(
+                    e,
+                    ClientError::Http {
+                        status: 400..=499,
+                        ..
+                    }
+                ) {
+                    // Perhaps planned with a stale signature: ask again next time.
+                    self.forget_signature().await;
+                }
+                return Err(e);
+            }
+        };
         let (at, json) = read_json(&url, resp).await?;
         let doc = JobDoc::parse(&json).map_err(|r| ClientError::protocol(at.as_str(), r))?;
         Ok((at, doc))
@@ -633,15 +683,7 @@ impl Client {
                             .timeout(self.opts.request_timeout)
                     })
                     .await?;
-                let bytes = resp
-                    .bytes()
-                    .await
-                    .map_err(|source| ClientError::Unreachable {
-                        url: url.to_string(),
-                        attempts: 1,
-                        source,
-                    })?;
-                Ok(bytes.to_vec())
+                read_body(&url, resp).await
             }
             ResultRef::Plain(json) => {
                 let value = crate::plain::json_to_value(&json);
@@ -835,16 +877,32 @@ async fn http_error(method: &'static str, url: &Url, resp: Response) -> ClientEr
     }
 }
 
+/// The whole body, copied once into a buffer sized by `Content-Length`
+/// (`Response::bytes` gathers the chunks and copies them again).
+async fn read_body(url: &Url, mut resp: Response) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    if let Some(len) = resp.content_length().and_then(|l| usize::try_from(l).ok()) {
+        // A size the server announces but does not send costs address space only.
+        let _ = out.try_reserve_exact(len);
+    }
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => out.extend_from_slice(&chunk),
+            Ok(None) => return Ok(out),
+            Err(source) => {
+                return Err(ClientError::Unreachable {
+                    url: url.to_string(),
+                    attempts: 1,
+                    source,
+                })
+            }
+        }
+    }
+}
+
 async fn read_json(url: &Url, resp: Response) -> Result<(Url, Json)> {
     let at = resp.url().clone();
-    let bytes = resp
-        .bytes()
-        .await
-        .map_err(|source| ClientError::Unreachable {
-            url: url.to_string(),
-            attempts: 1,
-            source,
-        })?;
+    let bytes = read_body(url, resp).await?;
     let json = serde_json::from_slice(&bytes)
         .map_err(|e| ClientError::protocol(url.as_str(), format!("body is not JSON ({e})")))?;
     Ok((at, json))

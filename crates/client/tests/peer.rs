@@ -451,3 +451,62 @@ async fn failed_job_carries_the_remote_message() {
     let err = result.expect_err("failed");
     assert_eq!(err.to_string(), "remote job x9 failed: CUDA out of memory");
 }
+
+/// A peer whose signature changes: counts `GET /v1/info`, refuses submits with 400.
+async fn start_counting_info() -> (String, Arc<Mutex<usize>>) {
+    let hits = Arc::new(Mutex::new(0usize));
+    let h = hits.clone();
+    let router = Router::new()
+        .route(
+            "/v1/info",
+            get(move || {
+                let h = h.clone();
+                async move {
+                    *h.lock().expect("hits") += 1;
+                    Json(json!({"protocol": "comfy-remote/1", "inputs": [
+                        {"name": "image", "type": "IMAGE", "node_id": "1"}], "outputs": []}))
+                }
+            }),
+        )
+        .route(
+            "/v1/jobs",
+            post(|| async {
+                (
+                    StatusCode::BAD_REQUEST,
+                    Json(json!({"error": {"code": "invalid_payload", "message": "no input named image"}})),
+                )
+            }),
+        );
+    (serve(router).await, hits)
+}
+
+#[tokio::test]
+async fn signature_is_cached_for_its_ttl_and_forgotten_after_a_refused_submit() {
+    let (url, hits) = start_counting_info().await;
+    let image = [LocalInput {
+        name: "value0".into(),
+        comfy_type: Some("IMAGE".into()),
+    }];
+    let client = Arc::new(Client::new(options(&url)).expect("client"));
+    for _ in 0..3 {
+        client.plan_inputs(&image).await.expect("fits");
+    }
+    assert_eq!(*hits.lock().expect("hits"), 1, "asked once within the TTL");
+
+    let mut job = client.spawn_job(Bytes::from_static(b"CONTAINER"));
+    let (_, result) = drain(&mut job).await;
+    assert!(matches!(result, Err(ClientError::Http { status: 400, .. })));
+    client.plan_inputs(&image).await.expect("fits");
+    assert_eq!(
+        *hits.lock().expect("hits"),
+        2,
+        "a refused payload makes the next call ask again"
+    );
+
+    let mut o = options(&url);
+    o.signature_ttl = Duration::ZERO;
+    let client = Client::new(o).expect("client");
+    client.plan_inputs(&image).await.expect("fits");
+    client.plan_inputs(&image).await.expect("fits");
+    assert_eq!(*hits.lock().expect("hits"), 4, "a zero TTL asks every time");
+}

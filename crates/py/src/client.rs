@@ -10,7 +10,8 @@ use comfy_remote_client::blocking::{BlockingClient, BlockingJob};
 use comfy_remote_client::{ClientError, ClientOptions, JobEvent, LocalInput, Mode, Signature};
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList};
+use pyo3::pybacked::PyBackedBytes;
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList};
 
 pyo3::create_exception!(
     comfy_remote._native,
@@ -102,7 +103,8 @@ impl PyClient {
     }
 
     /// The endpoint's signature (`GET /v1/info`) as a dict, or None for
-    /// endpoints of the simple JSON shape. Fetched once per client.
+    /// endpoints of the simple JSON shape. Cached by the client for 10 s
+    /// (and forgotten when the endpoint refuses a payload).
     fn signature<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
         let sig = py
             .detach(|| self.inner.signature())
@@ -125,9 +127,10 @@ impl PyClient {
             .map_err(|e| to_py_err(py, e))
     }
 
-    /// Submit container bytes and follow the job in the background.
-    fn start(&self, py: Python<'_>, body: &[u8]) -> PyResult<PyJob> {
-        let body = bytes::Bytes::copy_from_slice(body);
+    /// Submit container bytes and follow the job in the background. A
+    /// `bytes` body is sent from its own memory (no copy).
+    fn start(&self, py: Python<'_>, body: PyBackedBytes) -> PyResult<PyJob> {
+        let body = bytes::Bytes::from_owner(body);
         let inner = py
             .detach(|| self.inner.start(body))
             .map_err(|e| to_py_err(py, e))?;
@@ -148,7 +151,9 @@ impl PyJob {
     /// `("submitted", {"id", "status"})`, `("status", str)`,
     /// `("progress", {"fraction", "value", "max", "phase", "text", "node",
     /// "node_type", "step", "step_max", "queue_position"})`,
-    /// `("preview", (mime, bytes, node_id))`, `("done", container_bytes)`.
+    /// `("preview", (mime, bytes, node_id))`, `("done", container)` where
+    /// `container` is a `bytearray`: `codec.decode` builds tensors over it
+    /// without copying.
     /// A failed, canceled or timed-out job raises `RemoteError`.
     fn next_event<'py>(
         &self,
@@ -199,7 +204,11 @@ impl PyJob {
                     .into_pyobject(py)?
                     .into_any(),
             ),
-            JobEvent::Done(bytes) => ("done", PyBytes::new(py, &bytes).into_any()),
+            JobEvent::Done(bytes) => {
+                let out = PyByteArray::new(py, &bytes);
+                drop(bytes); // free the download now, not after the conversion
+                ("done", out.into_any())
+            }
             JobEvent::Error(e) => return Err(to_py_err(py, e)),
         }))
     }

@@ -12,6 +12,11 @@ from __future__ import annotations
 import asyncio
 import io as _bytesio
 import logging
+import os
+import sys
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -29,6 +34,40 @@ HAS_AUTOGROW = hasattr(io, "Autogrow") and hasattr(getattr(io, "Autogrow"), "Tem
 INTERRUPT_CHECK_S = 0.1
 
 log = logging.getLogger("comfy_remote")
+
+# Clients kept for reuse: calls to one endpoint share its connections and its
+# signature (GET /v1/info, asked again after a few seconds).
+MAX_CLIENTS = 16
+_clients: OrderedDict[tuple[Any, ...], Client] = OrderedDict()
+_clients_lock = threading.Lock()
+
+
+def _client(url: str, headers: list[tuple[str, str]], timeout: float | None, mode: str) -> Client:
+    """The shared client for these settings, created on first use."""
+    key = (url, tuple(headers), timeout, mode)
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            client = Client(url, headers=headers, timeout=timeout, mode=mode)
+            _clients[key] = client
+            while len(_clients) > MAX_CLIENTS:
+                _clients.popitem(last=False)
+        else:
+            _clients.move_to_end(key)
+        return client
+
+
+# COMFY_REMOTE_TRACE=1: one stderr line per phase of a call, in ms since it began.
+_TRACE = os.environ.get("COMFY_REMOTE_TRACE", "") not in ("", "0")
+
+
+class _Trace:
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def __call__(self, what: str) -> None:
+        if _TRACE:
+            sys.stderr.write(f"[comfy-remote trace] {(time.perf_counter() - self.t0) * 1000:8.1f} ms {what}\n")
 
 
 class RemoteResult(Mapping[str, Any]):
@@ -143,16 +182,20 @@ class _Reporter:
 
 
 async def run_remote(
-    client: Client, items: list[tuple[str, Any]], reporter: _Reporter
+    client: Client, items: list[tuple[str, Any]], reporter: _Reporter, trace: _Trace | None = None
 ) -> Any:
     """Send ``items``, follow the job, return the result value (or a RemoteResult)."""
+    trace = trace or _Trace()
     local = [(name, codec.infer_type(value)) for name, value in items]
     reporter.say("connecting")
     names = await asyncio.to_thread(client.plan_inputs, local)
+    trace("planned")
     payload = [(remote, typ, value) for remote, (_, typ), (_, value) in zip(names, local, items)]
     body = await asyncio.to_thread(codec.encode, payload)
+    trace(f"encoded {len(body)} bytes")
     reporter.say("uploading")
     job = await asyncio.to_thread(client.start, body)
+    trace("started")
     fraction = 0.0
     try:
         while True:
@@ -166,6 +209,7 @@ async def run_remote(
             if event is None:
                 continue
             kind, data = event
+            trace(f"event {kind}")
             if kind == "progress":
                 fraction = max(fraction, float(data["fraction"]))
                 reporter.say(f"remote: {data['text']}")
@@ -180,6 +224,7 @@ async def run_remote(
             elif kind == "done":
                 reporter.say("downloading result")
                 outputs = await asyncio.to_thread(codec.decode, data)
+                trace("decoded")
                 await reporter.progress(1.0)
                 reporter.say(f"done: {', '.join(n for n, _, _ in outputs)}")
                 if len(outputs) == 1:
@@ -305,15 +350,18 @@ class RemoteAPI(io.ComfyNode):
         url = (endpoint_url or endpoint or "").strip()
         if not url:
             raise ValueError("Remote API: no endpoint URL; set the endpoint widget or connect endpoint_url")
+        trace = _Trace()
         headers = secrets.auth_headers(token, modal_key, modal_secret)
-        client = Client(url, headers=headers, timeout=timeout or None, mode=protocol or "auto")
+        client = _client(url, headers, timeout or None, protocol or "auto")
         reporter = _Reporter(cls.hidden.unique_id if cls.hidden else None)
+        trace("client ready")
         try:
-            result = await run_remote(client, collect_values(values, kwargs), reporter)
+            result = await run_remote(client, collect_values(values, kwargs), reporter, trace)
         except RemoteError as e:
             if getattr(e, "kind", "") == "canceled" and _interrupted():
                 _raise_interrupt()
             raise RuntimeError(f"Remote API ({url}): {e}") from e
+        trace("returning")
         return io.NodeOutput(result)
 
 
