@@ -10,6 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=${COMFY_REMOTE_VENV:-.venv}
+TARGET=${CARGO_TARGET_DIR:-target}
 step() { printf '\n==> %s\n' "$*" >&2; }
 
 step "python test environment ($VENV)"
@@ -38,12 +39,13 @@ fi
 
 step "build the comfy-remote binary and wheel (release)"
 cargo build --release --locked -p comfy-remote-cli
-rm -rf target/wheels
-"$VENV/bin/maturin" build --release --locked --out target/wheels >&2
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps --force-reinstall target/wheels/*.whl
+rm -rf "$TARGET/wheels"
+"$VENV/bin/maturin" build --release --locked --out "$TARGET/wheels" >&2
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps --force-reinstall "$TARGET"/wheels/*.whl
 
 step "pytest"
-export COMFY_REMOTE_BIN="$PWD/target/release/comfy-remote"
+export COMFY_REMOTE_BIN
+COMFY_REMOTE_BIN=$(cd "$TARGET" && pwd)/release/comfy-remote
 export COMFY_REMOTE_WHEEL
-COMFY_REMOTE_WHEEL=$(ls target/wheels/*.whl | head -n 1)
+COMFY_REMOTE_WHEEL=$(ls "$(cd "$TARGET" && pwd)"/wheels/*.whl | head -n 1)
 "$VENV/bin/python" -m pytest "$@"
