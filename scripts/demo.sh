@@ -58,9 +58,10 @@ if [ ! -x "$VENV/bin/maturin" ]; then
   python3 -m venv "$VENV"
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check "maturin>=1.7,<2" >&2
 fi
-"$VENV/bin/maturin" build --release --locked --out target/wheels >&2
-WHEEL=$(ls -t target/wheels/comfy_remote-*.whl | head -n 1)
-BIN=$ROOT/target/release/comfy-remote
+TARGET=$(mkdir -p "${CARGO_TARGET_DIR:-target}" && cd "${CARGO_TARGET_DIR:-target}" && pwd)
+"$VENV/bin/maturin" build --release --locked --out "$TARGET/wheels" >&2
+WHEEL=$(ls -t "$TARGET"/wheels/comfy_remote-*.whl | head -n 1)
+BIN=$TARGET/release/comfy-remote
 
 step "preparing ComfyUI's Python environment (cached after the first run)"
 PY=$(python3 scripts/comfyui_env.py --comfyui "$COMFYUI_DIR" --install-wheel "$WHEEL")
