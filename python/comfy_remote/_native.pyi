@@ -17,6 +17,7 @@ __all__ = [
     "RemoteError",
     "CodecError",
     "encode_container",
+    "encode_container_to_file",
     "container_header_len",
     "decode_container",
     "ModalDeployError",
@@ -52,6 +53,13 @@ def encode_container(
     tensors: Sequence[tuple[str, Sequence[int], _TensorData]],
 ) -> bytes:
     """Build a container from a value tree (``t<i>`` names ``tensors[i]``) and ``(dtype, shape, data)`` tensors."""
+
+def encode_container_to_file(
+    tree_json: str,
+    tensors: Sequence[tuple[str, Sequence[int], _TensorData]],
+    path: _StrPath,
+) -> int:
+    """Like ``encode_container``, but streams the container into ``path`` (created or truncated); returns its size."""
 
 def container_header_len(
     prefix: bytes,

@@ -5,7 +5,9 @@ A container is a safetensors file whose metadata carries the value tree
 numpy arrays, tuples, dicts, ...) into that tree; the native module
 (``comfy_remote._native``, Rust) plans, writes and validates the container.
 
-- ``encode`` copies each tensor once, into the returned ``bytes``.
+- ``encode`` copies each tensor once, into the returned ``bytes``;
+  ``encode_to_file`` streams the same bytes into a file (header, then each
+  tensor straight from its memory), without the container in memory.
 - ``decode`` validates the header in Rust, then builds tensors over the
   input buffer without copying when it is writable (``bytearray``,
   ``decode_file``); from read-only ``bytes`` each tensor is copied once so
@@ -39,6 +41,7 @@ __all__ = [
     "decode",
     "decode_file",
     "encode",
+    "encode_to_file",
     "infer_type",
 ]
 
@@ -236,21 +239,10 @@ class _Encoder:
         return {"$pickle": self._ref("U8", [len(data)], data), "sig": sig}
 
 
-def encode(
-    values: Sequence[tuple[str, str | None, Any]],
-    *,
-    pickle_secret: bytes | None = None,
-) -> bytes:
-    """Encode named values into a container.
-
-    ``values`` holds ``(name, comfy_type, value)``; ``comfy_type`` (``"IMAGE"``,
-    ``"LATENT"``, ...) may be ``None`` to let the receiver infer it. Tensors
-    may live on any device (they are moved to the CPU and made contiguous).
-    The same values always give the same bytes.
-
-    Raises ``CodecError`` for values that cannot travel, naming the value's
-    path and Python type and what to do instead.
-    """
+def _plan(
+    values: Sequence[tuple[str, str | None, Any]], pickle_secret: bytes | None
+) -> tuple[str, list[tuple[str, list[int], Any]]]:
+    """The value tree (JSON) and the tensors it refers to, for the native writer."""
     enc = _Encoder(pickle_secret)
     entries = []
     for item in values:
@@ -266,13 +258,59 @@ def encode(
     tree = json.dumps(
         {"v": 1, "entries": entries}, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     )
+    return tree, enc.tensors
+
+
+def _lone_surrogate(exc: UnicodeEncodeError) -> ValueError:
+    return _error(
+        f"cannot encode a string that is not valid Unicode (lone surrogate): {exc}",
+        "invalid_utf8",
+    )
+
+
+def encode(
+    values: Sequence[tuple[str, str | None, Any]],
+    *,
+    pickle_secret: bytes | None = None,
+) -> bytes:
+    """Encode named values into a container.
+
+    ``values`` holds ``(name, comfy_type, value)``; ``comfy_type`` (``"IMAGE"``,
+    ``"LATENT"``, ...) may be ``None`` to let the receiver infer it. Tensors
+    may live on any device (they are moved to the CPU and made contiguous).
+    The same values always give the same bytes.
+
+    Raises ``CodecError`` for values that cannot travel, naming the value's
+    path and Python type and what to do instead.
+    """
+    tree, tensors = _plan(values, pickle_secret)
     try:
-        return _native.encode_container(tree, enc.tensors)
+        return _native.encode_container(tree, tensors)
     except UnicodeEncodeError as exc:
-        raise _error(
-            f"cannot encode a string that is not valid Unicode (lone surrogate): {exc}",
-            "invalid_utf8",
-        ) from exc
+        raise _lone_surrogate(exc) from exc
+
+
+def encode_to_file(
+    values: Sequence[tuple[str, str | None, Any]],
+    path: str | os.PathLike[str],
+    *,
+    pickle_secret: bytes | None = None,
+) -> int:
+    """Encode named values into the file at ``path`` (created or truncated).
+
+    The bytes are exactly those of ``encode(values)``, but they are streamed:
+    the header, then each tensor straight from its memory, so the container
+    is never held in memory (the file is written with the GIL released).
+    Returns the container's size. Not atomic: write to a temporary name and
+    ``os.replace`` it when readers must never see a partial file. Raises
+    ``CodecError`` as ``encode`` does, ``OSError`` when the file cannot be
+    written.
+    """
+    tree, tensors = _plan(values, pickle_secret)
+    try:
+        return _native.encode_container_to_file(tree, tensors, os.fspath(path))
+    except UnicodeEncodeError as exc:
+        raise _lone_surrogate(exc) from exc
 
 
 class _Decoder:

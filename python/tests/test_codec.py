@@ -342,6 +342,39 @@ def test_golden_vectors_reencode_byte_identically(vector: dict[str, Any]) -> Non
     assert reencoded == data
 
 
+@pytest.mark.parametrize("vector", MANIFEST["vectors"], ids=lambda v: v["file"])
+def test_encode_to_file_writes_the_same_bytes_as_encode(vector: dict[str, Any], tmp_path: Path) -> None:
+    data = (VECTORS / vector["file"]).read_bytes()
+    values = [(name, e["declared_type"], value) for (name, _, value), e in zip(decode(data), vector["entries"])]
+    path = tmp_path / "out.crc"
+    path.write_bytes(b"previous, longer content " * 100)  # truncated, not kept
+    assert codec.encode_to_file(values, path) == len(data)
+    assert path.read_bytes() == encode(values) == data
+
+
+def test_encode_to_file_streams_tensors_from_torch_and_numpy(tmp_path: Path) -> None:
+    values = [
+        ("image", "IMAGE", torch.rand(2, 16, 16, 3)),
+        ("mask", None, np.arange(24, dtype=">f4").reshape(2, 3, 4)),  # non-native byte order
+        ("latent", "LATENT", {"samples": torch.randn(1, 4, 8, 8).to(torch.bfloat16).transpose(2, 3)}),
+        ("misc", None, {"s": "x" * (codec.INLINE_STR_MAX + 1), "b": b"\x00\x01", "t": (1, 2.5, None)}),
+    ]
+    path = tmp_path / "mixed.crc"
+    assert codec.encode_to_file(values, str(path)) == path.stat().st_size
+    assert path.read_bytes() == encode(values)
+    assert all(same(a[2], b[2]) for a, b in zip(values[:1], decode_file(path)[:1]))
+
+
+def test_encode_to_file_refuses_before_creating_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "never.crc"
+    with pytest.raises(CodecError) as err:
+        codec.encode_to_file([("v", None, object())], path)
+    assert err.value.kind == "unsupported"
+    assert not path.exists()
+    with pytest.raises(OSError):
+        codec.encode_to_file([("v", None, 1)], tmp_path / "missing-dir" / "x.crc")
+
+
 def test_safetensors_package_reads_our_tensors() -> None:
     from safetensors import safe_open
     from safetensors.torch import load

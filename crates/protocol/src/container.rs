@@ -5,10 +5,14 @@
 //! [`read_layout`] validates a header against the total length, and
 //! [`Prepared`] plans a header plus data offsets before any byte is copied.
 //! That is what lets the Python binding decode without copying tensor data
-//! and encode with exactly one copy into the output.
+//! and encode with exactly one copy into the output, and what lets
+//! [`encode_to_writer`] / [`Prepared::write_to`] stream a container (the
+//! header, then each tensor's bytes) to a file or socket without building it
+//! in memory.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::io::Write;
 
 use safetensors::tensor::{Metadata, TensorInfo};
 
@@ -622,16 +626,75 @@ impl<'a> Prepared<'a> {
         Ok(())
     }
 
-    /// Write the container into a new vector.
+    /// Hand the container to `sink` in file order, piece by piece: the
+    /// header, then each blob's bytes (borrowed, never copied here). Every
+    /// byte goes to `sink` exactly once and the pieces add up to
+    /// [`Prepared::len`]. `external(index)` gives the bytes of a
+    /// [`BlobSource::External`]; a slice of the wrong length is an error
+    /// before anything of that blob reaches `sink`.
+    pub fn write_chunks<'x, E>(
+        &'x self,
+        mut external: impl FnMut(usize) -> Result<&'x [u8], CodecError>,
+        mut sink: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(), E>
+    where
+        E: From<CodecError>,
+    {
+        sink(&self.header)?;
+        for (_, blob) in &self.pieces {
+            let n = blob.nbytes()?;
+            let data: &[u8] = match &blob.source {
+                BlobSource::Slice(s) => s,
+                BlobSource::Owned(v) => v,
+                BlobSource::External(i) => external(*i)?,
+            };
+            if data.len() != n {
+                return Err(
+                    CodecError::length_mismatch(blob.dtype, &blob.shape, n, data.len()).into(),
+                );
+            }
+            sink(data)?;
+        }
+        Ok(())
+    }
+
+    /// Stream the container to `w` (header, then tensor bytes, in order)
+    /// without holding it in memory; returns the bytes written. The bytes
+    /// are the same as [`Prepared::to_vec`]'s. `w` is not flushed.
+    pub fn write_to<'x, W: Write + ?Sized>(
+        &'x self,
+        w: &mut W,
+        external: impl FnMut(usize) -> Result<&'x [u8], CodecError>,
+    ) -> Result<u64, WriteError> {
+        self.write_chunks(external, |chunk| w.write_all(chunk).map_err(WriteError::Io))?;
+        Ok(self.total_len as u64)
+    }
+
+    /// Write the container into a new vector (each byte written once).
     pub fn to_vec(&self) -> Result<Vec<u8>, CodecError> {
-        let mut out = vec![0u8; self.total_len];
-        self.write_into(&mut out, |_, _| {
-            Err(CodecError::Container {
-                message: "external blob without a source".into(),
-            })
+        let mut out = Vec::with_capacity(self.total_len);
+        self.write_chunks(no_external, |chunk| {
+            out.extend_from_slice(chunk);
+            Ok::<(), CodecError>(())
         })?;
         Ok(out)
     }
+}
+
+fn no_external<'x>(_: usize) -> Result<&'x [u8], CodecError> {
+    Err(CodecError::Container {
+        message: "external blob without a source".into(),
+    })
+}
+
+/// Why a container could not be streamed: the payload, or the writer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteError {
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error("writing the container failed: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 /// Turns values into a canonical node tree and its blobs.
@@ -830,4 +893,17 @@ fn renumber<'a>(
 pub fn encode(payload: &Payload<'_>) -> Result<Vec<u8>, CodecError> {
     let (entries, blobs) = flatten(payload)?;
     Prepared::new(&entries, blobs)?.to_vec()
+}
+
+/// Stream a payload's container to `w`: the header, then each tensor's
+/// bytes straight from the payload, so no copy of the container is held in
+/// memory. The bytes are identical to [`encode`]'s; returns how many were
+/// written. `w` is not flushed (wrap a `File` in a `BufWriter` and flush
+/// it, or pass the `File` itself: the pieces are few and large).
+pub fn encode_to_writer<W: Write + ?Sized>(
+    payload: &Payload<'_>,
+    w: &mut W,
+) -> Result<u64, WriteError> {
+    let (entries, blobs) = flatten(payload)?;
+    Prepared::new(&entries, blobs)?.write_to(w, no_external)
 }

@@ -18,7 +18,7 @@ pub mod json;
 pub mod tree;
 pub mod value;
 
-pub use container::{decode, encode, read_layout, Layout, Limits};
+pub use container::{decode, encode, encode_to_writer, read_layout, Layout, Limits, WriteError};
 pub use error::CodecError;
 pub use json::{decode_json_body, parse_json_body, JsonBody};
 pub use value::{ComfyType, DType, Entry, Payload, Tensor, Value};

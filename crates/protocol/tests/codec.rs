@@ -297,3 +297,64 @@ fn json_bodies_are_checked() {
         assert_eq!(err.kind(), kind, "{}: {err}", String::from_utf8_lossy(body));
     }
 }
+
+/// A writer that takes at most 7 bytes a call and can be told to fail.
+struct Trickle {
+    out: Vec<u8>,
+    fail_after: Option<usize>,
+}
+
+impl std::io::Write for Trickle {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.fail_after.is_some_and(|n| self.out.len() >= n) {
+            return Err(std::io::Error::other("disk full"));
+        }
+        let n = buf.len().min(7);
+        self.out.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn streamed_container_is_byte_identical_and_reports_writer_errors() {
+    use comfy_remote_protocol::{encode_to_writer, WriteError};
+
+    let p = sample();
+    let whole = encode(&p).expect("encode");
+    let mut w = Trickle {
+        out: Vec::new(),
+        fail_after: None,
+    };
+    let n = encode_to_writer(&p, &mut w).expect("stream");
+    assert_eq!(n, whole.len() as u64);
+    assert_eq!(w.out, whole);
+
+    let mut failing = Trickle {
+        out: Vec::new(),
+        fail_after: Some(100),
+    };
+    assert!(matches!(
+        encode_to_writer(&p, &mut failing),
+        Err(WriteError::Io(_))
+    ));
+    let lying = Payload {
+        entries: vec![entry(
+            "t",
+            None,
+            Value::Tensor(Tensor {
+                dtype: DType::F32,
+                shape: vec![2],
+                data: Cow::Owned(vec![0; 3]),
+            }),
+        )],
+    };
+    let mut sink = Vec::new();
+    assert!(matches!(
+        encode_to_writer(&lying, &mut sink),
+        Err(WriteError::Codec(CodecError::LengthMismatch { .. }))
+    ));
+}

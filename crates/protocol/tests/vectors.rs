@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use std::path::PathBuf;
 
 use comfy_remote_protocol::{
-    decode, encode, ComfyType, DType, Entry, Limits, Payload, Tensor, Value,
+    decode, encode, encode_to_writer, ComfyType, DType, Entry, Limits, Payload, Tensor, Value,
 };
 
 fn dir() -> PathBuf {
@@ -231,6 +231,10 @@ fn golden_vectors_decode_and_reencode_byte_identically() {
             encode(p).expect("encode"),
             "{stem}: encoder output changed"
         );
+        let mut streamed = Vec::new();
+        let written = encode_to_writer(p, &mut streamed).expect("stream");
+        assert_eq!(written, committed.len() as u64, "{stem}: streamed length");
+        assert_eq!(streamed, committed, "{stem}: streamed bytes differ");
         let decoded =
             decode(&committed, &Limits::default()).unwrap_or_else(|e| panic!("{stem}: {e}"));
         assert_eq!(

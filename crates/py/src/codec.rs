@@ -8,14 +8,20 @@
 //!
 //! The module targets the abi3 limited API of Python 3.10, which has no
 //! buffer protocol: byte data comes in as `bytes` or as the address of
-//! memory that Python keeps alive, and goes out as `bytes`.
+//! memory that Python keeps alive, and goes out as `bytes` or straight
+//! into a file.
+
+use std::io::Write as _;
+use std::path::PathBuf;
 
 use pyo3::create_exception;
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 
-use comfy_remote_protocol::container::{header_len, prepare_tree, Blob, BlobSource};
+use comfy_remote_protocol::container::{
+    header_len, prepare_tree, Blob, BlobSource, Prepared, WriteError,
+};
 use comfy_remote_protocol::tree::{parse_tree, BlobInfo};
 use comfy_remote_protocol::{read_layout, CodecError as RsCodecError, DType, Limits};
 
@@ -71,33 +77,30 @@ struct RawRange {
 
 impl RawRange {
     #[allow(unsafe_code)]
-    fn copy_into(self, dst: &mut [u8]) {
+    fn as_slice(&self) -> &[u8] {
         if self.len == 0 {
-            return;
+            return &[];
         }
-        // SAFETY: `encode_container` is private to `comfy_remote.codec`,
+        // SAFETY: `encode_container*` are private to `comfy_remote.codec`,
         // which passes only the address and byte length of a C-contiguous
         // CPU tensor or numpy array whose owner object is in the same
-        // argument tuple, so the memory stays allocated until this call
-        // returns; `dst.len() == self.len` is checked by the caller.
-        let src = unsafe { std::slice::from_raw_parts(self.address as *const u8, self.len) };
-        dst.copy_from_slice(src);
+        // argument tuple, so the memory stays allocated until the call
+        // returns, and the slice borrows `self`, which lives no longer than
+        // the call; the length is checked against the planned size before
+        // the slice is read.
+        unsafe { std::slice::from_raw_parts(self.address as *const u8, self.len) }
     }
 }
 
-/// Build a container from a value tree (`{"v":1,"entries":[...]}`, with
-/// references `t<i>` naming `tensors[i]`) and the tensors as
-/// `(dtype, shape, data)`, `data` being `bytes` or `(address, nbytes,
-/// owner)`. Returns the container, written with one copy of each tensor
-/// and the GIL released while copying.
-#[pyfunction]
-fn encode_container<'py>(
+/// Check the tensors Python handed over against their dtypes and shapes,
+/// and plan the container (header final, every blob placed).
+fn plan<'a, 'py>(
     py: Python<'py>,
-    tree_json: String,
-    tensors: Vec<(String, Vec<usize>, Data<'py>)>,
-) -> PyResult<Bound<'py, PyBytes>> {
+    tree_json: &str,
+    tensors: &'a [(String, Vec<usize>, Data<'py>)],
+) -> PyResult<(Prepared<'static>, Vec<Source<'a>>)> {
     let mut infos = Vec::with_capacity(tensors.len());
-    let mut sources: Vec<Source<'_>> = Vec::with_capacity(tensors.len());
+    let mut sources: Vec<Source<'a>> = Vec::with_capacity(tensors.len());
     for (i, (dtype, shape, data)) in tensors.iter().enumerate() {
         let dtype = parse_dtype(py, dtype)?;
         let expected = comfy_remote_protocol::Tensor::numel(shape)
@@ -153,21 +156,44 @@ fn encode_container<'py>(
             prepare_tree(entries, blobs)
         })
         .map_err(|e| to_py(py, &e))?;
+    Ok((prepared, sources))
+}
+
+/// The bytes of tensor `i`, for [`Prepared::write_chunks`].
+fn source_bytes<'s>(sources: &'s [Source<'_>], i: usize) -> Result<&'s [u8], RsCodecError> {
+    match sources.get(i) {
+        Some(Source::Slice(s)) => Ok(s),
+        Some(Source::Raw(r)) => Ok(r.as_slice()),
+        None => Err(RsCodecError::Container {
+            message: format!("tensor {i} has no data"),
+        }),
+    }
+}
+
+/// Build a container from a value tree (`{"v":1,"entries":[...]}`, with
+/// references `t<i>` naming `tensors[i]`) and the tensors as
+/// `(dtype, shape, data)`, `data` being `bytes` or `(address, nbytes,
+/// owner)`. Returns the container, written with one copy of each tensor
+/// and the GIL released while copying.
+#[pyfunction]
+fn encode_container<'py>(
+    py: Python<'py>,
+    tree_json: String,
+    tensors: Vec<(String, Vec<usize>, Data<'py>)>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let (prepared, sources) = plan(py, &tree_json, &tensors)?;
     let mut failure = None;
     let out = PyBytes::new_with(py, prepared.len(), |out| {
         let written = py.detach(|| {
-            prepared.write_into(out, |i, dst| match sources.get(i) {
-                Some(Source::Slice(s)) if s.len() == dst.len() => {
-                    dst.copy_from_slice(s);
-                    Ok(())
+            prepared.write_into(out, |i, dst| {
+                let src = source_bytes(&sources, i)?;
+                if src.len() != dst.len() {
+                    return Err(RsCodecError::Container {
+                        message: format!("tensor {i} does not match its planned size"),
+                    });
                 }
-                Some(Source::Raw(r)) if r.len == dst.len() => {
-                    r.copy_into(dst);
-                    Ok(())
-                }
-                _ => Err(RsCodecError::Container {
-                    message: format!("tensor {i} does not match its planned size"),
-                }),
+                dst.copy_from_slice(src);
+                Ok(())
             })
         });
         if let Err(e) = written {
@@ -179,6 +205,37 @@ fn encode_container<'py>(
     match failure {
         Some(e) => Err(to_py(py, &e)),
         None => out,
+    }
+}
+
+/// Like [`encode_container`], but streams the container into the file at
+/// `path` (created or truncated): the header, then each tensor's bytes
+/// straight from Python's memory, so the container is never held in
+/// memory. The bytes are identical to `encode_container`'s. Returns the
+/// container's size. The GIL is released while writing; the file is
+/// flushed but not synced.
+#[pyfunction]
+fn encode_container_to_file<'py>(
+    py: Python<'py>,
+    tree_json: String,
+    tensors: Vec<(String, Vec<usize>, Data<'py>)>,
+    path: PathBuf,
+) -> PyResult<u64> {
+    let (prepared, sources) = plan(py, &tree_json, &tensors)?;
+    let written = py.detach(|| -> Result<u64, WriteError> {
+        let file = std::fs::File::create(&path)?;
+        // Small pieces (the header, short byte strings) are gathered; large
+        // tensors go straight from their memory to the file.
+        let mut w = std::io::BufWriter::with_capacity(64 << 10, file);
+        let n = prepared.write_to(&mut w, |i| source_bytes(&sources, i))?;
+        w.flush()?;
+        Ok(n)
+    });
+    match written {
+        Ok(n) => Ok(n),
+        Err(WriteError::Codec(e)) => Err(to_py(py, &e)),
+        Err(WriteError::Io(e)) => Err(e.into()),
+        Err(e) => Err(PyOSError::new_err(e.to_string())),
     }
 }
 
@@ -263,6 +320,7 @@ fn decode_container<'py>(
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("CodecError", m.py().get_type::<CodecError>())?;
     m.add_function(wrap_pyfunction!(encode_container, m)?)?;
+    m.add_function(wrap_pyfunction!(encode_container_to_file, m)?)?;
     m.add_function(wrap_pyfunction!(container_header_len, m)?)?;
     m.add_function(wrap_pyfunction!(decode_container, m)?)?;
     Ok(())

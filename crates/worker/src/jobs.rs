@@ -1128,13 +1128,30 @@ fn collect_outputs(
                 .0,
         })
         .collect();
-    let bytes = comfy_remote_protocol::encode(&Payload { entries })
-        .map_err(|e| fail(format!("encoding the result: {e}")))?;
+    // Streamed from the mapped outputs into the file: the combined result
+    // is never held in memory.
     let tmp = dir.join(format!("{RESULT_FILE}.tmp"));
-    std::fs::write(&tmp, &bytes).map_err(|e| fail(format!("writing the result: {e}")))?;
+    let written = (|| -> Result<u64, comfy_remote_protocol::WriteError> {
+        let mut w = std::io::BufWriter::with_capacity(64 << 10, std::fs::File::create(&tmp)?);
+        let n = comfy_remote_protocol::encode_to_writer(&Payload { entries }, &mut w)?;
+        std::io::Write::flush(&mut w)?;
+        Ok(n)
+    })();
+    let len = match written {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(match e {
+                comfy_remote_protocol::WriteError::Codec(e) => {
+                    fail(format!("encoding the result: {e}"))
+                }
+                e => fail(format!("writing the result: {e}")),
+            });
+        }
+    };
     std::fs::rename(&tmp, dir.join(RESULT_FILE))
         .map_err(|e| fail(format!("writing the result: {e}")))?;
-    Ok((infos, bytes.len() as u64))
+    Ok((infos, len))
 }
 
 /// Turns ComfyUI's per-node events into one monotonic progress.

@@ -136,11 +136,18 @@ class RemoteOutput(io.ComfyNode):
         if remote_job:
             out_dir = os.path.join(remote_job, "outputs")
             os.makedirs(out_dir, exist_ok=True)
-            data = codec.encode([(name, codec.infer_type(value), value)])
             final = os.path.join(out_dir, f"{name}.crc")
             tmp = f"{final}.{os.getpid()}.tmp"
-            with open(tmp, "wb") as f:
-                f.write(data)
+            # Streamed: header, then the tensors straight from their memory
+            # (no container-sized buffer); renamed into place when complete.
+            try:
+                codec.encode_to_file([(name, codec.infer_type(value), value)], tmp)
+            except BaseException:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+                raise
             os.replace(tmp, final)
             return io.NodeOutput(ui=ui.PreviewText(f"sent {_summary(value)}"))
         if codec.infer_type(value) == "IMAGE":
