@@ -8,8 +8,9 @@
 //!
 //! The module targets the abi3 limited API of Python 3.10, which has no
 //! buffer protocol: byte data comes in as `bytes` or as the address of
-//! memory that Python keeps alive, and goes out as `bytes` or straight
-//! into a file.
+//! memory that Python keeps alive, and goes out as `bytes` (created
+//! uninitialized and written once, rather than zero-filled and then
+//! overwritten) or straight into a file.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -170,11 +171,81 @@ fn source_bytes<'s>(sources: &'s [Source<'_>], i: usize) -> Result<&'s [u8], RsC
     }
 }
 
+/// A new `bytes` object of `len` bytes, filled in file order through
+/// [`Prepared::write_chunks`] without first zero-filling it.
+struct UninitBytes {
+    /// Address of the object's data; only ever written through, in bounds.
+    address: usize,
+    len: usize,
+    pos: usize,
+}
+
+impl UninitBytes {
+    #[allow(unsafe_code)]
+    fn new(py: Python<'_>, len: usize) -> PyResult<(Bound<'_, PyBytes>, UninitBytes)> {
+        let size = pyo3::ffi::Py_ssize_t::try_from(len)
+            .map_err(|_| PyValueError::new_err("container too large"))?;
+        // SAFETY: with a NULL source, PyBytes_FromStringAndSize returns a
+        // new reference to a bytes object of `size` bytes whose contents are
+        // left for the caller to fill (or NULL with an exception set, which
+        // `from_owned_ptr_or_err` turns into an error). The object is not
+        // shared with any other code until this module returns it.
+        let obj = unsafe {
+            Bound::from_owned_ptr_or_err(
+                py,
+                pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), size),
+            )?
+            .cast_into_unchecked::<PyBytes>()
+        };
+        // SAFETY: `obj` is a bytes object, so PyBytes_AsString returns its
+        // data pointer (valid for `len` bytes for as long as `obj` lives).
+        let data = unsafe { pyo3::ffi::PyBytes_AsString(obj.as_ptr()) };
+        if data.is_null() {
+            return Err(PyErr::fetch(py));
+        }
+        Ok((
+            obj,
+            UninitBytes {
+                address: data as usize,
+                len,
+                pos: 0,
+            },
+        ))
+    }
+
+    #[allow(unsafe_code)]
+    fn put(&mut self, chunk: &[u8]) -> Result<(), RsCodecError> {
+        let end = self
+            .pos
+            .checked_add(chunk.len())
+            .filter(|&end| end <= self.len)
+            .ok_or_else(|| RsCodecError::Container {
+                message: "the container outgrew its planned size".into(),
+            })?;
+        // SAFETY: `address..address + len` is the data of a bytes object
+        // that this call alone holds (see `new`) and that outlives this
+        // write; `pos..end` lies within it (checked above); `chunk` is
+        // other memory (Python's tensors or the header), so the ranges do
+        // not overlap. Bytes are only written, never read, so no reference
+        // to uninitialized memory is ever made.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                chunk.as_ptr(),
+                (self.address as *mut u8).add(self.pos),
+                chunk.len(),
+            );
+        }
+        self.pos = end;
+        Ok(())
+    }
+}
+
 /// Build a container from a value tree (`{"v":1,"entries":[...]}`, with
 /// references `t<i>` naming `tensors[i]`) and the tensors as
 /// `(dtype, shape, data)`, `data` being `bytes` or `(address, nbytes,
 /// owner)`. Returns the container, written with one copy of each tensor
-/// and the GIL released while copying.
+/// (into a `bytes` object that is not zero-filled first) and the GIL
+/// released while copying.
 #[pyfunction]
 fn encode_container<'py>(
     py: Python<'py>,
@@ -182,30 +253,19 @@ fn encode_container<'py>(
     tensors: Vec<(String, Vec<usize>, Data<'py>)>,
 ) -> PyResult<Bound<'py, PyBytes>> {
     let (prepared, sources) = plan(py, &tree_json, &tensors)?;
-    let mut failure = None;
-    let out = PyBytes::new_with(py, prepared.len(), |out| {
-        let written = py.detach(|| {
-            prepared.write_into(out, |i, dst| {
-                let src = source_bytes(&sources, i)?;
-                if src.len() != dst.len() {
-                    return Err(RsCodecError::Container {
-                        message: format!("tensor {i} does not match its planned size"),
-                    });
-                }
-                dst.copy_from_slice(src);
-                Ok(())
-            })
-        });
-        if let Err(e) = written {
-            failure = Some(e);
-            return Err(PyValueError::new_err("container write failed"));
+    let (obj, mut out) = UninitBytes::new(py, prepared.len())?;
+    let written = py.detach(|| {
+        prepared.write_chunks(|i| source_bytes(&sources, i), |chunk| out.put(chunk))?;
+        if out.pos != out.len {
+            return Err(RsCodecError::Container {
+                message: "the container is shorter than planned".into(),
+            });
         }
         Ok(())
     });
-    match failure {
-        Some(e) => Err(to_py(py, &e)),
-        None => out,
-    }
+    // On failure the partly written object is dropped unread.
+    written.map_err(|e| to_py(py, &e))?;
+    Ok(obj)
 }
 
 /// Like [`encode_container`], but streams the container into the file at
