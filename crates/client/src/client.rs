@@ -1,6 +1,8 @@
 //! The async client: resolve the endpoint, submit, follow (SSE, then
 //! polling), fetch the result, cancel.
 
+use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,7 +13,7 @@ use comfy_remote_protocol::api::{
     JSON_FORM_FORMAT,
 };
 use futures::StreamExt as _;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
 use reqwest::{RequestBuilder, Response, Url};
 use serde_json::Value as Json;
 use tokio::sync::{mpsc, watch, Mutex};
@@ -32,6 +34,52 @@ pub enum Mode {
     Native,
     /// The seed's shape: JSON to the URL as given, then poll `poll_url`.
     Json,
+}
+
+/// The body of a submit: container bytes in memory, or a container file
+/// streamed from disk (reopened for every retry, sent with its
+/// `Content-Length`, never read into memory whole).
+#[derive(Debug, Clone)]
+pub enum Upload {
+    Bytes(Bytes),
+    File(PathBuf),
+}
+
+impl From<Bytes> for Upload {
+    fn from(b: Bytes) -> Self {
+        Upload::Bytes(b)
+    }
+}
+
+impl From<Vec<u8>> for Upload {
+    fn from(b: Vec<u8>) -> Self {
+        Upload::Bytes(Bytes::from(b))
+    }
+}
+
+/// Read size of a streamed upload: large enough that a big container goes
+/// out in few, large writes.
+const UPLOAD_CHUNK: usize = 256 << 10;
+
+fn upload_error(path: &Path, source: std::io::Error) -> ClientError {
+    ClientError::Upload {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// A fresh body for one attempt: the file reopened from its start, and its length.
+async fn file_body(path: &Path) -> Result<(reqwest::Body, u64)> {
+    let file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| upload_error(path, e))?;
+    let len = file
+        .metadata()
+        .await
+        .map_err(|e| upload_error(path, e))?
+        .len();
+    let stream = tokio_util::io::ReaderStream::with_capacity(file, UPLOAD_CHUNK);
+    Ok((reqwest::Body::wrap_stream(stream), len))
 }
 
 /// Everything a [`Client`] needs; build with [`ClientOptions::new`].
@@ -206,12 +254,23 @@ impl Client {
         url: &Url,
         build: impl Fn() -> RequestBuilder,
     ) -> Result<Response> {
+        self.send_with(method, url, || std::future::ready(Ok(build())))
+            .await
+    }
+
+    /// [`Client::send`] with a request that takes work to build (a file
+    /// body reopened for each attempt); a failure to build is not retried.
+    async fn send_with<F, Fut>(&self, method: &'static str, url: &Url, build: F) -> Result<Response>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<RequestBuilder>>,
+    {
         let policy = &self.opts.retry;
         let max = policy.max_attempts.max(1);
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match build().send().await {
+            match build().await?.send().await {
                 Ok(resp) if resp.status().is_success() => return Ok(resp),
                 Ok(resp) if is_retryable_status(resp.status()) && attempt < max => {
                     let delay = policy.delay(attempt - 1, Some(resp.headers()));
@@ -329,10 +388,31 @@ impl Client {
 
     /// Submit container bytes once (retried with one idempotency key).
     pub async fn submit(&self, body: Bytes, idempotency_key: &str) -> Result<(Url, JobDoc)> {
+        self.submit_upload(Upload::Bytes(body), idempotency_key)
+            .await
+    }
+
+    /// Submit a container, in memory or streamed from a file, once
+    /// (retried with one idempotency key; a file is reopened for each try).
+    pub async fn submit_upload(
+        &self,
+        upload: Upload,
+        idempotency_key: &str,
+    ) -> Result<(Url, JobDoc)> {
         let native = self.is_native().await?;
-        let (url, content_type, body) = if native {
-            (join(&self.base, "v1/jobs")?, CONTAINER_MEDIA_TYPE, body)
+        let (url, content_type, upload) = if native {
+            (join(&self.base, "v1/jobs")?, CONTAINER_MEDIA_TYPE, upload)
         } else {
+            // The JSON form carries the container as base64: it needs the
+            // bytes in memory either way.
+            let body = match upload {
+                Upload::Bytes(b) => b,
+                Upload::File(path) => Bytes::from(
+                    tokio::fs::read(&path)
+                        .await
+                        .map_err(|e| upload_error(&path, e))?,
+                ),
+            };
             let form = serde_json::json!({
                 "format": JSON_FORM_FORMAT,
                 "data": base64::engine::general_purpose::STANDARD.encode(&body),
@@ -340,18 +420,26 @@ impl Client {
             (
                 self.endpoint.clone(),
                 "application/json",
-                Bytes::from(form.to_string()),
+                Upload::Bytes(Bytes::from(form.to_string())),
             )
         };
+        let request = || {
+            self.http
+                .post(url.clone())
+                .header(CONTENT_TYPE, content_type)
+                .header(ACCEPT, "application/json")
+                .header(HEADER_IDEMPOTENCY_KEY, idempotency_key)
+                .timeout(self.opts.request_timeout)
+        };
         let sent = self
-            .send("POST", &url, || {
-                self.http
-                    .post(url.clone())
-                    .header(CONTENT_TYPE, content_type)
-                    .header(ACCEPT, "application/json")
-                    .header(HEADER_IDEMPOTENCY_KEY, idempotency_key)
-                    .timeout(self.opts.request_timeout)
-                    .body(body.clone())
+            .send_with("POST", &url, || async {
+                Ok(match &upload {
+                    Upload::Bytes(body) => request().body(body.clone()),
+                    Upload::File(path) => {
+                        let (body, len) = file_body(path).await?;
+                        request().header(CONTENT_LENGTH, len).body(body)
+                    }
+                })
             })
             .await;
         let resp = match sent {
@@ -398,11 +486,18 @@ impl Client {
     /// Start a job on the current tokio runtime. Events arrive on
     /// [`Job::next`]; dropping the [`Job`] cancels it.
     pub fn spawn_job(self: &Arc<Self>, body: Bytes) -> Job {
+        self.spawn_upload(Upload::Bytes(body))
+    }
+
+    /// [`Client::spawn_job`] with the container in memory or in a file
+    /// ([`Upload::File`] is streamed; the file must stay until the job
+    /// ends, since a retried submit reads it again).
+    pub fn spawn_upload(self: &Arc<Self>, upload: Upload) -> Job {
         let (tx, rx) = mpsc::unbounded_channel();
         let (cancel_tx, cancel_rx) = watch::channel(false);
         let client = Arc::clone(self);
         let task = tokio::spawn(async move {
-            let outcome = client.run_job(body, &tx, cancel_rx).await;
+            let outcome = client.run_job(upload, &tx, cancel_rx).await;
             let last = match outcome {
                 Ok(bytes) => JobEvent::Done(bytes),
                 Err(e) => JobEvent::Error(e),
@@ -419,7 +514,7 @@ impl Client {
 
     async fn run_job(
         &self,
-        body: Bytes,
+        body: Upload,
         tx: &mpsc::UnboundedSender<JobEvent>,
         mut cancel: watch::Receiver<bool>,
     ) -> Result<Vec<u8>> {
@@ -480,12 +575,12 @@ impl Client {
 
     async fn drive(
         &self,
-        body: Bytes,
+        body: Upload,
         key: &str,
         tx: &mpsc::UnboundedSender<JobEvent>,
         job_tx: &watch::Sender<Option<(Url, JobDoc)>>,
     ) -> Result<Vec<u8>> {
-        let (at, doc) = self.submit(body, key).await?;
+        let (at, doc) = self.submit_upload(body, key).await?;
         let _ = tx.send(JobEvent::Submitted {
             id: doc.id.clone().unwrap_or_default(),
             status: doc.status.unwrap_or(JobStatus::Queued),

@@ -58,6 +58,14 @@ pub enum ClientError {
     #[error("remote job {job_id} did not finish within {timeout:?}; it was canceled (raise the timeout for long jobs)")]
     Timeout { job_id: String, timeout: Duration },
 
+    /// The container file to upload could not be read.
+    #[error("could not read the upload {path}: {source}")]
+    Upload {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+
     /// A plain JSON result could not be turned into a container.
     #[error("could not encode the endpoint's plain result: {0}")]
     Codec(#[from] comfy_remote_protocol::CodecError),
@@ -82,6 +90,7 @@ impl ClientError {
             ClientError::JobFailed { .. } => "job_failed",
             ClientError::Canceled { .. } => "canceled",
             ClientError::Timeout { .. } => "timeout",
+            ClientError::Upload { .. } => "upload",
             ClientError::Codec(_) => "codec",
         }
     }

@@ -25,7 +25,7 @@ pub mod signature;
 pub mod sse;
 pub mod status;
 
-pub use client::{describe_progress, Client, ClientOptions, Job, JobEvent, Mode};
+pub use client::{describe_progress, Client, ClientOptions, Job, JobEvent, Mode, Upload};
 pub use error::{ClientError, Result};
 pub use retry::RetryPolicy;
 pub use signature::{LocalInput, Signature, SignatureItem};

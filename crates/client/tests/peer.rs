@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use comfy_remote_client::{
-    Client, ClientError, ClientOptions, Job, JobEvent, LocalInput, RetryPolicy,
+    Client, ClientError, ClientOptions, Job, JobEvent, LocalInput, RetryPolicy, Upload,
 };
 use serde_json::{json, Value};
 
@@ -20,6 +20,8 @@ use serde_json::{json, Value};
 struct Peer {
     /// (idempotency key, content type, body) of every submit attempt.
     submits: Vec<(String, String, Vec<u8>)>,
+    /// The `Content-Length` header of every submit attempt.
+    lengths: Vec<Option<String>>,
     /// Statuses to answer submits with before succeeding (e.g. 503, 429).
     submit_failures: Vec<u16>,
     polls: usize,
@@ -108,6 +110,12 @@ fn native(state: Shared, base: Arc<Mutex<String>>) -> Router {
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or_default()
                         .to_owned();
+                    p.lengths.push(
+                        headers
+                            .get("content-length")
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned),
+                    );
                     p.submits.push((key, ct, body.to_vec()));
                     if !p.submit_failures.is_empty() {
                         let code = p.submit_failures.remove(0);
@@ -509,4 +517,45 @@ async fn signature_is_cached_for_its_ttl_and_forgotten_after_a_refused_submit() 
     client.plan_inputs(&image).await.expect("fits");
     client.plan_inputs(&image).await.expect("fits");
     assert_eq!(*hits.lock().expect("hits"), 4, "a zero TTL asks every time");
+}
+
+#[tokio::test]
+async fn file_upload_is_streamed_whole_again_on_each_retry() {
+    let (url, state) = start_native(Peer {
+        submit_failures: vec![503],
+        ..Peer::default()
+    })
+    .await;
+    // Several read chunks and an odd tail, so chunking and the length both matter.
+    let data: Vec<u8> = (0..(600 << 10) + 13)
+        .map(|i| (i * 31 % 251) as u8)
+        .collect();
+    let dir = std::env::temp_dir().join(format!("cr-upload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let path = dir.join("inputs.crc");
+    std::fs::write(&path, &data).expect("write");
+    let client = Arc::new(Client::new(options(&url)).expect("client"));
+    let (_, result) = drain(&mut client.spawn_upload(Upload::File(path.clone()))).await;
+    result.expect("job succeeds after the retry");
+    {
+        let p = lock(&state);
+        assert_eq!(p.submits.len(), 2, "one 503, then accepted");
+        let expected_len = data.len().to_string();
+        for ((key, ct, body), len) in p.submits.iter().zip(&p.lengths) {
+            assert_eq!(key, &p.submits[0].0, "one idempotency key across retries");
+            assert_eq!(ct, "application/vnd.comfy-remote.container");
+            assert_eq!(len.as_deref(), Some(expected_len.as_str()));
+            assert!(body == &data, "body of {} bytes differs", body.len());
+        }
+    }
+
+    // A missing file fails the job with a local error, before anything is sent.
+    let missing = dir.join("missing.crc");
+    let (_, result) = drain(&mut client.spawn_upload(Upload::File(missing))).await;
+    assert!(
+        matches!(result, Err(ClientError::Upload { .. })),
+        "{result:?}"
+    );
+    assert_eq!(lock(&state).submits.len(), 2);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use comfy_remote_client::{Client, ClientError, ClientOptions, JobEvent};
+use comfy_remote_client::{Client, ClientError, ClientOptions, JobEvent, Upload};
 use comfy_remote_protocol::api::Phase;
 use comfy_remote_protocol::{ComfyType, Limits, Payload};
 
@@ -99,8 +99,10 @@ pub fn execute(args: Args) -> anyhow::Result<i32> {
             }
         }
     }
-    let body =
-        comfy_remote_protocol::encode(&Payload { entries }).context("encoding the inputs")?;
+    // The inputs are streamed into a temporary container file and dropped
+    // before anything is sent: the upload then streams from disk, so the
+    // container is never held in memory (the file goes when `upload` does).
+    let upload = write_inputs(Payload { entries })?;
     let mut opts = ClientOptions::new(args.url.clone());
     if let Ok(token) = std::env::var(&args.token_env) {
         opts.headers
@@ -113,7 +115,8 @@ pub fn execute(args: Args) -> anyhow::Result<i32> {
         .build()
         .context("starting the async runtime")?;
     let started = Instant::now();
-    let outcome = rt.block_on(follow(opts, body));
+    let outcome = rt.block_on(follow(opts, upload.path().to_path_buf()));
+    drop(upload);
     let elapsed = started.elapsed().as_secs_f64();
     let (job_id, result) = outcome?;
     match result {
@@ -171,11 +174,28 @@ pub fn execute(args: Args) -> anyhow::Result<i32> {
     }
 }
 
+/// Encode the inputs into a new temporary file (deleted on drop), consuming
+/// them: tensors are written straight from the decoded inputs, which are
+/// freed before the upload starts.
+fn write_inputs(payload: Payload<'_>) -> anyhow::Result<tempfile::NamedTempFile> {
+    let file = tempfile::Builder::new()
+        .prefix("comfy-remote-inputs-")
+        .suffix(".crc")
+        .tempfile()
+        .context("creating a temporary file for the inputs")?;
+    let mut w = std::io::BufWriter::with_capacity(64 << 10, file);
+    comfy_remote_protocol::encode_to_writer(&payload, &mut w).context("encoding the inputs")?;
+    drop(payload);
+    w.into_inner()
+        .map_err(|e| e.into_error())
+        .context("writing the inputs to a temporary file")
+}
+
 type Followed = (Option<String>, Result<Vec<u8>, ClientError>);
 
-async fn follow(opts: ClientOptions, body: Vec<u8>) -> anyhow::Result<Followed> {
+async fn follow(opts: ClientOptions, inputs: PathBuf) -> anyhow::Result<Followed> {
     let client = Arc::new(Client::new(opts)?);
-    let mut job = client.spawn_job(body.into());
+    let mut job = client.spawn_upload(Upload::File(inputs));
     let mut reporter = Reporter::new();
     let mut job_id = None;
     let mut last_phase = None;
