@@ -53,3 +53,41 @@ def test_run_against_nothing_exits_unavailable(tmp_path):
                         "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 4, r.stderr
     assert json.loads(r.stdout)["status"] == "unavailable"
+
+
+def test_run_sends_the_token_and_modal_proxy_auth_from_the_environment(tmp_path):
+    """A deployed service wants Modal-Key/Modal-Secret (and maybe a bearer token):
+    `run` reads them from the environment, never from its command line."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[dict[str, str]] = []
+
+    class Refuse(BaseHTTPRequestHandler):
+        def _refuse(self) -> None:
+            seen.append({k.lower(): v for k, v in self.headers.items()})
+            body = json.dumps({"error": {"code": "unauthorized", "message": "no"}}).encode()
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _refuse
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = {**os.environ, "COMFY_REMOTE_TOKEN": "tok-1", "MODAL_KEY": "wk-2", "MODAL_SECRET": "ws-3"}
+        r = subprocess.run([str(binary()), "run", f"http://127.0.0.1:{server.server_port}", "--input", "x=1",
+                            "--out", str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
+    finally:
+        server.shutdown()
+    assert r.returncode != 0
+    assert seen, "run never reached the endpoint"
+    assert all(h.get("authorization") == "Bearer tok-1" for h in seen)
+    assert all(h.get("modal-key") == "wk-2" and h.get("modal-secret") == "ws-3" for h in seen)
+    assert "tok-1" not in r.stderr and "ws-3" not in r.stderr

@@ -28,6 +28,13 @@ pub struct Args {
     /// Environment variable holding the bearer token.
     #[arg(long, default_value = "COMFY_REMOTE_TOKEN", value_name = "VAR")]
     pub token_env: String,
+    /// Environment variables holding a Modal proxy auth token's key and
+    /// secret, sent as `Modal-Key`/`Modal-Secret` when set (deployed services
+    /// require them by default).
+    #[arg(long, default_value = "MODAL_KEY", value_name = "VAR")]
+    pub modal_key_env: String,
+    #[arg(long, default_value = "MODAL_SECRET", value_name = "VAR")]
+    pub modal_secret_env: String,
     /// Print a machine-readable summary on stdout.
     #[arg(long)]
     pub json: bool,
@@ -107,6 +114,14 @@ pub fn execute(args: Args) -> anyhow::Result<i32> {
     if let Ok(token) = std::env::var(&args.token_env) {
         opts.headers
             .push(("Authorization".into(), format!("Bearer {}", token.trim())));
+    }
+    for (header, var) in [
+        ("Modal-Key", &args.modal_key_env),
+        ("Modal-Secret", &args.modal_secret_env),
+    ] {
+        if let Ok(value) = std::env::var(var) {
+            opts.headers.push((header.into(), value.trim().to_owned()));
+        }
     }
     opts.job_timeout = args.timeout.map(Duration::from_secs);
     let rt = tokio::runtime::Builder::new_multi_thread()
