@@ -12,6 +12,7 @@ __all__ = [
     "__version__",
     "PROTOCOL_VERSION",
     "run_cli",
+    "workflow_signature",
     "Client",
     "Job",
     "RemoteError",
@@ -176,3 +177,8 @@ def modal_stop(app: str, *, log: Callable[[str], object] | None = None) -> bool:
 
 def modal_status(app: str) -> str:
     """The app's state from ``modal app list --json``, as JSON (``state`` null when not listed)."""
+
+# --- workflow.rs ----------------------------------------------------------
+
+def workflow_signature(name: str, text: str) -> str:
+    """A remote workflow's inputs and outputs as JSON (``{"inputs": [...], "outputs": [...]}``), as the worker publishes them; ValueError for a workflow the worker would refuse."""

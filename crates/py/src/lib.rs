@@ -1,7 +1,7 @@
 //! The `comfy_remote._native` Python module: a thin binding over the Rust crates.
 //!
-//! Each area registers its functions from its own file; Python exceptions
-//! are made in `errors` only.
+//! Each area registers its functions, and creates its one exception class,
+//! in its own file.
 
 use pyo3::prelude::*;
 
@@ -9,6 +9,7 @@ mod cli;
 mod client;
 mod codec;
 mod deploy;
+mod workflow;
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -18,5 +19,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     client::register(m)?;
     codec::register(m)?;
     deploy::register(m)?;
+    workflow::register(m)?;
     Ok(())
 }

@@ -30,7 +30,13 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
 
 
 def _progress(raw: Any, status: str) -> dict[str, Any]:
-    p = dict(raw) if isinstance(raw, dict) else {"value": 0.0, "max": 1.0, "fraction": 0.0, "phase": "queued"}
+    if isinstance(raw, dict):
+        p = dict(raw)
+    else:
+        # No GPU container has picked the job up yet: Modal is queueing it or
+        # starting a container (a cold start boots ComfyUI first).
+        p = {"value": 0.0, "max": 1.0, "fraction": 0.0, "phase": "queued",
+             "text": "waiting for a GPU container (a cold start takes a while)"}
     if status == "succeeded":
         p.update(value=p.get("max", 1.0), fraction=1.0, phase="done")
     elif status in TERMINAL:
@@ -39,23 +45,17 @@ def _progress(raw: Any, status: str) -> dict[str, Any]:
 
 
 def signature(workflow_path: str) -> dict[str, Any]:
-    """Inputs and outputs of the workflow (Remote Input / Remote Output nodes), for /v1/info before any GPU started."""
-    try:
-        with open(workflow_path, encoding="utf-8") as f:
-            wf = json.load(f)
-    except (OSError, ValueError):
-        return {"inputs": [], "outputs": []}
-    sig: dict[str, list[dict[str, Any]]] = {"inputs": [], "outputs": []}
-    for node_id, node in sorted(wf.items(), key=lambda kv: kv[0]):
-        if not isinstance(node, dict):
-            continue
-        inputs = node.get("inputs") or {}
-        kind = {"RemoteInput": "inputs", "RemoteOutput": "outputs"}.get(node.get("class_type", ""))
-        if kind:
-            sig[kind].append({
-                "name": str(inputs.get("name", node_id)), "type": str(inputs.get("type", "*")),
-                "optional": kind == "inputs", "node_id": node_id,
-            })
+    """Inputs and outputs of the workflow, for /v1/info before any GPU started.
+
+    Computed by the worker's own parser (the native module), so the order,
+    types and optional flags are exactly what the worker in the GPU
+    container publishes.
+    """
+    from comfy_remote import _native
+
+    with open(workflow_path, encoding="utf-8") as f:
+        text = f.read()
+    sig: dict[str, Any] = json.loads(_native.workflow_signature(os.path.basename(workflow_path), text))
     return sig
 
 
