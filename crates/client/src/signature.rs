@@ -59,27 +59,40 @@ fn describe(items: &[SignatureItem]) -> String {
     format!("{} input(s): {}", items.len(), list.join(", "))
 }
 
-/// Match local inputs to the remote signature by order and check count and
-/// types. Returns the names to send: the remote names when a signature is
-/// known, the local names otherwise.
+/// The slot a local input fills: `N` for `valueN`, else its position.
+fn slot(position: usize, input: &LocalInput) -> usize {
+    input
+        .name
+        .strip_prefix("value")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(position)
+}
+
+/// Match local inputs to the remote signature by slot (`valueN` fills the
+/// remote workflow's Nth input, so a slot left unconnected keeps that
+/// input's remote default) and check count and types. Returns the names to
+/// send: the remote names when a signature is known, the local names
+/// otherwise.
 pub fn plan_inputs(signature: Option<&Signature>, local: &[LocalInput]) -> Result<Vec<String>> {
     let Some(sig) = signature else {
         return Ok(local.iter().map(|l| l.name.clone()).collect());
     };
-    if local.len() > sig.inputs.len() {
-        let extra = &local[sig.inputs.len()];
-        return Err(ClientError::Signature {
-            input: Some(extra.name.clone()),
-            message: format!(
-                "input {} has no matching Remote Input: the endpoint's workflow takes {}; \
-                 disconnect {} or add a Remote Input to the remote workflow",
-                extra.name,
-                describe(&sig.inputs),
-                extra.name
-            ),
-        });
-    }
-    for (i, (l, r)) in local.iter().zip(&sig.inputs).enumerate() {
+    let mut names = Vec::with_capacity(local.len());
+    let mut filled = vec![false; sig.inputs.len()];
+    for (position, l) in local.iter().enumerate() {
+        let i = slot(position, l);
+        let Some(r) = sig.inputs.get(i) else {
+            return Err(ClientError::Signature {
+                input: Some(l.name.clone()),
+                message: format!(
+                    "input {} has no matching Remote Input: the endpoint's workflow takes {}; \
+                     disconnect {} or add a Remote Input to the remote workflow",
+                    l.name,
+                    describe(&sig.inputs),
+                    l.name
+                ),
+            });
+        };
         if !compatible(l.comfy_type.as_deref(), &r.comfy_type) {
             return Err(ClientError::Signature {
                 input: Some(l.name.clone()),
@@ -96,30 +109,27 @@ pub fn plan_inputs(signature: Option<&Signature>, local: &[LocalInput]) -> Resul
                 ),
             });
         }
+        filled[i] = true;
+        names.push(r.name.clone());
     }
     if let Some((i, missing)) = sig
         .inputs
         .iter()
         .enumerate()
-        .skip(local.len())
-        .find(|(_, r)| !r.optional)
+        .find(|(i, r)| !r.optional && !filled[*i])
     {
         return Err(ClientError::Signature {
             input: Some(format!("value{i}")),
             message: format!(
-                "the endpoint requires input {:?} ({}, #{}) but only {} input(s) are connected; \
+                "the endpoint requires input {:?} ({}, #{}) but value{i} is not connected; \
                  connect it as value{i}",
                 missing.name,
                 missing.comfy_type,
                 i + 1,
-                local.len()
             ),
         });
     }
-    Ok(sig.inputs[..local.len()]
-        .iter()
-        .map(|r| r.name.clone())
-        .collect())
+    Ok(names)
 }
 
 #[cfg(test)]
@@ -187,5 +197,52 @@ mod tests {
         assert!(err.to_string().contains("\"steps\""), "{err}");
         // The optional third input may be left out.
         plan_inputs(Some(&sig()), &local(&[None, Some("INT")])).expect("optional omitted");
+    }
+
+    #[test]
+    fn an_unconnected_slot_keeps_its_remote_input_and_default() {
+        let with_sig = Signature {
+            inputs: vec![
+                SignatureItem {
+                    name: "image".into(),
+                    comfy_type: "IMAGE".into(),
+                    optional: false,
+                },
+                SignatureItem {
+                    name: "prefix".into(),
+                    comfy_type: "STRING".into(),
+                    optional: true,
+                },
+                SignatureItem {
+                    name: "steps".into(),
+                    comfy_type: "INT".into(),
+                    optional: false,
+                },
+            ],
+            ..sig()
+        };
+        let slots = |names: &[(&str, &str)]| -> Vec<LocalInput> {
+            names
+                .iter()
+                .map(|(n, t)| LocalInput {
+                    name: (*n).into(),
+                    comfy_type: Some((*t).into()),
+                })
+                .collect()
+        };
+        // value1 left unconnected: value2 still goes to the third input.
+        let names = plan_inputs(
+            Some(&with_sig),
+            &slots(&[("value0", "IMAGE"), ("value2", "INT")]),
+        )
+        .expect("optional middle slot omitted");
+        assert_eq!(names, ["image", "steps"]);
+        // A required slot left unconnected is named.
+        let err = plan_inputs(
+            Some(&with_sig),
+            &slots(&[("value1", "STRING"), ("value2", "INT")]),
+        )
+        .expect_err("required slot missing");
+        assert!(matches!(err, ClientError::Signature { input: Some(ref i), .. } if i == "value0"));
     }
 }
