@@ -155,7 +155,7 @@ pub struct AuthConfig {
     #[serde(default = "yes")]
     pub proxy_auth: bool,
     /// Name of a modal.Secret holding `COMFY_REMOTE_TOKEN`; requests must then send `Authorization: Bearer <token>`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub token_secret: Option<String>,
 }
 
@@ -190,7 +190,7 @@ pub struct DeployConfig {
     /// GPU containers kept warm even when idle (billed all the time when > 0).
     #[serde(default)]
     pub min_containers: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub max_containers: Option<u32>,
     /// Jobs one GPU container runs at once.
     #[serde(default = "one")]
@@ -213,7 +213,7 @@ pub struct DeployConfig {
     pub env: BTreeMap<String, String>,
     #[serde(default)]
     pub custom_nodes: Vec<CustomNodePack>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub volume: Option<VolumeConfig>,
     /// Refuse to deploy a workflow that names model files when no Volume is configured.
     #[serde(default = "yes")]
@@ -305,7 +305,25 @@ impl DeployConfig {
             path: path.to_path_buf(),
             source,
         })?;
-        let cfg = Self::from_json(&text)?;
+        let in_file = |e: DeployError| match e {
+            DeployError::Config { message } => DeployError::ConfigFile {
+                path: path.to_path_buf(),
+                message,
+            },
+            DeployError::UnknownKey { key, hint } => DeployError::ConfigFile {
+                path: path.to_path_buf(),
+                message: format!("unknown key `{key}`{hint}"),
+            },
+            other => other,
+        };
+        let cfg = Self::from_json(&text).map_err(in_file)?;
+        // Check the values now, so a bad one is blamed on this file (the app
+        // name may be left empty here: it defaults to the workflow's).
+        let mut probe = cfg.clone();
+        if probe.app_name.is_empty() {
+            probe.app_name = "app".into();
+        }
+        probe.validate().map_err(in_file)?;
         Ok(cfg)
     }
 
@@ -415,7 +433,8 @@ pub fn valid_app_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-fn valid_gpu(g: &str) -> bool {
+/// A Modal GPU type, optionally `:N` (1-8).
+pub fn valid_gpu(g: &str) -> bool {
     let (base, count) = match g.split_once(':') {
         Some((b, n)) => (b, Some(n)),
         None => (g, None),
@@ -482,5 +501,48 @@ mod tests {
         let text = cfg.to_json_pretty();
         assert!(text.contains("\"scaledown_window_s\": 300"));
         assert_eq!(DeployConfig::from_json(&text).expect("reparse"), cfg);
+    }
+
+    /// Every setting is written, unset ones as null, and the file reads back.
+    #[test]
+    fn every_setting_is_written_and_the_file_reads_back() {
+        let cfg = DeployConfig {
+            app_name: "demo".into(),
+            ..Default::default()
+        };
+        let text = cfg.to_json_pretty();
+        let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(v["max_containers"], serde_json::Value::Null);
+        assert_eq!(v["volume"], serde_json::Value::Null);
+        assert_eq!(v["auth"]["token_secret"], serde_json::Value::Null);
+        for key in [
+            "stack",
+            "torch",
+            "torchvision",
+            "torchaudio",
+            "xformers",
+            "index_url",
+        ] {
+            assert!(v["torch"].get(key).is_some(), "torch.{key} missing: {text}");
+        }
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("modal_config.json");
+        std::fs::write(&p, &text).expect("write");
+        assert_eq!(DeployConfig::load(&p).expect("reload"), cfg);
+    }
+
+    #[test]
+    fn a_bad_value_in_a_named_file_names_that_file() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("badcfg.json");
+        std::fs::write(&p, r#"{"version": 1, "gpu": "H1000"}"#).expect("write");
+        let err = DeployConfig::load(&p).expect_err("bad gpu").to_string();
+        assert!(
+            err.starts_with(&format!("{}: \"gpu\"", p.display())),
+            "{err}"
+        );
+        std::fs::write(&p, r#"{"version": 1, "gpus": "A10G"}"#).expect("write");
+        let err = DeployConfig::load(&p).expect_err("unknown").to_string();
+        assert!(err.contains("badcfg.json: unknown key `gpus`"), "{err}");
     }
 }

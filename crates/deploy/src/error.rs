@@ -26,10 +26,21 @@ pub enum DeployError {
     BadWorkflow { path: PathBuf, message: String },
     #[error("modal_config.json: {message}")]
     Config { message: String },
+    /// A settings file other than the project's own, named by its real path.
+    #[error("{path}: {message}")]
+    ConfigFile { path: PathBuf, message: String },
+    /// A command-line flag (or the node's matching input) with an unusable value.
+    #[error("{message}")]
+    Flag { message: String },
+    /// The worker's own workflow check (`comfy-remote serve` refuses the same file with the same words).
+    #[error("{message}")]
+    Workflow { message: String },
     #[error("modal_config.json: unknown key `{key}`{hint}")]
     UnknownKey { key: String, hint: String },
     #[error("incoherent torch stack: {message}")]
     TorchStack { message: String },
+    #[error("unknown torch stack `{name}`; presets: {}", .presets.join(", "))]
+    UnknownStack { name: String, presets: Vec<String> },
     #[error("no comfy-remote wheel of version {version}: {message}")]
     Wheel { version: String, message: String },
     #[error("the workflow uses node types this deployment would not have: {}\n{hint}", .missing.join(", "))]
@@ -56,6 +67,8 @@ pub enum DeployError {
     NoUrl { message: String },
     #[error("refusing to delete {path}: it does not look like a comfy-remote project (no modal_config.json)")]
     NotAProject { path: PathBuf },
+    #[error("refusing to write into {path}: it exists and is not a comfy-remote project (no modal_config.json); choose another --out or remove it")]
+    NotAProjectOut { path: PathBuf },
 }
 
 /// Result alias of the deploy crate.

@@ -255,6 +255,19 @@ pub fn clean(dir: &Path, sink: Sink<'_>) -> Result<()> {
     })
 }
 
+/// Refuse an app name given on the command line (`--app`, `stop`, `status`), naming the flag.
+/// `what` names where it came from (`--app`, `app name`).
+pub fn check_app_flag(what: &str, app: &str) -> Result<()> {
+    if crate::config::valid_app_name(app) {
+        return Ok(());
+    }
+    Err(DeployError::Flag {
+        message: format!(
+            "{what} {app:?} is not a Modal app name: use 1-63 characters of letters, digits, '-', '_' or '.'"
+        ),
+    })
+}
+
 /// Command-line / node overrides applied on top of a config file.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -286,6 +299,9 @@ pub fn request(
         ),
         None => (crate::DeployConfig::default(), PathBuf::from(".")),
     };
+    if let Some(a) = overrides.app_name.as_ref().filter(|a| !a.is_empty()) {
+        check_app_flag("--app", a)?;
+    }
     let app_name = match (&overrides.app_name, cfg.app_name.is_empty()) {
         (Some(a), _) if !a.is_empty() => a.clone(),
         (_, false) => cfg.app_name.clone(),
@@ -300,6 +316,16 @@ pub fn request(
     }
     if let Some(a) = overrides.app_name.as_ref().filter(|a| !a.is_empty()) {
         cfg.app_name = a.clone();
+    }
+    for g in &overrides.gpu {
+        if !crate::config::valid_gpu(g) {
+            return Err(DeployError::Flag {
+                message: format!(
+                    "--gpu {g} is not a Modal GPU type; use one of {} (optionally with :N for N GPUs)",
+                    crate::config::MODAL_GPUS.join(", ")
+                ),
+            });
+        }
     }
     match overrides.gpu.len() {
         0 => {}

@@ -42,9 +42,14 @@ pub fn embedded_core_nodes() -> BTreeSet<String> {
 pub fn scan_comfyui(dir: &Path) -> Result<BTreeSet<String>> {
     let nodes_py = dir.join("nodes.py");
     if !nodes_py.is_file() {
-        return Err(DeployError::Config {
+        let what = if dir.is_dir() {
+            "has no nodes.py"
+        } else {
+            "is not a directory"
+        };
+        return Err(DeployError::Flag {
             message: format!(
-                "{} has no nodes.py: --comfyui / COMFYUI_DIR must point at a ComfyUI checkout",
+                "--comfyui {}: {what}; --comfyui (or COMFYUI_DIR) must point at a ComfyUI checkout",
                 dir.display()
             ),
         });

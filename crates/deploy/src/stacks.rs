@@ -52,19 +52,19 @@ pub fn presets() -> BTreeMap<String, TorchStack> {
 #[serde(deny_unknown_fields)]
 pub struct TorchChoice {
     /// Preset name from the table; default: the table's default.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub stack: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub torch: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub torchvision: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub torchaudio: Option<String>,
     /// A version, or `"none"` to leave xformers out.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub xformers: Option<String>,
     /// Wheel index (e.g. another CUDA build of the same versions).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub index_url: Option<String>,
 }
 
@@ -81,11 +81,9 @@ pub fn resolve(choice: &TorchChoice) -> Result<(String, TorchStack)> {
                 .stacks
                 .get(name)
                 .cloned()
-                .ok_or_else(|| DeployError::TorchStack {
-                    message: format!(
-                        "no preset named `{name}`; presets: {}",
-                        t.stacks.keys().cloned().collect::<Vec<_>>().join(", ")
-                    ),
+                .ok_or_else(|| DeployError::UnknownStack {
+                    name: name.clone(),
+                    presets: t.stacks.keys().cloned().collect(),
                 })?;
             (name.clone(), stack)
         }

@@ -62,39 +62,22 @@ impl Workflow {
         Self::parse(path, text)
     }
 
+    /// Parse with the worker's own check (`comfy-remote serve` refuses the same
+    /// files with the same message): API format, Remote Output present, unique
+    /// and plain Remote Input/Output names.
     pub fn parse(path: &Path, text: String) -> Result<Self> {
-        let value: Value = serde_json::from_str(&text).map_err(|e| DeployError::Json {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        let bad = |message: String| DeployError::BadWorkflow {
-            path: path.to_path_buf(),
-            message,
-        };
-        let Value::Object(map) = value else {
-            return Err(bad("the top level is not a JSON object".into()));
-        };
-        if map.contains_key("nodes") && map.contains_key("links") {
-            return Err(DeployError::UiWorkflow {
-                path: path.to_path_buf(),
-            });
-        }
-        // Some exports wrap the graph as {"prompt": {...}}.
-        let map = match map.get("prompt") {
-            Some(Value::Object(inner)) if map.len() <= 2 => inner.clone(),
-            _ => map,
-        };
-        if map.is_empty() {
-            return Err(bad("it has no nodes".into()));
-        }
-        for (id, node) in &map {
-            if node.get("class_type").and_then(Value::as_str).is_none() {
-                return Err(bad(format!("node {id:?} has no \"class_type\"")));
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string());
+        let checked = comfy_remote_worker::Workflow::parse(&name, &text).map_err(|e| {
+            DeployError::Workflow {
+                message: e.to_string(),
             }
-        }
+        })?;
         Ok(Workflow {
             path: path.to_path_buf(),
-            nodes: map,
+            nodes: checked.prompt,
             text,
         })
     }
@@ -195,6 +178,7 @@ mod tests {
     fn model_files_are_listed_with_their_folder() {
         let w = wf(r#"{
             "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd15.safetensors"}},
+            "9": {"class_type": "RemoteOutput", "inputs": {"name": "image", "value": ["3", 0]}},
             "2": {"class_type": "LoraLoader", "inputs": {"lora_name": "x.safetensors", "model": ["1", 0]}},
             "3": {"class_type": "UpscaleModelLoader", "inputs": {"model_name": "4x.pth"}}
         }"#)
@@ -217,5 +201,47 @@ mod tests {
     #[test]
     fn nodes_without_class_type_are_refused() {
         assert!(wf(r#"{"1": {"inputs": {}}}"#).is_err());
+    }
+
+    /// The worker's check, word for word: what `serve` refuses, deploy refuses.
+    #[test]
+    fn workflows_the_worker_refuses_are_refused_with_its_message() {
+        let out = |id: &str, name: &str| {
+            format!(
+                r#""{id}": {{"class_type": "RemoteOutput", "inputs": {{"name": "{name}", "value": ["1", 0]}}}}"#
+            )
+        };
+        let input = |id: &str, name: &str| {
+            format!(
+                r#""{id}": {{"class_type": "RemoteInput", "inputs": {{"name": "{name}", "type": "IMAGE"}}}}"#
+            )
+        };
+        let cases = [
+            format!("{{{}}}", input("1", "image")),
+            format!(
+                "{{{}, {}, {}}}",
+                input("1", "a"),
+                out("2", "image"),
+                out("3", "image")
+            ),
+            format!(
+                "{{{}, {}, {}}}",
+                input("1", "a"),
+                input("2", "a"),
+                out("3", "image")
+            ),
+            format!("{{{}, {}}}", input("1", "../x"), out("3", "image")),
+            format!("{{{}, {}}}", input("1", " "), out("3", "image")),
+        ];
+        for text in cases {
+            let ours = wf(&text).expect_err(&text).to_string();
+            let worker = comfy_remote_worker::Workflow::parse("w.json", &text)
+                .expect_err(&text)
+                .to_string();
+            assert_eq!(ours, worker);
+            assert!(ours.starts_with("workflow w.json: "), "{ours}");
+        }
+        let ok = format!("{{{}, {}}}", input("1", "a"), out("2", "image"));
+        wf(&ok).expect("a valid workflow");
     }
 }

@@ -11,13 +11,36 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-/// A stand-in wheel with the right name (the generator only copies it).
+/// A zip with `files` (name, contents).
+fn write_zip(path: &Path, files: &[(&str, &str)]) {
+    use std::io::Write;
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(path).expect("create zip"));
+    for (name, body) in files {
+        zip.start_file(*name, zip::write::SimpleFileOptions::default())
+            .expect("zip entry");
+        zip.write_all(body.as_bytes()).expect("zip write");
+    }
+    zip.finish().expect("zip finish");
+}
+
+/// A minimal wheel: METADATA of this version and the native module (the generator only copies it).
+fn wheel_at(path: &Path) -> PathBuf {
+    let meta = format!("Metadata-Version: 2.4\nName: comfy-remote\nVersion: {VERSION}\n\nREADME\n");
+    write_zip(
+        path,
+        &[
+            (&format!("comfy_remote-{VERSION}.dist-info/METADATA"), &meta),
+            ("comfy_remote/_native.abi3.so", "\x7fELF"),
+            ("comfy_remote/__init__.py", ""),
+        ],
+    );
+    path.to_path_buf()
+}
+
+const WHEEL_NAME: &str = "cp310-abi3-manylinux_2_17_x86_64.manylinux2014_x86_64.whl";
+
 fn fake_wheel(dir: &Path) -> PathBuf {
-    let p = dir.join(format!(
-        "comfy_remote-{VERSION}-cp310-abi3-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"
-    ));
-    std::fs::write(&p, b"wheel").expect("write wheel");
-    p
+    wheel_at(&dir.join(format!("comfy_remote-{VERSION}-{WHEEL_NAME}")))
 }
 
 fn request(tmp: &Path, workflow: &str, config: DeployConfig) -> ScaffoldRequest {
@@ -251,14 +274,14 @@ fn the_wheel_must_be_this_version_and_linux() {
     let old = tmp
         .path()
         .join("comfy_remote-0.0.1-cp310-abi3-manylinux_2_17_x86_64.whl");
-    std::fs::write(&old, b"w").expect("write");
+    wheel_at(&old);
     req.wheel = Some(old);
     let err = scaffold(&req).expect_err("old wheel");
     assert!(err.to_string().contains("is version 0.0.1"), "{err}");
     let mac = tmp.path().join(format!(
         "comfy_remote-{VERSION}-cp310-abi3-macosx_11_0_arm64.whl"
     ));
-    std::fs::write(&mac, b"w").expect("write");
+    wheel_at(&mac);
     req.wheel = Some(mac);
     assert!(scaffold(&req)
         .expect_err("mac")
@@ -298,8 +321,107 @@ fn a_directory_that_is_not_a_project_is_never_overwritten() {
     std::fs::create_dir_all(&home).expect("mkdir");
     std::fs::write(home.join("notes.txt"), b"mine").expect("write");
     req.out_dir = home;
-    assert!(matches!(
-        scaffold(&req),
-        Err(DeployError::NotAProject { .. })
-    ));
+    let err = scaffold(&req).expect_err("not a project");
+    assert!(matches!(err, DeployError::NotAProjectOut { .. }), "{err:?}");
+    assert!(
+        err.to_string().starts_with(&format!(
+            "refusing to write into {}: it exists and is not a comfy-remote project (no modal_config.json); choose another --out",
+            req.out_dir.display()
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_unknown_torch_stack_is_named_with_the_presets() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let config = DeployConfig {
+        torch: TorchChoice {
+            stack: Some("torch-9".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let err = scaffold(&request(tmp.path(), "remote_invert.json", config)).expect_err("unknown");
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("unknown torch stack `torch-9`; presets: ") && msg.contains("torch-2.11"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn the_wheel_may_be_a_directory_or_a_glob_and_the_fitting_one_is_picked() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("wheels");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let good = fake_wheel(&dir);
+    wheel_at(&dir.join(format!("comfy_remote-0.0.1-{WHEEL_NAME}")));
+    wheel_at(&dir.join(format!(
+        "comfy_remote-{VERSION}-cp310-abi3-macosx_11_0_arm64.whl"
+    )));
+    let found = comfy_remote_deploy::scaffold::find_wheel(Some(&dir)).expect("directory");
+    assert_eq!(found, good);
+    let glob = dir.join("comfy_remote-*.whl");
+    let found = comfy_remote_deploy::scaffold::find_wheel(Some(&glob)).expect("glob");
+    assert_eq!(found, good);
+    let err = comfy_remote_deploy::scaffold::find_wheel(Some(&dir.join("nothing-*.whl")))
+        .expect_err("no match")
+        .to_string();
+    assert!(err.contains("no file matches"), "{err}");
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).expect("mkdir");
+    wheel_at(&empty.join(format!("comfy_remote-0.0.1-{WHEEL_NAME}")));
+    let err = comfy_remote_deploy::scaffold::find_wheel(Some(&empty))
+        .expect_err("no fitting wheel")
+        .to_string();
+    assert!(
+        err.contains("holds no comfy_remote") && err.contains("0.0.1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_file_named_like_a_wheel_must_be_one() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let name = format!("comfy_remote-{VERSION}-{WHEEL_NAME}");
+    let junk = tmp.path().join(&name);
+    std::fs::write(&junk, b"wheel").expect("write");
+    let find = |p: &Path| {
+        comfy_remote_deploy::scaffold::find_wheel(Some(p))
+            .expect_err("refused")
+            .to_string()
+    };
+    let err = find(&junk);
+    assert!(err.contains(&name) && err.contains("not a zip"), "{err}");
+    write_zip(&junk, &[("comfy_remote/_native.abi3.so", "")]);
+    assert!(find(&junk).contains("METADATA"));
+    write_zip(
+        &junk,
+        &[
+            (
+                "other-1.0.dist-info/METADATA",
+                "Name: other\nVersion: 1.0\n",
+            ),
+            ("comfy_remote/_native.abi3.so", ""),
+        ],
+    );
+    assert!(find(&junk).contains("\"other\""));
+    write_zip(
+        &junk,
+        &[
+            (
+                "comfy_remote-0.0.1.dist-info/METADATA",
+                "Name: comfy_remote\nVersion: 0.0.1\n",
+            ),
+            ("comfy_remote/_native.abi3.so", ""),
+        ],
+    );
+    assert!(find(&junk).contains("0.0.1"));
+    let meta = format!("Name: comfy_remote\nVersion: {VERSION}\n");
+    write_zip(
+        &junk,
+        &[(&format!("comfy_remote-{VERSION}.dist-info/METADATA"), &meta)],
+    );
+    assert!(find(&junk).contains("_native"));
 }

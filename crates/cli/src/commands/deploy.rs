@@ -21,7 +21,7 @@ pub struct DeployArgs {
     /// Project directory to generate (default: ./modal/<app name>).
     #[arg(long, short = 'o')]
     pub out: Option<PathBuf>,
-    /// Modal app name (default: comfy-remote-<workflow file name>).
+    /// Modal app name (default: comfy-remote-<workflow file stem>, lowercased, every character other than a letter, digit or '-' made '-': invert_blur.json -> comfy-remote-invert-blur).
     #[arg(long)]
     pub app: Option<String>,
     /// GPU type; repeat for a fallback list (e.g. --gpu H100 --gpu A100-80GB). Default H100.
@@ -36,7 +36,7 @@ pub struct DeployArgs {
     /// Torch stack preset (see docs/deploy.md), e.g. torch-2.11 or seed-2.3.
     #[arg(long)]
     pub torch_stack: Option<String>,
-    /// The comfy-remote wheel to install in the image (default: $COMFY_REMOTE_WHEEL).
+    /// The comfy-remote wheel to install in the image: a .whl, a directory of wheels (the one of this version for Linux x86_64 is picked) or a glob (default: $COMFY_REMOTE_WHEEL, else target/wheels of the source checkout you are in).
     #[arg(long, env = "COMFY_REMOTE_WHEEL")]
     pub wheel: Option<PathBuf>,
     /// A ComfyUI checkout whose core node types the check uses (default: $COMFYUI_DIR, else ComfyUI 0.33.0's list).
@@ -54,7 +54,7 @@ pub struct DeployArgs {
     /// Stop the remote app (`modal app stop -y`) before anything else.
     #[arg(long)]
     pub delete_remote: bool,
-    /// Print the result as JSON.
+    /// Print the result as JSON on stdout, also on failure: {"status": "ok"|"rejected"|"unavailable"|"failed", ...}.
     #[arg(long)]
     pub json: bool,
 }
@@ -63,14 +63,19 @@ pub struct DeployArgs {
 pub struct StopArgs {
     /// The Modal app name.
     pub app: String,
+    /// Print the result as JSON on stdout, also on failure: {"status": "ok"|"rejected"|"unavailable"|"failed", ...}.
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Exit status: 0 the app is deployed, 1 it is not deployed (stopped or unknown), 2 a bad app name, 4 `modal` is missing or failed (no token, no network)."
+)]
 pub struct StatusArgs {
     /// The Modal app name.
     pub app: String,
+    /// Print the result as JSON on stdout, also on failure: {"status": "ok"|"rejected"|"unavailable"|"failed", ...}.
     #[arg(long)]
     pub json: bool,
 }
@@ -79,16 +84,47 @@ fn log_line(line: &str) {
     eprintln!("{line}");
 }
 
-/// Map the typed deploy errors onto exit codes; the message is printed here.
-fn fail(err: DeployError) -> anyhow::Result<i32> {
-    eprintln!("error: {err}");
-    Ok(match err {
+/// Map the typed deploy errors onto exit codes; the message is printed here
+/// (and, with `--json`, a `{"status", "error": {"message"}}` report on stdout).
+fn fail(err: DeployError, json: bool) -> anyhow::Result<i32> {
+    let code = match err {
         DeployError::ToolMissing { .. } => exit::UNAVAILABLE,
         DeployError::CommandFailed { .. }
         | DeployError::NoUrl { .. }
         | DeployError::Spawn { .. } => exit::FAILED,
         _ => exit::USAGE,
-    })
+    };
+    report_failure(&err.to_string(), code, json)
+}
+
+fn report_failure(message: &str, code: i32, json: bool) -> anyhow::Result<i32> {
+    eprintln!("error: {message}");
+    if json {
+        let status = match code {
+            exit::UNAVAILABLE => "unavailable",
+            exit::USAGE => "rejected",
+            _ => "failed",
+        };
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "status": status,
+                "error": {"message": message},
+            }))
+            .context("serialize the report")?
+        );
+    }
+    Ok(code)
+}
+
+/// A success report: `{"status": "ok", ...fields}`.
+fn ok_json(value: serde_json::Value) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    out.insert("status".into(), "ok".into());
+    if let serde_json::Value::Object(fields) = value {
+        out.extend(fields);
+    }
+    serde_json::Value::Object(out)
 }
 
 pub fn deploy(args: DeployArgs) -> anyhow::Result<i32> {
@@ -108,7 +144,7 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<i32> {
         args.comfyui.clone(),
     ) {
         Ok(r) => r,
-        Err(e) => return fail(e),
+        Err(e) => return fail(e, args.json),
     };
     let opts = Options {
         deploy: !args.no_deploy,
@@ -119,12 +155,13 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<i32> {
     let runner = Runner::from_env();
     let report = match lifecycle::run(&req, opts, &runner, &mut log_line) {
         Ok(r) => r,
-        Err(e) => return fail(e),
+        Err(e) => return fail(e, args.json),
     };
     if args.json {
+        let value = serde_json::to_value(&report).context("serialize the report")?;
         println!(
             "{}",
-            serde_json::to_string_pretty(&report).context("serialize the report")?
+            serde_json::to_string_pretty(&ok_json(value)).context("serialize the report")?
         );
     } else {
         match &report.url {
@@ -136,13 +173,16 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<i32> {
 }
 
 pub fn stop(args: StopArgs) -> anyhow::Result<i32> {
+    if let Err(e) = lifecycle::check_app_flag("app name", &args.app) {
+        return fail(e, args.json);
+    }
     let runner = Runner::from_env();
     match lifecycle::stop(&runner, &args.app, &mut log_line) {
         Ok(stopped) => {
             if args.json {
                 println!(
                     "{}",
-                    serde_json::json!({"app": args.app, "stopped": stopped})
+                    ok_json(serde_json::json!({"app": args.app, "stopped": stopped}))
                 );
             } else if stopped {
                 println!("stopped {}", args.app);
@@ -151,18 +191,21 @@ pub fn stop(args: StopArgs) -> anyhow::Result<i32> {
             }
             Ok(exit::OK)
         }
-        Err(e) => fail(e),
+        Err(e) => fail(e, args.json),
     }
 }
 
 pub fn status(args: StatusArgs) -> anyhow::Result<i32> {
+    if let Err(e) = lifecycle::check_app_flag("app name", &args.app) {
+        return fail(e, args.json);
+    }
     let runner = Runner::from_env();
     match lifecycle::status(&runner, &args.app, &mut log_line) {
         Ok(st) => {
             if args.json {
                 println!(
                     "{}",
-                    serde_json::to_string(&st).context("serialize the status")?
+                    ok_json(serde_json::to_value(&st).context("serialize the status")?)
                 );
             } else {
                 println!(
@@ -177,6 +220,10 @@ pub fn status(args: StatusArgs) -> anyhow::Result<i32> {
                 exit::FAILED
             })
         }
-        Err(e) => fail(e),
+        // `modal` itself failing (no token, no network) means the state is unknown.
+        Err(e @ DeployError::CommandFailed { .. }) => {
+            report_failure(&e.to_string(), exit::UNAVAILABLE, args.json)
+        }
+        Err(e) => fail(e, args.json),
     }
 }
