@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +42,18 @@ def version() -> str:
     return out.split()[-1]
 
 
+def make_wheel(path: Path, ver: str | None = None) -> Path:
+    """A minimal wheel (METADATA and the native module): the generator checks and copies it."""
+    ver = ver or version()
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr(f"comfy_remote-{ver}.dist-info/METADATA", f"Metadata-Version: 2.4\nName: comfy-remote\nVersion: {ver}\n")
+        z.writestr("comfy_remote/_native.abi3.so", b"\x7fELF")
+    return path
+
+
 @pytest.fixture(scope="module")
 def fake_wheel(tmp_path_factory) -> Path:
-    """A file with a wheel's name: the generator only copies it."""
-    p = tmp_path_factory.mktemp("wheel") / f"comfy_remote-{version()}-cp310-abi3-manylinux_2_17_x86_64.whl"
-    p.write_bytes(b"wheel")
-    return p
+    return make_wheel(tmp_path_factory.mktemp("wheel") / f"comfy_remote-{version()}-cp310-abi3-manylinux_2_17_x86_64.whl")
 
 
 @pytest.fixture
@@ -178,9 +185,114 @@ def test_unresolved_node_types_stop_the_deploy(tmp_path, fake_wheel, fake_modal)
 
 
 def test_no_wheel_of_the_right_version_fails_clearly(tmp_path):
-    r = cli("deploy", str(FIXTURES / "remote_invert.json"), "--no-deploy", "--out", str(tmp_path / "p"))
+    r = cli("deploy", str(FIXTURES / "remote_invert.json"), "--no-deploy", "--out", str(tmp_path / "p"), cwd=tmp_path)
     assert r.returncode == 2
     assert f"no comfy-remote wheel of version {version()}" in r.stderr and "COMFY_REMOTE_WHEEL" in r.stderr
+
+
+def test_wheel_from_a_directory_a_glob_or_the_checkouts_target_wheels(tmp_path):
+    wheels = tmp_path / "src" / "target" / "wheels"
+    wheels.mkdir(parents=True)
+    (tmp_path / "src" / "Cargo.toml").write_text("[workspace]\n")
+    make_wheel(wheels / "comfy_remote-0.0.1-cp310-abi3-manylinux_2_17_x86_64.whl", "0.0.1")
+    good = make_wheel(wheels / f"comfy_remote-{version()}-cp310-abi3-manylinux_2_34_x86_64.whl")
+    for n, extra in enumerate([("--wheel", str(wheels)), ("--wheel", str(wheels / "comfy_remote-*.whl")), ()]):
+        out = tmp_path / f"p{n}"
+        r = cli("deploy", str(FIXTURES / "remote_invert.json"), "--no-deploy", "--out", str(out), "--json", *extra,
+                cwd=tmp_path / "src")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["project"]["wheel"].endswith(good.name)
+        assert (out / "wheels" / good.name).is_file()
+
+
+def test_a_junk_file_named_like_a_wheel_is_refused(tmp_path):
+    junk = tmp_path / f"comfy_remote-{version()}-cp310-abi3-manylinux_2_17_x86_64.whl"
+    junk.write_bytes(b"wheel")
+    r = cli("deploy", str(FIXTURES / "remote_invert.json"), "--no-deploy", "--out", str(tmp_path / "p"),
+            "--wheel", str(junk))
+    assert r.returncode == 2 and junk.name in r.stderr and "not a zip" in r.stderr
+    assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("case", ["no_output", "two_outputs", "two_inputs", "path_name", "empty_name"])
+def test_workflows_serve_refuses_are_refused_before_anything_is_written(tmp_path, fake_wheel, case):
+    inp = lambda i, n: {"class_type": "RemoteInput", "inputs": {"name": n, "type": "IMAGE"}}  # noqa: E731
+    out = lambda n: {"class_type": "RemoteOutput", "inputs": {"name": n, "value": ["1", 0]}}  # noqa: E731
+    wf = {
+        "no_output": {"1": inp(1, "image")},
+        "two_outputs": {"1": inp(1, "a"), "2": out("image"), "3": out("image")},
+        "two_inputs": {"1": inp(1, "a"), "2": inp(2, "a"), "3": out("image")},
+        "path_name": {"1": inp(1, "../x"), "3": out("image")},
+        "empty_name": {"1": inp(1, ""), "3": out("image")},
+    }[case]
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(wf))
+    r = cli("deploy", str(path), "--no-deploy", "--out", str(tmp_path / "p"), "--wheel", str(fake_wheel), "--json")
+    assert r.returncode == 2, r.stderr
+    assert "workflow bad.json: " in r.stderr
+    assert json.loads(r.stdout)["status"] == "rejected"
+    assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("args,words", [
+    (("--gpu", "H1000"), "--gpu H1000 is not a Modal GPU type; use one of"),
+    (("--app", "Bad App!"), '--app "Bad App!" is not a Modal app name'),
+    (("--comfyui", "/nonexistent"), "--comfyui /nonexistent: is not a directory"),
+    (("--torch-stack", "torch-9"), "unknown torch stack `torch-9`; presets: "),
+])
+def test_bad_flags_are_named_with_a_json_report(tmp_path, fake_wheel, args, words):
+    r = cli("deploy", str(FIXTURES / "remote_invert.json"), "--no-deploy", "--out", str(tmp_path / "p"),
+            "--wheel", str(fake_wheel), "--json", *args)
+    assert r.returncode == 2, r.stderr
+    assert words in r.stderr and "modal_config.json" not in r.stderr, r.stderr
+    report = json.loads(r.stdout)
+    assert report["status"] == "rejected" and words in report["error"]["message"]
+    assert not (tmp_path / "p").exists()
+
+
+def test_a_bad_config_file_is_named(tmp_path, fake_wheel):
+    cfg = tmp_path / "badcfg.json"
+    cfg.write_text(json.dumps({"version": 1, "gpu": "H1000"}))
+    r = cli("deploy", str(FIXTURES / "remote_invert.json"), "--no-deploy", "--config", str(cfg),
+            "--out", str(tmp_path / "p"), "--wheel", str(fake_wheel))
+    assert r.returncode == 2 and f"{cfg}: \"gpu\"" in r.stderr, r.stderr
+
+
+def test_every_exit_path_prints_a_json_report(tmp_path, fake_wheel, monkeypatch):
+    base = ("deploy", "--no-deploy", "--out", str(tmp_path / "p"), "--json")
+    r = cli(base[0], str(FIXTURES / "remote_invert.json"), *base[1:], cwd=tmp_path)
+    assert r.returncode == 2 and json.loads(r.stdout)["status"] == "rejected"
+    assert "COMFY_REMOTE_WHEEL" in json.loads(r.stdout)["error"]["message"]
+    r = cli(base[0], str(FIXTURES / "ui_format.json"), *base[1:], "--wheel", str(fake_wheel))
+    assert r.returncode == 2 and "Export (API)" in json.loads(r.stdout)["error"]["message"]
+    r = cli(base[0], str(FIXTURES / "remote_invert.json"), *base[1:], "--wheel", str(fake_wheel))
+    assert r.returncode == 0 and json.loads(r.stdout)["status"] == "ok"
+    monkeypatch.setenv("COMFY_REMOTE_MODAL", str(tmp_path / "nowhere" / "modal"))
+    for args in (("stop", "svc", "--json"), ("status", "svc", "--json")):
+        r = cli(*args)
+        assert r.returncode == 4, r.stderr
+        report = json.loads(r.stdout)
+        assert report["status"] == "unavailable" and "pip install modal" in report["error"]["message"]
+
+
+def test_an_existing_directory_that_is_not_a_project_is_not_written(tmp_path, fake_wheel):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    r = cli("deploy", str(FIXTURES / "remote_invert.json"), "--no-deploy", "--out", str(mine), "--wheel", str(fake_wheel))
+    assert r.returncode == 2
+    assert f"refusing to write into {mine}: it exists and is not a comfy-remote project" in r.stderr
+    assert "delete" not in r.stderr and sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+
+
+def test_written_config_shows_every_setting_and_reads_back(tmp_path, fake_wheel):
+    project = generate(tmp_path, fake_wheel)
+    cfg = json.loads((project / "modal_config.json").read_text())
+    assert cfg["max_containers"] is None and cfg["volume"] is None and cfg["auth"]["token_secret"] is None
+    assert set(cfg["torch"]) == {"stack", "torch", "torchvision", "torchaudio", "xformers", "index_url"}
+    r = cli("deploy", str(FIXTURES / "remote_invert.json"), "--no-deploy", "--config", str(project / "modal_config.json"),
+            "--out", str(project), "--wheel", str(fake_wheel))
+    assert r.returncode == 0, r.stderr
 
 
 def test_incoherent_torch_override_is_refused(tmp_path, fake_wheel):
@@ -261,10 +373,14 @@ def test_delete_remote_app(tmp_path, fake_modal):
     fake_modal.script(app_stop={"exit": 1, "stderr": "No App with name 'my-app' found in the 'main' environment.\n"})
     r = cli("stop", "my-app", "--json")
     assert r.returncode == 0, "a missing app is not an error"
-    assert json.loads(r.stdout) == {"app": "my-app", "stopped": False}
+    assert json.loads(r.stdout) == {"status": "ok", "app": "my-app", "stopped": False}
     fake_modal.script(app_stop={"exit": 1, "stderr": "Token missing. Run `modal token new`.\n"})
     r = cli("stop", "my-app")
     assert r.returncode == 1 and "modal token new" in r.stderr
+    n = len(fake_modal.calls())
+    r = cli("stop", "bad app!", "--json")
+    assert r.returncode == 2 and json.loads(r.stdout)["status"] == "rejected"
+    assert len(fake_modal.calls()) == n, "a bad name never reaches Modal"
 
 
 def test_delete_remote_before_redeploy(tmp_path, fake_wheel, fake_modal):
@@ -305,9 +421,13 @@ def test_status(tmp_path, fake_modal):
         {"app_id": "ap-1", "description": "svc", "state": "deployed", "tasks": "2"}])})
     r = cli("status", "svc", "--json")
     assert r.returncode == 0
-    assert json.loads(r.stdout) == {"name": "svc", "state": "deployed", "app_id": "ap-1", "tasks": 2}
+    assert json.loads(r.stdout) == {"status": "ok", "name": "svc", "state": "deployed", "app_id": "ap-1", "tasks": 2}
     r = cli("status", "other")
     assert r.returncode == 1 and "not deployed" in r.stdout
+    assert cli("status", "bad app!").returncode == 2
+    fake_modal.script(app_list={"exit": 1, "stderr": "Token missing. Run `modal token new`.\n"})
+    r = cli("status", "svc", "--json")
+    assert r.returncode == 4 and json.loads(r.stdout)["status"] == "unavailable"
 
 
 def test_modal_missing_says_how_to_install(tmp_path, fake_wheel, monkeypatch):

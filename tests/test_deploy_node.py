@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import zipfile
 from pathlib import Path
 
 from harness import REPO
@@ -35,7 +36,9 @@ def test_modal_deployment_node(tmp_path, comfyui_dir, comfy_python):
     version = subprocess.run([str(comfy_python), "-c", "import comfy_remote; print(comfy_remote.__version__)"],
                              capture_output=True, text=True, check=True).stdout.strip()
     wheel = tmp_path / f"comfy_remote-{version}-cp310-abi3-manylinux_2_17_x86_64.whl"
-    wheel.write_bytes(b"w")
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr(f"comfy_remote-{version}.dist-info/METADATA", f"Name: comfy-remote\nVersion: {version}\n")
+        z.writestr("comfy_remote/_native.abi3.so", b"")
     log = tmp_path / "modal.log"
     env = {**os.environ, "PATH": f"{FAKE}{os.pathsep}{os.environ['PATH']}", "FAKE_MODAL_LOG": str(log),
            "COMFY_REMOTE_MODAL_PYTHON": str(FAKE / "modal-python")}
