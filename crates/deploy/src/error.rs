@@ -20,10 +20,6 @@ pub enum DeployError {
     },
     #[error("{path} is not valid JSON: {message}")]
     Json { path: PathBuf, message: String },
-    #[error("{path} is a UI-format workflow (it has \"nodes\" and \"links\"); in ComfyUI use Workflow > Export (API) and pass that file")]
-    UiWorkflow { path: PathBuf },
-    #[error("{path} is not an API-format workflow: {message}")]
-    BadWorkflow { path: PathBuf, message: String },
     #[error("modal_config.json: {message}")]
     Config { message: String },
     /// A settings file other than the project's own, named by its real path.
