@@ -26,6 +26,12 @@ pub enum WorkerError {
     Comfy(String),
     #[error("configuration: {0}")]
     Config(String),
+    /// Another worker holds the spool's lock (its job store is not shared).
+    #[error("spool {} is in use by another worker{}", spool.display(), pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    SpoolInUse {
+        spool: std::path::PathBuf,
+        pid: Option<u32>,
+    },
 }
 
 impl WorkerError {

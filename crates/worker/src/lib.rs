@@ -41,6 +41,8 @@ pub struct Worker {
     pub engine: Arc<Engine>,
     tasks: Vec<JoinHandle<()>>,
     shutdown: CancellationToken,
+    /// The spool's lock, released when the worker is dropped (after stop).
+    _lock: fsutil::SpoolLock,
 }
 
 impl Worker {
@@ -56,7 +58,19 @@ impl Worker {
     ) -> Result<Worker, WorkerError> {
         std::fs::create_dir_all(&config.spool_dir)
             .map_err(|e| WorkerError::io(format!("creating {}", config.spool_dir.display()), e))?;
+        // One worker per job store: a second one would recover (fail) the
+        // first one's running jobs and take its queue.
+        let lock = fsutil::lock_spool(&config.spool_dir)
+            .map_err(|e| WorkerError::io(format!("locking {}", config.spool_dir.display()), e))?
+            .map_err(|pid| WorkerError::SpoolInUse {
+                spool: config.spool_dir.clone(),
+                pid,
+            })?;
         let store = store::Store::open(&config.spool_dir.join("jobs.db"))?;
+        let attached = match &mode {
+            ComfyMode::Attach { url } => Some(url.clone()),
+            _ => None,
+        };
         let inner = shutdown.child_token();
         let (comfy, mut tasks) = comfyui::start(mode, inner.clone());
         let stop_all = |tasks: Vec<JoinHandle<()>>, token: CancellationToken| async move {
@@ -84,10 +98,16 @@ impl Worker {
         })
         .await;
         let checked = match waited {
-            Err(_) => Err(WorkerError::Comfy(format!(
-                "ComfyUI did not answer within {}s; see its log above, or raise --startup-timeout",
-                startup_timeout.as_secs()
-            ))),
+            Err(_) => Err(WorkerError::Comfy(match &attached {
+                Some(url) => format!(
+                    "{url} did not answer within {}s; check that ComfyUI runs there, or raise --startup-timeout",
+                    startup_timeout.as_secs()
+                ),
+                None => format!(
+                    "did not answer within {}s; see its log above, or raise --startup-timeout",
+                    startup_timeout.as_secs()
+                ),
+            })),
             Ok(Err(e)) => Err(e),
             Ok(Ok(())) => match comfy.client.object_info().await {
                 Ok(info) => workflow.check_against(&info),
@@ -109,6 +129,7 @@ impl Worker {
             engine,
             tasks,
             shutdown: inner,
+            _lock: lock,
         })
     }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use comfy_remote_protocol::Limits;
-use comfy_remote_worker::{AppState, ComfyMode, EngineConfig, Worker, Workflow};
+use comfy_remote_worker::{AppState, ComfyMode, EngineConfig, Worker, WorkerError, Workflow};
 use tokio_util::sync::CancellationToken;
 
 use crate::exit;
@@ -29,7 +29,7 @@ pub struct Args {
     #[arg(long = "comfyui-arg", value_name = "ARG", allow_hyphen_values = true)]
     pub comfyui_args: Vec<String>,
     /// Attach to a ComfyUI that is already running instead of starting one.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", value_parser = http_url)]
     pub comfyui_url: Option<String>,
     /// Address to listen on. Beyond loopback a token is required.
     #[arg(long, default_value = "127.0.0.1:8189")]
@@ -97,19 +97,57 @@ fn default_python(dir: &std::path::Path) -> PathBuf {
     PathBuf::from("python3")
 }
 
-fn read_token(args: &Args) -> anyhow::Result<Option<String>> {
-    let token = match &args.token_file {
-        Some(path) => Some(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("reading --token-file {}", path.display()))?
-                .trim()
-                .to_owned(),
-        ),
-        None => std::env::var(ENV_TOKEN).ok().map(|t| t.trim().to_owned()),
-    };
-    match token {
-        Some(t) if t.is_empty() => anyhow::bail!("the bearer token is empty"),
-        other => Ok(other),
+/// An `http://` or `https://` URL with a host (`--comfyui-url`).
+fn http_url(raw: &str) -> Result<String, String> {
+    let url = raw.trim();
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| format!("{raw:?} is not an http:// or https:// URL"))?;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if host.is_empty() || host.starts_with(':') || url.chars().any(char::is_whitespace) {
+        return Err(format!("{raw:?} is not an http(s) URL with a host"));
+    }
+    Ok(url.trim_end_matches('/').to_owned())
+}
+
+/// The bearer token from `--token-file` or `$COMFY_REMOTE_TOKEN`; the error
+/// names the source.
+fn read_token(args: &Args) -> Result<Option<String>, String> {
+    match &args.token_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("--token-file {}: {e}", path.display()))?;
+            match text.trim() {
+                "" => Err(format!(
+                    "--token-file {}: the bearer token is empty",
+                    path.display()
+                )),
+                t => Ok(Some(t.to_owned())),
+            }
+        }
+        None => match std::env::var(ENV_TOKEN) {
+            Ok(t) if t.trim().is_empty() => Err(format!(
+                "{ENV_TOKEN} is set but empty; set a token or unset it"
+            )),
+            Ok(t) => Ok(Some(t.trim().to_owned())),
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(_)) => {
+                Err(format!("{ENV_TOKEN} is not valid UTF-8"))
+            }
+        },
+    }
+}
+
+/// The exit code and message for a worker that could not start: only an
+/// unreachable ComfyUI is `UNAVAILABLE`.
+fn start_error(err: &WorkerError) -> (i32, String) {
+    match err {
+        WorkerError::Comfy(_) => (exit::UNAVAILABLE, err.to_string()),
+        WorkerError::Workflow { .. } | WorkerError::Config(_) => (exit::USAGE, err.to_string()),
+        WorkerError::SpoolInUse { .. } => (exit::USAGE, format!("{err}; pass --spool DIR")),
+        WorkerError::Io { .. } => (exit::USAGE, format!("{err} (--spool)")),
+        _ => (exit::FAILED, err.to_string()),
     }
 }
 
@@ -122,7 +160,13 @@ pub fn execute(args: Args) -> anyhow::Result<i32> {
             return Ok(exit::USAGE);
         }
     };
-    let token = read_token(&args)?;
+    let token = match read_token(&args) {
+        Ok(t) => t,
+        Err(msg) => {
+            eprintln!("error: {msg}");
+            return Ok(exit::USAGE);
+        }
+    };
     if token.is_none() && !args.listen.ip().is_loopback() {
         eprintln!(
             "error: refusing to listen on {} without a token: set {ENV_TOKEN} or pass --token-file \
@@ -190,8 +234,9 @@ pub fn execute(args: Args) -> anyhow::Result<i32> {
         {
             Ok(w) => w,
             Err(e) => {
-                eprintln!("error: {e}");
-                return Ok(exit::UNAVAILABLE);
+                let (code, msg) = start_error(&e);
+                eprintln!("error: {msg}");
+                return Ok(code);
             }
         };
         let state = AppState::new(
