@@ -170,6 +170,25 @@ pub struct Client {
     /// `endpoint` with `/v1/...` stripped and a trailing slash, for joins.
     base: Url,
     resolved: Mutex<Option<Known>>,
+    /// The status `GET /v1/info` answered when it had no info document
+    /// (0 while it had one or was not asked).
+    info_status: std::sync::atomic::AtomicU16,
+}
+
+type ConnectSlot = Arc<std::sync::Mutex<Option<ClientError>>>;
+
+tokio::task_local! {
+    /// The last connection failure while driving a job, so a job that runs
+    /// out of time before anything was submitted reports why.
+    static LAST_CONNECT_ERROR: ConnectSlot;
+}
+
+fn remember_connect_error(err: Option<ClientError>) {
+    let _ = LAST_CONNECT_ERROR.try_with(|slot| {
+        if let Ok(mut s) = slot.lock() {
+            *s = err;
+        }
+    });
 }
 
 fn join(base: &Url, path: &str) -> Result<Url> {
@@ -239,6 +258,7 @@ impl Client {
             endpoint,
             base,
             resolved: Mutex::new(resolved),
+            info_status: std::sync::atomic::AtomicU16::new(0),
         })
     }
 
@@ -270,7 +290,11 @@ impl Client {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match build().await?.send().await {
+            let sent = build().await?.send().await;
+            if sent.is_ok() {
+                remember_connect_error(None);
+            }
+            match sent {
                 Ok(resp) if resp.status().is_success() => return Ok(resp),
                 Ok(resp) if is_retryable_status(resp.status()) && attempt < max => {
                     let delay = policy.delay(attempt - 1, Some(resp.headers()));
@@ -281,6 +305,11 @@ impl Client {
                 Err(e) if is_retryable_error(&e) && attempt < max => {
                     let delay = policy.backoff(attempt - 1);
                     tracing::debug!(%url, error = %e, ?delay, "retrying");
+                    remember_connect_error(Some(ClientError::Unreachable {
+                        url: url.to_string(),
+                        attempts: attempt,
+                        source: e,
+                    }));
                     tokio::time::sleep(delay).await;
                 }
                 Err(source) => {
@@ -342,9 +371,13 @@ impl Client {
             }
             // No info document: an endpoint of the simple JSON shape.
             Err(ClientError::Http {
-                status: 404 | 405 | 400,
+                status: status @ (404 | 405 | 400),
                 ..
-            }) => Resolved::Json,
+            }) => {
+                self.info_status
+                    .store(status, std::sync::atomic::Ordering::Relaxed);
+                Resolved::Json
+            }
             Err(e) => return Err(e),
         };
         tracing::debug!(endpoint = %self.endpoint, ?resolved, "endpoint resolved");
@@ -444,6 +477,27 @@ impl Client {
             .await;
         let resp = match sent {
             Ok(r) => r,
+            Err(ClientError::Http {
+                status: post @ (404 | 405 | 501),
+                message,
+                ..
+            }) if !native && self.info_status.load(std::sync::atomic::Ordering::Relaxed) != 0 => {
+                // Neither an info document nor a JSON-shape submit route:
+                // most likely some other web server.
+                let info = self.info_status.load(std::sync::atomic::Ordering::Relaxed);
+                let seen = if message.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {message}")
+                };
+                return Err(ClientError::protocol(
+                    url.as_str(),
+                    format!(
+                        "not a comfy-remote endpoint (GET /v1/info -> {info}, POST {} -> {post}){seen}",
+                        url.path()
+                    ),
+                ));
+            }
             Err(e) => {
                 if matches!(
                     e,
@@ -518,13 +572,16 @@ impl Client {
         tx: &mpsc::UnboundedSender<JobEvent>,
         mut cancel: watch::Receiver<bool>,
     ) -> Result<Vec<u8>> {
-        let started = Instant::now();
         let key = uuid::Uuid::new_v4().to_string();
         let (job_tx, mut job_rx) = watch::channel::<Option<(Url, JobDoc)>>(None);
         let drive = self.drive(body, &key, tx, &job_tx);
+        // A zero timeout means no limit.
+        let limit = self.opts.job_timeout.filter(|t| !t.is_zero());
+        let connect_error = ConnectSlot::default();
+        let drive = LAST_CONNECT_ERROR.scope(connect_error.clone(), drive);
         tokio::pin!(drive);
         let deadline = async {
-            match self.opts.job_timeout {
+            match limit {
                 Some(t) => tokio::time::sleep(t).await,
                 None => std::future::pending().await,
             }
@@ -549,6 +606,14 @@ impl Client {
             }
         }
         let job = job_rx.borrow().clone();
+        if timed_out && job.is_none() {
+            // Nothing was submitted: if the endpoint could not be reached,
+            // that (not the timeout) is what went wrong.
+            let unreachable = connect_error.lock().ok().and_then(|mut e| e.take());
+            if let Some(err) = unreachable {
+                return Err(err);
+            }
+        }
         let id = job
             .as_ref()
             .and_then(|(_, d)| d.id.clone())
@@ -567,7 +632,7 @@ impl Client {
         if timed_out {
             return Err(ClientError::Timeout {
                 job_id: id,
-                timeout: started.elapsed(),
+                timeout: limit.unwrap_or_default(),
             });
         }
         Err(ClientError::Canceled { job_id: id })
@@ -956,7 +1021,7 @@ async fn http_error(method: &'static str, url: &Url, resp: Response) -> ClientEr
         Err(_) => (None, None),
     };
     let message = message.unwrap_or_else(|| {
-        let t: String = text.trim().chars().take(300).collect();
+        let t = shorten_body(&text);
         if t.is_empty() {
             status.canonical_reason().unwrap_or("no body").to_owned()
         } else {
@@ -969,6 +1034,46 @@ async fn http_error(method: &'static str, url: &Url, resp: Response) -> ClientEr
         status: status.as_u16(),
         code,
         message,
+    }
+}
+
+/// A non-JSON error body for a message: HTML tags (and `<head>`, scripts,
+/// styles) dropped, whitespace collapsed, at most about 200 characters.
+fn shorten_body(text: &str) -> String {
+    let mut plain = String::with_capacity(text.len().min(4096));
+    if text.trim_start().starts_with('<') {
+        let lower = text.to_ascii_lowercase();
+        let mut i = 0;
+        while i < text.len() {
+            let rest = &lower[i..];
+            if rest.starts_with('<') {
+                let skip_to = ["head", "script", "style"].iter().find_map(|tag| {
+                    rest[1..].starts_with(tag).then(|| {
+                        rest.find(&format!("</{tag}"))
+                            .map_or(text.len(), |end| i + end)
+                    })
+                });
+                let from = skip_to.unwrap_or(i);
+                i = lower[from..]
+                    .find('>')
+                    .map_or(text.len(), |end| from + end + 1);
+                plain.push(' ');
+            } else {
+                let next = rest.find('<').map_or(text.len(), |n| i + n);
+                plain.push_str(&text[i..next]);
+                i = next;
+            }
+        }
+    } else {
+        plain.push_str(text);
+    }
+    let words: Vec<&str> = plain.split_whitespace().collect();
+    let joined = words.join(" ");
+    if joined.chars().count() > 200 {
+        let cut: String = joined.chars().take(200).collect();
+        format!("{cut}...")
+    } else {
+        joined
     }
 }
 

@@ -55,7 +55,7 @@ pub enum ClientError {
     Canceled { job_id: String },
 
     /// The job did not finish within the timeout; it was canceled remotely.
-    #[error("remote job {job_id} did not finish within {timeout:?}; it was canceled (raise the timeout for long jobs)")]
+    #[error("remote job {job_id} did not finish within {}; it was canceled (raise the timeout for long jobs)", seconds(timeout))]
     Timeout { job_id: String, timeout: Duration },
 
     /// The container file to upload could not be read.
@@ -96,4 +96,32 @@ impl ClientError {
     }
 }
 
+/// A duration as plain seconds: `5s`, `1.5s`.
+fn seconds(d: &Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}s", d.as_secs_f64())
+    }
+}
+
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeout_is_reported_in_plain_seconds() {
+        let e = ClientError::Timeout {
+            job_id: "j".into(),
+            timeout: Duration::from_secs(5),
+        };
+        assert!(e.to_string().contains("within 5s;"), "{e}");
+        let e = ClientError::Timeout {
+            job_id: "j".into(),
+            timeout: Duration::from_millis(1500),
+        };
+        assert!(e.to_string().contains("within 1.5s;"), "{e}");
+    }
+}

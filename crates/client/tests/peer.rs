@@ -393,6 +393,86 @@ async fn job_timeout_cancels_remotely() {
     assert_eq!(lock(&state).cancels, 1);
 }
 
+#[tokio::test]
+async fn job_timeout_reports_the_configured_limit_and_zero_means_none() {
+    let (url, _state) = start_native(Peer {
+        never_finish: true,
+        ..Peer::default()
+    })
+    .await;
+    let mut o = options(&url);
+    o.job_timeout = Some(Duration::from_millis(300));
+    let client = Arc::new(Client::new(o).expect("client"));
+    let (_, result) = drain(&mut client.spawn_job(Bytes::from_static(b"C"))).await;
+    match result {
+        Err(ClientError::Timeout { timeout, .. }) => {
+            assert_eq!(timeout, Duration::from_millis(300))
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // 0: no limit; the job runs until something else ends it.
+    let (url, _state) = start_native(Peer::default()).await;
+    let mut o = options(&url);
+    o.job_timeout = Some(Duration::ZERO);
+    let client = Arc::new(Client::new(o).expect("client"));
+    let (_, result) = drain(&mut client.spawn_job(Bytes::from_static(b"C"))).await;
+    assert!(result.is_ok(), "{result:?}");
+}
+
+#[tokio::test]
+async fn job_timeout_before_any_submit_reports_the_connection_error() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    let mut o = options(&format!("http://{addr}"));
+    // Retries outlast the timeout: the job times out while connecting.
+    o.retry = RetryPolicy {
+        max_attempts: 1000,
+        base_delay: Duration::from_millis(50),
+        max_delay: Duration::from_millis(50),
+        max_retry_after: Duration::from_secs(1),
+    };
+    o.job_timeout = Some(Duration::from_millis(200));
+    let client = Arc::new(Client::new(o).expect("client"));
+    let (_, result) = drain(&mut client.spawn_job(Bytes::from_static(b"C"))).await;
+    assert!(
+        matches!(result, Err(ClientError::Unreachable { .. })),
+        "{result:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_plain_web_server_is_not_a_comfy_remote_endpoint() {
+    let page = format!(
+        "<!DOCTYPE html><html><head><title>Error</title><style>body{{}}</style></head><body><h1>Error response</h1><p>Unsupported method ('POST')</p>{}</body></html>",
+        "x".repeat(1000)
+    );
+    let router = Router::new()
+        .route(
+            "/v1/info",
+            get(|| async { (StatusCode::NOT_FOUND, "<html><body>nope</body></html>") }),
+        )
+        .route(
+            "/",
+            post(move || {
+                let page = page.clone();
+                async move { (StatusCode::NOT_IMPLEMENTED, page) }
+            }),
+        );
+    let url = serve(router).await;
+    let client = Arc::new(Client::new(options(&url)).expect("client"));
+    let (_, result) = drain(&mut client.spawn_job(Bytes::from_static(b"C"))).await;
+    let msg = result.expect_err("not an endpoint").to_string();
+    assert!(
+        msg.contains("not a comfy-remote endpoint (GET /v1/info -> 404, POST / -> 501)"),
+        "{msg}"
+    );
+    assert!(msg.contains("Unsupported method"), "{msg}");
+    assert!(!msg.contains('<') && !msg.contains("body{"), "{msg}");
+    assert!(msg.len() < 400, "{msg}");
+}
+
 /// An endpoint of the seed's shape: no /v1/info, JSON submit, synonyms, polling.
 #[tokio::test]
 async fn seed_shape_endpoint_with_synonyms_and_polling() {
