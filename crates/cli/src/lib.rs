@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod commands;
 mod logging;
+pub mod output;
 
 /// Run any part of a ComfyUI workflow on a remote GPU, and deploy workflows as services.
 #[derive(Debug, Parser)]

@@ -6,34 +6,71 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context as _};
 use comfy_remote_protocol::{ComfyType, DType, Entry, Tensor, Value};
 
-/// Parse one `--input name=value` into a payload entry.
-pub fn parse_input(spec: &str) -> anyhow::Result<Entry<'static>> {
-    let Some((name, raw)) = spec.split_once('=') else {
-        bail!("--input {spec:?}: expected name=path or name=json:VALUE or name=literal");
-    };
+/// The name of an `--input name=value` (trimmed), if it has one.
+pub fn input_name(spec: &str) -> Option<&str> {
+    let (name, _) = spec.split_once('=')?;
     let name = name.trim();
-    if name.is_empty() {
+    (!name.is_empty()).then_some(name)
+}
+
+/// Parse one `--input name=value` into a payload entry: `json:VALUE` is
+/// JSON, `text:VALUE` a string as written; otherwise an existing regular
+/// file with a known extension (.png/.jpg/.jpeg, .wav, .safetensors) is
+/// read, and anything else that is not a path is a literal (int, float,
+/// true/false, text). A path that cannot be read as an input (a directory,
+/// an unknown extension, a known extension that does not exist) is an
+/// error rather than a string, so a typo is not sent as text.
+pub fn parse_input(spec: &str) -> anyhow::Result<Entry<'static>> {
+    let Some((_, raw)) = spec.split_once('=') else {
+        bail!("--input {spec:?}: expected name=path, name=json:VALUE, name=text:VALUE or name=literal");
+    };
+    let Some(name) = input_name(spec) else {
         bail!("--input {spec:?}: the name is empty");
-    }
+    };
     let (ty, value) = if let Some(json) = raw.strip_prefix("json:") {
         let j: serde_json::Value = serde_json::from_str(json)
             .with_context(|| format!("--input {name}: not valid JSON"))?;
         (None, json_to_value(&j))
+    } else if let Some(text) = raw.strip_prefix("text:") {
+        (None, Value::Str(text.to_owned()))
     } else {
         let path = Path::new(raw);
         let ext = path
             .extension()
             .and_then(|e| e.to_str())
             .map(str::to_ascii_lowercase);
-        match ext.as_deref() {
-            Some("png" | "jpg" | "jpeg") => (Some(ComfyType::IMAGE), read_image(path)?),
-            Some("wav") => (Some(ComfyType::AUDIO), read_wav(path)?),
-            Some("safetensors") => (None, read_safetensors(path)?),
-            _ if path.is_file() => bail!(
-                "--input {name}: {} has an unsupported extension; use .png, .jpg, .wav, .safetensors, or json:VALUE",
+        let known = matches!(
+            ext.as_deref(),
+            Some("png" | "jpg" | "jpeg" | "wav" | "safetensors")
+        );
+        if path.is_dir() {
+            bail!(
+                "--input {name}: {} is a directory; give a file, or text:VALUE for a string",
                 path.display()
-            ),
-            _ => (None, literal(raw)),
+            );
+        }
+        if path.is_file() {
+            match ext.as_deref() {
+                Some("png" | "jpg" | "jpeg") => (Some(ComfyType::IMAGE), read_image(path)?),
+                Some("wav") => (Some(ComfyType::AUDIO), read_wav(path)?),
+                Some("safetensors") => (None, read_safetensors(path)?),
+                _ => bail!(
+                    "--input {name}: {} has an unsupported extension; use .png, .jpg, .jpeg, .wav, .safetensors, json:VALUE or text:VALUE",
+                    path.display()
+                ),
+            }
+        } else if path.exists() {
+            bail!(
+                "--input {name}: {} is not a regular file; give a file, or text:VALUE for a string",
+                path.display()
+            );
+        } else if known {
+            bail!(
+                "--input {name}: no such file {}; use text:VALUE to send it as a string",
+                path.display()
+            );
+        } else {
+            (None, literal(raw))
         }
     };
     Ok(Entry {
@@ -418,6 +455,48 @@ mod tests {
             ])
         );
         assert!(parse_input("noequals").is_err());
+    }
+
+    #[test]
+    fn text_prefix_forces_a_string() {
+        assert_eq!(
+            parse_input("n=text:3").expect("text").value,
+            Value::Str("3".into())
+        );
+        assert_eq!(
+            parse_input("n=text:missing.png").expect("text").value,
+            Value::Str("missing.png".into())
+        );
+        assert_eq!(input_name(" a =1"), Some("a"));
+        assert_eq!(input_name("=1"), None);
+    }
+
+    #[test]
+    fn paths_that_are_not_readable_inputs_are_errors() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let msg = |spec: String| format!("{:#}", parse_input(&spec).expect_err(&spec));
+        // A typo in a file name is not sent as text.
+        let missing = dir.path().join("typo.png");
+        let m = msg(format!("i={}", missing.display()));
+        assert!(m.contains("no such file") && m.contains("typo.png"), "{m}");
+        // A directory, even one named like an image.
+        let sub = dir.path().join("frames.png");
+        std::fs::create_dir(&sub).expect("dir");
+        let m = msg(format!("i={}", sub.display()));
+        assert!(
+            m.contains("is a directory") && m.contains("frames.png"),
+            "{m}"
+        );
+        let m = msg(format!("i={}", dir.path().display()));
+        assert!(m.contains("is a directory"), "{m}");
+        // An existing file with an unknown extension.
+        let notes = dir.path().join("notes.txt");
+        std::fs::write(&notes, "hi").expect("write");
+        let m = msg(format!("i={}", notes.display()));
+        assert!(
+            m.contains("unsupported extension") && m.contains("notes.txt"),
+            "{m}"
+        );
     }
 
     #[test]
