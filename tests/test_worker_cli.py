@@ -249,3 +249,19 @@ def test_run_401_says_where_the_token_comes_from(tmp_path):
         r = run_cli(peer.url, "--input", "x=1", "--json", "--out", str(tmp_path))
     assert r.returncode == 2, r.stderr
     assert "set COMFY_REMOTE_TOKEN (or --token-env VAR)" in json.loads(r.stdout)["error"]["message"]
+
+
+def test_a_spool_that_cannot_be_created_is_a_usage_error(tmp_path):
+    spool = tmp_path / "file"
+    spool.write_text("not a directory")
+    r = serve("--workflow", str(REPO / "examples" / "invert_blur.json"), "--comfyui-url",
+              f"http://127.0.0.1:{free_port()}", "--spool", str(spool), "--listen", "127.0.0.1:0")
+    assert r.returncode == 2, r.stderr
+    assert str(spool) in r.stderr and "--spool" in r.stderr
+
+
+def test_run_timeout_against_nothing_reports_the_connection_error(tmp_path):
+    r = run_cli(f"http://127.0.0.1:{free_port()}", "--input", "x=1", "--timeout", "1", "--json",
+                "--out", str(tmp_path))
+    assert r.returncode == 4, r.stderr
+    assert json.loads(r.stdout)["status"] == "unavailable"
