@@ -29,7 +29,7 @@ pub enum Command {
     Deploy(commands::deploy::DeployArgs),
     /// Stop (delete) a deployed Modal app.
     Stop(commands::deploy::StopArgs),
-    /// Show whether a Modal app is deployed (exit 0 when it is).
+    /// Show whether a Modal app is deployed (exit 0 deployed, 1 not deployed, 4 `modal` failed).
     Status(commands::deploy::StatusArgs),
 }
 

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use comfy_remote_deploy::{lifecycle, DeployError, Options, Runner};
 
-use crate::exit;
+use crate::{exit, output};
 
 #[derive(Debug, clap::Args)]
 pub struct DeployArgs {
@@ -105,14 +105,13 @@ fn report_failure(message: &str, code: i32, json: bool) -> anyhow::Result<i32> {
             exit::USAGE => "rejected",
             _ => "failed",
         };
-        println!(
-            "{}",
+        output::line(
             serde_json::to_string_pretty(&serde_json::json!({
                 "status": status,
                 "error": {"message": message},
             }))
-            .context("serialize the report")?
-        );
+            .context("serialize the report")?,
+        )?;
     }
     Ok(code)
 }
@@ -159,14 +158,13 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<i32> {
     };
     if args.json {
         let value = serde_json::to_value(&report).context("serialize the report")?;
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&ok_json(value)).context("serialize the report")?
-        );
+        output::line(
+            serde_json::to_string_pretty(&ok_json(value)).context("serialize the report")?,
+        )?;
     } else {
         match &report.url {
-            Some(url) => println!("{url}"),
-            None => println!("{}", report.project.dir.display()),
+            Some(url) => output::line(url)?,
+            None => output::line(report.project.dir.display())?,
         }
     }
     Ok(exit::OK)
@@ -180,14 +178,13 @@ pub fn stop(args: StopArgs) -> anyhow::Result<i32> {
     match lifecycle::stop(&runner, &args.app, &mut log_line) {
         Ok(stopped) => {
             if args.json {
-                println!(
-                    "{}",
-                    ok_json(serde_json::json!({"app": args.app, "stopped": stopped}))
-                );
+                output::line(ok_json(
+                    serde_json::json!({"app": args.app, "stopped": stopped}),
+                ))?;
             } else if stopped {
-                println!("stopped {}", args.app);
+                output::line(format_args!("stopped {}", args.app))?;
             } else {
-                println!("{} was not deployed", args.app);
+                output::line(format_args!("{} was not deployed", args.app))?;
             }
             Ok(exit::OK)
         }
@@ -203,16 +200,15 @@ pub fn status(args: StatusArgs) -> anyhow::Result<i32> {
     match lifecycle::status(&runner, &args.app, &mut log_line) {
         Ok(st) => {
             if args.json {
-                println!(
-                    "{}",
-                    ok_json(serde_json::to_value(&st).context("serialize the status")?)
-                );
+                output::line(ok_json(
+                    serde_json::to_value(&st).context("serialize the status")?,
+                ))?;
             } else {
-                println!(
+                output::line(format_args!(
                     "{}: {}",
                     st.name,
                     st.state.as_deref().unwrap_or("not deployed")
-                );
+                ))?;
             }
             Ok(if st.state.as_deref() == Some("deployed") {
                 exit::OK
