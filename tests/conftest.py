@@ -14,9 +14,42 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import ComfyUI, Worker, comfyui_python, start_comfyui, start_worker, wheel  # noqa: E402
 
 COMFYUI_SKIP = (
-    "COMFYUI_DIR is not set: end-to-end tests need a ComfyUI checkout "
+    "COMFYUI_DIR is not set: the end-to-end tests against a real ComfyUI did not run "
     "(export COMFYUI_DIR=/path/to/ComfyUI)"
 )
+
+
+# Where COMFYUI_SKIP is defined: the place the folded SKIPPED line points at.
+_SKIP_LINE = Path(__file__).read_text().splitlines().index("COMFYUI_SKIP = (") + 1
+
+
+def _is_comfyui_skip(report: pytest.CollectReport | pytest.TestReport) -> bool:
+    longrepr = report.longrepr
+    return (
+        report.skipped
+        and isinstance(longrepr, tuple)
+        and len(longrepr) == 3
+        and "COMFYUI_DIR" in str(longrepr[2])
+    )
+
+
+def _fold(report: pytest.CollectReport | pytest.TestReport) -> None:
+    """Every skip for want of a ComfyUI reports the same place and reason, so
+    pytest's summary folds them into one SKIPPED line naming COMFYUI_DIR."""
+    if not os.environ.get("COMFYUI_DIR") and _is_comfyui_skip(report):
+        report.longrepr = (__file__, _SKIP_LINE, f"Skipped: {COMFYUI_SKIP}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector):  # type: ignore[no-untyped-def]
+    outcome = yield
+    _fold(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    outcome = yield
+    _fold(outcome.get_result())
 
 
 @pytest.fixture(scope="session")
