@@ -27,7 +27,7 @@ use tokio::io::AsyncWriteExt;
 use crate::error::{ApiError, Path, Query};
 use crate::jobs::{rebase, Engine, RESULT_FILE};
 use crate::live::EventData;
-use crate::store::{Inserted, NewJob};
+use crate::store::{Inserted, JobRow, NewJob};
 use crate::workflow::INPUTS_FILE;
 
 /// Largest JSON request body (the binary container has no such cliff).
@@ -455,17 +455,21 @@ fn check_id(id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The stored job with this id; a malformed id is "not found" too.
+fn stored_job(st: &AppState, id: &str) -> Result<JobRow, ApiError> {
+    check_id(id)?;
+    st.engine
+        .store
+        .get(id)?
+        .ok_or_else(|| ApiError::not_found("job"))
+}
+
 async fn status(
     State(st): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    check_id(&id)?;
-    let row = st
-        .engine
-        .store
-        .get(&id)?
-        .ok_or_else(|| ApiError::not_found("job"))?;
+    let row = stored_job(&st, &id)?;
     Ok(Json(st.engine.view(&row, &base_url(&st, &headers))).into_response())
 }
 
@@ -492,12 +496,7 @@ async fn result(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    check_id(&id)?;
-    let row = st
-        .engine
-        .store
-        .get(&id)?
-        .ok_or_else(|| ApiError::not_found("job"))?;
+    let row = stored_job(&st, &id)?;
     match row.status {
         JobStatus::Succeeded => {}
         JobStatus::Expired => {
@@ -571,12 +570,8 @@ async fn events(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    check_id(&id)?;
+    let row = stored_job(&st, &id)?;
     let engine = st.engine.clone();
-    let row = engine
-        .store
-        .get(&id)?
-        .ok_or_else(|| ApiError::not_found("job"))?;
     let base = base_url(&st, &headers);
     let after = headers
         .get("last-event-id")
