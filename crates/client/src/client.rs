@@ -970,13 +970,6 @@ impl Job {
         ev
     }
 
-    /// The next event if one is ready.
-    pub fn try_next(&mut self) -> Option<JobEvent> {
-        let ev = self.events.try_recv().ok();
-        self.note(&ev);
-        ev
-    }
-
     fn note(&mut self, ev: &Option<JobEvent>) {
         if matches!(ev, Some(JobEvent::Done(_) | JobEvent::Error(_)) | None) {
             self.finished = true;

@@ -133,18 +133,4 @@ impl CodecError {
             CodecError::InvalidJsonBody { .. } => "invalid_json_body",
         }
     }
-
-    /// Whether the error is about size limits (HTTP 413) rather than a
-    /// malformed payload (HTTP 400).
-    pub fn is_limit(&self) -> bool {
-        matches!(
-            self,
-            CodecError::TooLarge { .. }
-                | CodecError::HeaderTooLarge { .. }
-                | CodecError::TooManyTensors { .. }
-                | CodecError::RankTooLarge { .. }
-                | CodecError::TooManyElements { .. }
-                | CodecError::TooDeep { .. }
-        )
-    }
 }

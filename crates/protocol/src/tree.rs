@@ -20,9 +20,6 @@ use crate::value::DType;
 /// so the JSON header stays small and fast to parse.
 pub const INLINE_STR_MAX: usize = 64 * 1024;
 
-/// The value-tree format version in the `v` field.
-pub const TREE_VERSION: u64 = 1;
-
 /// Key of the safetensors `__metadata__` entry that holds the value tree.
 pub const METADATA_KEY: &str = "comfy_remote";
 
