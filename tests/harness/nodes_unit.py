@@ -15,7 +15,7 @@ import json
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Callable
 
 sys.path.insert(0, sys.argv[1])
 
@@ -34,12 +34,6 @@ CHECKS: list[Callable[[], None]] = []
 def check(fn: Callable[[], None]) -> Callable[[], None]:
     CHECKS.append(fn)
     return fn
-
-
-def schema_inputs(node: type[io.ComfyNode]) -> dict[str, Any]:
-    info = node.GET_SCHEMA() if hasattr(node, "GET_SCHEMA") else None
-    schema = node.define_schema()
-    return {"schema": schema, "info": info}
 
 
 @check
