@@ -18,8 +18,6 @@ pub enum DeployError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path} is not valid JSON: {message}")]
-    Json { path: PathBuf, message: String },
     #[error("modal_config.json: {message}")]
     Config { message: String },
     /// A settings file other than the project's own, named by its real path.
