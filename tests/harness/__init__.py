@@ -181,17 +181,22 @@ def start_comfyui(python: Path, comfyui: Path, home: Path) -> ComfyUI:
     proc = subprocess.Popen([str(python), "main.py", "--listen", "127.0.0.1", "--port", str(port), *args],
                             cwd=comfyui, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
+    wait_answers(proc, f"{url}/prompt", log_path, "ComfyUI")
+    return ComfyUI(proc, url, log_path)
 
-    def up():
+
+def wait_answers(proc: subprocess.Popen, url: str, log_path: Path, what: str) -> None:
+    """Wait until `url` answers 200; fail with the log's tail if `proc` exits first."""
+
+    def up() -> bool:
         if proc.poll() is not None:
-            raise AssertionError(f"ComfyUI exited ({proc.returncode}); log: {log_path.read_text()[-3000:]}")
+            raise AssertionError(f"{what} exited ({proc.returncode}); log:\n{log_path.read_text()[-4000:]}")
         try:
-            return request("GET", f"{url}/prompt", timeout=2).status == 200
+            return request("GET", url, timeout=2).status == 200
         except OSError:
             return False
 
-    wait_until(up, "ComfyUI to answer", interval=0.2)
-    return ComfyUI(proc, url, log_path)
+    wait_until(up, f"{what} to answer {url}", interval=0.2)
 
 
 def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
@@ -285,13 +290,5 @@ def start_worker(workflow: dict | Path, *, comfyui: Path, python: Path, home: Pa
     proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
     w = Worker(proc, f"http://127.0.0.1:{port}", log_path, token, argv)
     if wait_ready:
-        def ready():
-            if proc.poll() is not None:
-                raise AssertionError(f"worker exited ({proc.returncode}); log:\n{log_path.read_text()[-4000:]}")
-            try:
-                return request("GET", f"{w.url}/readyz", timeout=2).status == 200
-            except OSError:
-                return False
-
-        wait_until(ready, "the worker to be ready", interval=0.2)
+        wait_answers(proc, f"{w.url}/readyz", log_path, "the worker")
     return w
