@@ -6,6 +6,14 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The port `comfy-remote serve` listens on by default.
+pub const DEFAULT_PORT: u16 = 8189;
+/// Where `comfy-remote serve` listens by default (loopback only).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8189";
+/// The endpoint a client (the Remote API node) calls by default: a worker
+/// started with `comfy-remote serve` and its defaults, on this machine.
+pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:8189";
+
 /// Header carrying the protocol version on every response.
 pub const HEADER_PROTOCOL: &str = "Comfy-Remote-Protocol";
 /// Header making a submit idempotent: the same key returns the same job.
@@ -133,6 +141,48 @@ pub struct JobUrls {
     pub cancel: String,
 }
 
+impl JobUrls {
+    /// A job's links under `base` (the service's base URL without a
+    /// trailing slash; empty for paths, which clients resolve against the
+    /// URL they called): `{base}/v1/jobs/{id}`, then `/events`, `/result`,
+    /// `/cancel`.
+    pub fn under(base: &str, id: &str) -> JobUrls {
+        let s = format!("{}/v1/jobs/{id}", base.trim_end_matches('/'));
+        JobUrls {
+            events: format!("{s}/events"),
+            result: format!("{s}/result"),
+            cancel: format!("{s}/cancel"),
+            self_: s,
+        }
+    }
+}
+
+/// Times in job views: RFC 3339 in UTC with milliseconds
+/// (`2026-01-01T00:00:00.000Z`), from milliseconds since the Unix epoch.
+pub fn rfc3339(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let millis = ms.rem_euclid(1000);
+    let days = secs.div_euclid(86400);
+    let sod = secs.rem_euclid(86400);
+    // Civil-from-days (Howard Hinnant).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        sod / 3600,
+        (sod / 60) % 60,
+        sod % 60
+    )
+}
+
 /// Description of one input or output of a payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ValueInfo {
@@ -178,6 +228,17 @@ pub struct JobView {
     pub result: Option<JobResult>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorInfo>,
+}
+
+impl JobView {
+    /// Point every link of the view (`urls`, `poll_url`, `result.url`) under `base`.
+    pub fn rebase(&mut self, base: &str) {
+        self.urls = JobUrls::under(base, &self.id);
+        self.poll_url = self.urls.self_.clone();
+        if let Some(r) = &mut self.result {
+            r.url = self.urls.result.clone();
+        }
+    }
 }
 
 /// Machine-readable error codes. Stable: clients may match on them.
@@ -292,6 +353,26 @@ mod tests {
             assert_eq!(JobStatus::parse(s.as_str()), Some(s));
         }
         assert_eq!(JobStatus::parse("completed"), None);
+    }
+
+    #[test]
+    fn the_default_endpoint_is_where_serve_listens_by_default() {
+        assert_eq!(DEFAULT_LISTEN, format!("127.0.0.1:{DEFAULT_PORT}"));
+        assert_eq!(DEFAULT_ENDPOINT, format!("http://{DEFAULT_LISTEN}"));
+    }
+
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+    }
+
+    #[test]
+    fn urls_live_under_the_base_or_are_paths() {
+        let u = JobUrls::under("https://h:8189/", "j");
+        assert_eq!(u.self_, "https://h:8189/v1/jobs/j");
+        assert_eq!(u.cancel, "https://h:8189/v1/jobs/j/cancel");
+        assert_eq!(JobUrls::under("", "j").events, "/v1/jobs/j/events");
     }
 
     #[test]

@@ -124,6 +124,25 @@ pub fn decode_json_body(body: &[u8], limits: &Limits) -> Result<Payload<'static>
     parse_json_body(body, limits)?.into_payload(limits)
 }
 
+/// A JSON text as one value, in the tree encoding of §2.3 without blobs:
+/// objects are dicts, `{"$tuple": [...]}` a tuple, `{"$f": "nan"}` a NaN,
+/// integer literals ints and other numbers floats. The one JSON-to-value
+/// conversion: the inputs form, `comfy-remote run`'s `json:` inputs and
+/// plain results of simple endpoints all read values with it.
+pub fn parse_value(text: &[u8], limits: &Limits) -> Result<Value<'static>, CodecError> {
+    let json =
+        parse_json(text, limits.max_depth.saturating_add(4), "JSON value").map_err(
+            |e| match e {
+                CodecError::InvalidHeader { message } => {
+                    CodecError::InvalidJsonBody { reason: message }
+                }
+                other => other,
+            },
+        )?;
+    let mut parser = TreeParser::new(&[], limits.max_depth);
+    Ok(node_to_value(parser.value("value", &json)?))
+}
+
 fn parse_inputs(inputs: &Json, limits: &Limits) -> Result<Payload<'static>, CodecError> {
     let Json::Object(members) = inputs else {
         return Err(CodecError::InvalidJsonBody {
@@ -188,6 +207,34 @@ mod tests {
         let body = br#"{"inputs":{"image":{"$t":"t0"}}}"#;
         let err = decode_json_body(body, &Limits::default()).expect_err("dangling");
         assert!(matches!(err, CodecError::DanglingRef { .. }), "{err}");
+    }
+
+    #[test]
+    fn one_json_value_reads_tags_like_the_inputs_form() {
+        let v = parse_value(br#"{"$tuple": [1, 2.5]}"#, &Limits::default()).expect("tuple");
+        assert_eq!(v, Value::Tuple(vec![Value::Int(1), Value::Float(2.5)]));
+        let v = parse_value(br#"{"b": [1, "x"], "a": null}"#, &Limits::default()).expect("dict");
+        assert_eq!(
+            v,
+            Value::Dict(vec![
+                (
+                    "b".into(),
+                    Value::List(vec![Value::Int(1), Value::Str("x".into())])
+                ),
+                ("a".into(), Value::None),
+            ])
+        );
+        let e = parse_value(b"18446744073709551615", &Limits::default()).expect_err("u64");
+        assert_eq!(e.kind(), "invalid_node", "{e}");
+        let e = parse_value(b"{\"a\": ", &Limits::default()).expect_err("not JSON");
+        assert_eq!(e.kind(), "invalid_json_body", "{e}");
+    }
+
+    #[test]
+    fn an_integer_beyond_i64_in_the_inputs_form_is_a_value_error() {
+        let body = br#"{"inputs":{"n":9223372036854775808}}"#;
+        let err = decode_json_body(body, &Limits::default()).expect_err("overflow");
+        assert_eq!(err.kind(), "invalid_node", "{err}");
     }
 
     #[test]

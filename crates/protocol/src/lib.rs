@@ -7,20 +7,25 @@
 //! - [`tree`]: the value tree as canonical JSON (tags, references, checks);
 //! - [`json`]: the base64 and plain-inputs JSON forms of a payload;
 //! - [`api`]: the JSON bodies of the jobs API (status, progress, events,
-//!   errors, workflow signature) and the header names.
+//!   errors, workflow signature) and the header names;
+//! - [`types`]: which values a declared Comfy type takes (the one rule the
+//!   client, the worker, the CLI and the nodes share);
+//! - [`env`]: every environment variable comfy-remote reads.
 //!
 //! `docs/protocol.md` is the normative description; this crate implements it.
 
 pub mod api;
 pub mod container;
+pub mod env;
 mod error;
 pub mod json;
 pub mod tree;
+pub mod types;
 pub mod value;
 
 pub use container::{decode, encode, encode_to_writer, read_layout, Layout, Limits, WriteError};
 pub use error::CodecError;
-pub use json::{decode_json_body, parse_json_body, JsonBody};
+pub use json::{decode_json_body, parse_json_body, parse_value, JsonBody};
 pub use value::{ComfyType, DType, Entry, Payload, Tensor, Value};
 
 /// The protocol version string, sent in `Comfy-Remote-Protocol` headers and

@@ -54,9 +54,17 @@ impl Json {
     }
 }
 
+/// What went wrong inside serde's visitor, beyond its own error text.
+#[derive(Default)]
+struct Flags {
+    too_deep: Cell<bool>,
+    /// An integer literal that does not fit in i64.
+    overflow: Cell<Option<u64>>,
+}
+
 struct JsonSeed<'c> {
     depth_left: usize,
-    too_deep: &'c Cell<bool>,
+    flags: &'c Flags,
 }
 
 impl<'de> DeserializeSeed<'de> for JsonSeed<'_> {
@@ -69,12 +77,12 @@ impl<'de> DeserializeSeed<'de> for JsonSeed<'_> {
 impl JsonSeed<'_> {
     fn child<E: de::Error>(&self) -> Result<JsonSeed<'_>, E> {
         if self.depth_left == 0 {
-            self.too_deep.set(true);
+            self.flags.too_deep.set(true);
             return Err(E::custom("nesting too deep"));
         }
         Ok(JsonSeed {
             depth_left: self.depth_left - 1,
-            too_deep: self.too_deep,
+            flags: self.flags,
         })
     }
 }
@@ -97,9 +105,10 @@ impl<'de> Visitor<'de> for JsonSeed<'_> {
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Json, E> {
         // An integer literal is an Int; one that does not fit i64 would
         // silently change meaning if read as anything else.
-        i64::try_from(v)
-            .map(Json::Int)
-            .map_err(|_| E::custom(format!("integer {v} does not fit in a signed 64-bit int")))
+        i64::try_from(v).map(Json::Int).map_err(|_| {
+            self.flags.overflow.set(Some(v));
+            E::custom(format!("integer {v} does not fit in a signed 64-bit int"))
+        })
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Json, E> {
         Ok(Json::Float(v))
@@ -115,7 +124,7 @@ impl<'de> Visitor<'de> for JsonSeed<'_> {
         let mut items = Vec::new();
         while let Some(item) = seq.next_element_seed(JsonSeed {
             depth_left: child.depth_left,
-            too_deep: child.too_deep,
+            flags: child.flags,
         })? {
             items.push(item);
         }
@@ -127,7 +136,7 @@ impl<'de> Visitor<'de> for JsonSeed<'_> {
         while let Some(key) = map.next_key::<String>()? {
             let value = map.next_value_seed(JsonSeed {
                 depth_left: child.depth_left,
-                too_deep: child.too_deep,
+                flags: child.flags,
             })?;
             items.push((key, value));
         }
@@ -138,23 +147,32 @@ impl<'de> Visitor<'de> for JsonSeed<'_> {
 /// Parse JSON text, allowing at most `max_depth` nested arrays/objects.
 /// `what` names the document in errors.
 pub(crate) fn parse_json(text: &[u8], max_depth: usize, what: &str) -> Result<Json, CodecError> {
-    let too_deep = Cell::new(false);
+    let flags = Flags::default();
     let mut de = serde_json::Deserializer::from_slice(text);
     let parsed = JsonSeed {
         depth_left: max_depth,
-        too_deep: &too_deep,
+        flags: &flags,
     }
     .deserialize(&mut de)
     .and_then(|j| de.end().map(|()| j));
     match parsed {
         Ok(j) => Ok(j),
         // serde_json's own recursion guard (128 levels) also means "too deep".
-        Err(e) if too_deep.get() || e.to_string().starts_with("recursion limit exceeded") => {
+        Err(e) if flags.too_deep.get() || e.to_string().starts_with("recursion limit exceeded") => {
             Err(CodecError::TooDeep {
                 path: what.to_owned(),
                 limit: max_depth,
             })
         }
+        // Valid JSON, but not a value this protocol carries: a value error,
+        // as in a container, not a malformed document.
+        Err(_) if flags.overflow.get().is_some() => Err(CodecError::InvalidNode {
+            path: what.to_owned(),
+            reason: format!(
+                "the integer {} does not fit in a signed 64-bit int",
+                flags.overflow.get().unwrap_or_default()
+            ),
+        }),
         Err(e) => Err(CodecError::InvalidHeader {
             message: format!("{what}: {e}"),
         }),
@@ -779,6 +797,7 @@ mod tests {
     #[test]
     fn integer_beyond_i64_is_rejected() {
         let doc = r#"{"v":1,"entries":[{"name":"a","type":null,"value":9223372036854775808}]}"#;
-        assert!(matches!(parse(doc), Err(CodecError::InvalidHeader { .. })));
+        // Valid JSON, but not a value of the protocol: a value error.
+        assert!(matches!(parse(doc), Err(CodecError::InvalidNode { .. })));
     }
 }

@@ -1,0 +1,134 @@
+//! Every environment variable comfy-remote reads, named once.
+//!
+//! Rust code reads them through these constants; the Python package gets
+//! the same names from the native module (`comfy_remote._native.ENV`), and
+//! the README's table of environment variables is checked against [`ALL`].
+
+/// One environment variable: its name, who reads it and what it means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EnvVar {
+    pub name: &'static str,
+    /// Where it is read (`serve`, `run`, `deploy`, the nodes, ...).
+    pub read_by: &'static str,
+    pub meaning: &'static str,
+}
+
+/// The bearer token: required by `serve` beyond loopback, sent by `run`.
+pub const TOKEN: &str = "COMFY_REMOTE_TOKEN";
+/// Modal proxy auth: the token id and secret `run` sends as `Modal-Key`/`Modal-Secret`.
+pub const MODAL_KEY: &str = "MODAL_KEY";
+pub const MODAL_SECRET: &str = "MODAL_SECRET";
+/// A ComfyUI checkout: what `serve` starts, what `deploy` checks node types against.
+pub const COMFYUI_DIR: &str = "COMFYUI_DIR";
+/// The cache root (job store default, ComfyUI environments); default `~/.cache/comfy-remote`.
+pub const CACHE: &str = "COMFY_REMOTE_CACHE";
+/// The comfy-remote wheel `deploy` copies into the image.
+pub const WHEEL: &str = "COMFY_REMOTE_WHEEL";
+/// The `modal` executable `deploy` runs (default: `modal` on PATH).
+pub const MODAL: &str = "COMFY_REMOTE_MODAL";
+/// The Python that runs the generated project's helper scripts (default: the one next to `modal`).
+pub const MODAL_PYTHON: &str = "COMFY_REMOTE_MODAL_PYTHON";
+/// The secrets file the nodes read `secrets:<name>` references from.
+pub const SECRETS_FILE: &str = "COMFY_REMOTE_SECRETS_FILE";
+/// `1`: the Remote API node logs the timing of each phase of a call to stderr.
+pub const TRACE: &str = "COMFY_REMOTE_TRACE";
+/// Where a Modal GPU container keeps its job store and logs.
+pub const HOME: &str = "COMFY_REMOTE_HOME";
+/// Log filter of `serve`, `run` and `deploy` (`info` by default).
+pub const LOG: &str = "RUST_LOG";
+/// Set: no colours in logs.
+pub const NO_COLOR: &str = "NO_COLOR";
+/// `1` when `deploy --force-rebuild` runs `modal deploy`: rebuild every image layer.
+pub const MODAL_IGNORE_CACHE: &str = "MODAL_IGNORE_CACHE";
+
+/// The table, in the order the README lists it.
+pub const ALL: &[EnvVar] = &[
+    EnvVar {
+        name: TOKEN,
+        read_by: "serve, run, Modal web front",
+        meaning: "Bearer token: required by `serve` when it listens beyond loopback; sent by `run` (`--token-env` names another variable); the Modal web front's token secret holds it",
+    },
+    EnvVar {
+        name: MODAL_KEY,
+        read_by: "run",
+        meaning: "Modal proxy auth token id, sent as `Modal-Key` (`--modal-key-env` names another variable)",
+    },
+    EnvVar {
+        name: MODAL_SECRET,
+        read_by: "run",
+        meaning: "Modal proxy auth token secret, sent as `Modal-Secret` (`--modal-secret-env`)",
+    },
+    EnvVar {
+        name: COMFYUI_DIR,
+        read_by: "serve, deploy, tests",
+        meaning: "A ComfyUI checkout: the one `serve` starts (`--comfyui`), the one `deploy` checks node types against; the end-to-end tests run against it",
+    },
+    EnvVar {
+        name: CACHE,
+        read_by: "serve, scripts",
+        meaning: "Cache root (default `~/.cache/comfy-remote`): the default job store `worker/`, ComfyUI environments",
+    },
+    EnvVar {
+        name: WHEEL,
+        read_by: "deploy",
+        meaning: "The comfy-remote wheel the Modal image installs: a wheel, a directory of wheels or a glob (`--wheel`)",
+    },
+    EnvVar {
+        name: MODAL,
+        read_by: "deploy, stop, status",
+        meaning: "The `modal` executable to run (default: `modal` on PATH)",
+    },
+    EnvVar {
+        name: MODAL_PYTHON,
+        read_by: "deploy",
+        meaning: "The Python that has the `modal` package, for reading the service URL (default: the one next to `modal`)",
+    },
+    EnvVar {
+        name: SECRETS_FILE,
+        read_by: "nodes",
+        meaning: "The secrets file of `secrets:<name>` references (default `<ComfyUI user dir>/comfy-remote/secrets.json`)",
+    },
+    EnvVar {
+        name: TRACE,
+        read_by: "nodes",
+        meaning: "`1`: the Remote API node logs each phase of a call with its time to stderr",
+    },
+    EnvVar {
+        name: HOME,
+        read_by: "Modal GPU container",
+        meaning: "Where the GPU container keeps its job store and worker log (default `/tmp/comfy-remote`)",
+    },
+    EnvVar {
+        name: LOG,
+        read_by: "serve, run, deploy",
+        meaning: "Log filter (default `info`), e.g. `RUST_LOG=debug`",
+    },
+    EnvVar {
+        name: NO_COLOR,
+        read_by: "serve, run, deploy",
+        meaning: "Set: no colours in logs",
+    },
+    EnvVar {
+        name: MODAL_IGNORE_CACHE,
+        read_by: "modal (set by deploy)",
+        meaning: "Set to `1` by `deploy --force-rebuild` for `modal deploy`: every image layer is rebuilt",
+    },
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_upper_case() {
+        let mut seen = std::collections::HashSet::new();
+        for v in ALL {
+            assert!(seen.insert(v.name), "{} twice", v.name);
+            assert!(
+                v.name.chars().all(|c| c.is_ascii_uppercase() || c == '_'),
+                "{}",
+                v.name
+            );
+        }
+    }
+}
