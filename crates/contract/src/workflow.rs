@@ -12,21 +12,17 @@ use comfy_remote_protocol::api::SignatureItem;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::error::WorkerError;
+use crate::layout;
+use crate::nodes::{io_name, INPUT_TYPES, REMOTE_INPUT, REMOTE_OUTPUT};
 
-/// `class_type` of the ingress node.
-pub const REMOTE_INPUT: &str = "RemoteInput";
-/// `class_type` of the egress node.
-pub const REMOTE_OUTPUT: &str = "RemoteOutput";
-/// Types a Remote Input may declare.
-pub const INPUT_TYPES: [&str; 9] = [
-    "*", "IMAGE", "MASK", "LATENT", "AUDIO", "STRING", "INT", "FLOAT", "BOOLEAN",
-];
-
-/// File name of a job's input container inside its job directory.
-pub const INPUTS_FILE: &str = "inputs.crc";
-/// Folder of a job directory where Remote Outputs write `<name>.crc`.
-pub const OUTPUTS_DIR: &str = "outputs";
+/// Why a workflow cannot be served; the message says what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("workflow {name}: {message}")]
+pub struct WorkflowError {
+    /// The workflow's file name.
+    pub name: String,
+    pub message: String,
+}
 
 /// A validated remote workflow (ComfyUI API format).
 #[derive(Debug, Clone)]
@@ -39,8 +35,8 @@ pub struct Workflow {
     pub outputs: Vec<SignatureItem>,
 }
 
-fn err(name: &str, message: impl Into<String>) -> WorkerError {
-    WorkerError::Workflow {
+fn err(name: &str, message: impl Into<String>) -> WorkflowError {
+    WorkflowError {
         name: name.to_owned(),
         message: message.into(),
     }
@@ -66,7 +62,7 @@ fn canonical(v: &Value) -> Value {
 
 impl Workflow {
     /// Parse and check the structure of an API-format workflow. Needs no ComfyUI.
-    pub fn parse(name: &str, text: &str) -> Result<Workflow, WorkerError> {
+    pub fn parse(name: &str, text: &str) -> Result<Workflow, WorkflowError> {
         let value: Value = serde_json::from_str(text)
             .map_err(|e| err(name, format!("is not valid JSON ({e})")))?;
         let Value::Object(prompt) = value else {
@@ -104,46 +100,38 @@ impl Workflow {
             if class != REMOTE_INPUT && class != REMOTE_OUTPUT {
                 continue;
             }
-            let io_name = match node_inputs.get("name") {
-                Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_owned(),
-                _ => {
-                    return Err(err(
-                        name,
-                        format!(
+            let item_name = match node_inputs.get("name") {
+                Some(Value::String(s)) => {
+                    io_name(s).map_err(|why| err(name, format!("{class} node {id} {why}")))?
+                }
+                _ => return Err(err(
+                    name,
+                    format!(
                         "{class} node {id} needs a non-empty `name` widget (a literal, not a link)"
                     ),
-                    ))
-                }
+                )),
             };
-            if io_name.contains(['/', '\\']) || io_name.starts_with('.') {
-                return Err(err(
-                    name,
-                    format!("{class} node {id}: the name {io_name:?} may not contain '/' or '\\' or start with '.'"),
-                ));
-            }
             if class == REMOTE_INPUT {
                 let ty = match node_inputs.get("type") {
                     None => "*".to_owned(),
                     Some(Value::String(s)) if INPUT_TYPES.contains(&s.as_str()) => s.clone(),
-                    Some(other) => {
-                        return Err(err(
-                            name,
-                            format!(
-                                "RemoteInput node {id} ({io_name}) has type {other}; use one of {}",
-                                INPUT_TYPES.join(", ")
-                            ),
-                        ))
-                    }
+                    Some(other) => return Err(err(
+                        name,
+                        format!(
+                            "RemoteInput node {id} ({item_name}) has type {other}; use one of {}",
+                            INPUT_TYPES.join(", ")
+                        ),
+                    )),
                 };
                 inputs.push(SignatureItem {
-                    name: io_name,
+                    name: item_name,
                     comfy_type: ty,
                     optional: matches!(node_inputs.get("default"), Some(Value::Array(_))),
                     node_id: id.clone(),
                 });
             } else {
                 outputs.push(SignatureItem {
-                    name: io_name,
+                    name: item_name,
                     comfy_type: "*".to_owned(),
                     optional: false,
                     node_id: id.clone(),
@@ -197,19 +185,23 @@ impl Workflow {
     }
 
     /// Read and parse a workflow file.
-    pub fn load(path: &Path) -> Result<Workflow, WorkerError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| WorkerError::io(format!("reading workflow {}", path.display()), e))?;
+    pub fn load(path: &Path) -> Result<Workflow, WorkflowError> {
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| path.display().to_string());
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            err(
+                &name,
+                format!("cannot be read from {}: {e}", path.display()),
+            )
+        })?;
         Workflow::parse(&name, &text)
     }
 
     /// Check node types against ComfyUI's `/object_info` and fill in the
     /// Remote Outputs' types from the node feeding each one.
-    pub fn check_against(&mut self, object_info: &Value) -> Result<(), WorkerError> {
+    pub fn check_against(&mut self, object_info: &Value) -> Result<(), WorkflowError> {
         let mut missing: Vec<String> = Vec::new();
         for (id, node) in &self.prompt {
             let class = node
@@ -271,9 +263,12 @@ impl Workflow {
     }
 
     /// The prompt for one job: every Remote Input reads `<job_dir>/inputs.crc`,
-    /// every Remote Output writes into `<job_dir>/outputs/`.
+    /// every Remote Output writes into `<job_dir>/outputs/`. The paths are
+    /// absolute (ComfyUI would resolve relative ones against its own
+    /// directory); a relative `job_dir` is taken against the current one.
     pub fn prompt_for_job(&self, job_dir: &Path) -> Value {
-        let inputs_path = job_dir.join(INPUTS_FILE).to_string_lossy().into_owned();
+        let job_dir = std::path::absolute(job_dir).unwrap_or_else(|_| job_dir.to_path_buf());
+        let inputs_path = layout::inputs_file(&job_dir).to_string_lossy().into_owned();
         let job_dir = job_dir.to_string_lossy().into_owned();
         let mut prompt = self.prompt.clone();
         for node in prompt.values_mut() {

@@ -70,7 +70,7 @@ impl Workflow {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| path.display().to_string());
-        let checked = comfy_remote_worker::Workflow::parse(&name, &text).map_err(|e| {
+        let checked = comfy_remote_contract::Workflow::parse(&name, &text).map_err(|e| {
             DeployError::Workflow {
                 message: e.to_string(),
             }
@@ -235,7 +235,7 @@ mod tests {
         ];
         for text in cases {
             let ours = wf(&text).expect_err(&text).to_string();
-            let worker = comfy_remote_worker::Workflow::parse("w.json", &text)
+            let worker = comfy_remote_contract::Workflow::parse("w.json", &text)
                 .expect_err(&text)
                 .to_string();
             assert_eq!(ours, worker);

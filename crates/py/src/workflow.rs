@@ -2,7 +2,7 @@
 //! the worker's own parser so every front (the worker, the Modal web front)
 //! publishes the same order, types and optional flags.
 
-use comfy_remote_worker::Workflow;
+use comfy_remote_contract::Workflow;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 

@@ -1,0 +1,23 @@
+//! The contract between a comfy-remote worker and the remote workflow it
+//! serves, shared by the worker, `deploy`, the native module the nodes use
+//! and the Modal web front.
+//!
+//! - [`nodes`]: the node types of the pack, the types a Remote Input may
+//!   declare and the rule for Remote Input/Output names;
+//! - [`workflow`]: an API-format workflow parsed into its signature (the
+//!   inputs and outputs a job takes and returns), checked against a
+//!   ComfyUI's `/object_info`, and turned into the prompt of one job;
+//! - [`layout`]: the job directory the nodes read and write
+//!   (`docs/protocol.md` §6);
+//! - [`inputs`]: the check of a job's inputs against the signature.
+//!
+//! It knows nothing of HTTP, processes or databases, so the module an
+//! artist installs carries no server.
+
+pub mod inputs;
+pub mod layout;
+pub mod nodes;
+pub mod workflow;
+
+pub use inputs::{check_inputs, closest, InputError};
+pub use workflow::{Workflow, WorkflowError};
