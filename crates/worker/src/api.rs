@@ -14,24 +14,19 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use comfy_remote_contract::layout;
 use comfy_remote_protocol::api::{
     ErrorCode, Info, JobStatus, LimitsInfo, WorkflowInfo, CONTAINER_MEDIA_TYPE,
     HEADER_IDEMPOTENCY_KEY, HEADER_PROTOCOL,
 };
-use comfy_remote_protocol::{JsonBody, PROTOCOL_VERSION};
-use futures::StreamExt;
+use comfy_remote_protocol::PROTOCOL_VERSION;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use tokio::io::AsyncWriteExt;
 
 use crate::error::{ApiError, Path, Query};
-use crate::jobs::{rebase, Engine, RESULT_FILE};
+use crate::jobs::{BodyKind, Engine, SubmitError, SubmitRequest, Submitted};
 use crate::live::EventData;
-use crate::store::{Inserted, JobRow, NewJob};
-use crate::workflow::INPUTS_FILE;
-
-/// Largest JSON request body (the binary container has no such cliff).
-pub const MAX_JSON_BODY: u64 = 64 << 20;
+use crate::store::JobRow;
 
 /// State shared by all handlers.
 #[derive(Debug, Clone)]
@@ -123,7 +118,14 @@ fn base_url(st: &AppState, headers: &HeaderMap) -> String {
         return u.clone();
     }
     let h = |k: &str| headers.get(k).and_then(|v| v.to_str().ok());
-    let host = h("x-forwarded-host").or(h("host")).unwrap_or("localhost");
+    // Without a host (an HTTP/1.0 client), URLs are paths: the client
+    // resolves them against the URL it called, port included.
+    let Some(host) = h("x-forwarded-host")
+        .or(h("host"))
+        .filter(|h| !h.is_empty())
+    else {
+        return String::new();
+    };
     let proto = h("x-forwarded-proto").unwrap_or("http");
     // Only plain host[:port] values: a header must not inject a URL.
     if host
@@ -161,7 +163,7 @@ async fn readyz(State(st): State<AppState>) -> Response {
 
 async fn metrics(State(st): State<AppState>) -> Result<Response, ApiError> {
     let e = &st.engine;
-    let counts = e.store.counts()?;
+    let counts = e.store.run(|s| s.counts()).await?;
     let mut text = e.metrics.render(
         &counts,
         e.comfy.restarts.load(Ordering::Relaxed),
@@ -201,20 +203,54 @@ async fn info(State(st): State<AppState>) -> Json<Info> {
     Json(info_document(&st.engine))
 }
 
-enum BodyKind {
-    Container,
-    Json,
+/// Map a refused submit onto its status, code and details.
+fn submit_error(e: SubmitError) -> ApiError {
+    let message = e.to_string();
+    match e {
+        SubmitError::TooManyJobs { .. } => {
+            let mut err = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::TooManyRequests,
+                message,
+            );
+            err.retry_after = Some(5);
+            err
+        }
+        SubmitError::TooLarge { limit, .. } => {
+            let mut err = ApiError::too_large(limit);
+            err.message = message;
+            err
+        }
+        SubmitError::BadBody(_) => ApiError::bad_request(message),
+        SubmitError::InvalidJson(c) => {
+            ApiError::bad_request(message).with_details(serde_json::json!({"kind": c.kind()}))
+        }
+        SubmitError::InvalidPayload(c) => {
+            ApiError::invalid_payload(message).with_details(serde_json::json!({"kind": c.kind()}))
+        }
+        SubmitError::InvalidInput(i) => {
+            ApiError::invalid_input(message).with_details(serde_json::json!({"input": i.input}))
+        }
+        SubmitError::KeyReused { job_id } => {
+            ApiError::new(StatusCode::CONFLICT, ErrorCode::Conflict, message)
+                .with_details(serde_json::json!({"job_id": job_id}))
+        }
+        SubmitError::Internal(internal) => ApiError::internal(internal),
+    }
 }
 
-/// Removes a spool file unless disarmed.
-struct TmpFile(Option<std::path::PathBuf>);
-
-impl Drop for TmpFile {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_file(p);
-        }
+/// `Idempotency-Key`: 1 to 200 visible ASCII characters (no spaces).
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get(HEADER_IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let k = v.as_bytes();
+    if k.is_empty() || k.len() > 200 || !k.iter().all(|b| (0x21..=0x7e).contains(b)) {
+        return Err(ApiError::bad_request(
+            "Idempotency-Key must be 1 to 200 visible ASCII characters (no spaces)",
+        ));
     }
+    Ok(Some(String::from_utf8_lossy(k).into_owned()))
 }
 
 async fn submit(
@@ -224,7 +260,6 @@ async fn submit(
     body: Body,
 ) -> Result<Response, ApiError> {
     let engine = &st.engine;
-    let max = engine.config.max_body_bytes;
     let ctype = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -246,16 +281,15 @@ async fn submit(
             ))
         }
     };
-    if let Some(len) = headers.get(header::CONTENT_LENGTH) {
-        let len: u64 = len
-            .to_str()
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| ApiError::bad_request("Content-Length is not a number"))?;
-        if len > max {
-            return Err(ApiError::too_large(max));
-        }
-    }
+    let declared_len = match headers.get(header::CONTENT_LENGTH) {
+        None => None,
+        Some(len) => Some(
+            len.to_str()
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| ApiError::bad_request("Content-Length is not a number"))?,
+        ),
+    };
     let retryable = match query.get("retry").map(String::as_str) {
         None | Some("false") | Some("0") => false,
         Some("true") | Some("1") => true,
@@ -265,186 +299,30 @@ async fn submit(
             )))
         }
     };
-    let idem = match headers.get(HEADER_IDEMPOTENCY_KEY) {
-        None => None,
-        Some(v) => {
-            let k = v
-                .to_str()
-                .map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII"))?;
-            if k.is_empty() || k.len() > 200 {
-                return Err(ApiError::bad_request(
-                    "Idempotency-Key must be 1 to 200 characters",
-                ));
-            }
-            Some(k.to_owned())
-        }
-    };
-    // Only a replay of a known key may skip the limit: a new key is a new job.
-    let known_key = match &idem {
-        Some(k) => engine.store.by_idempotency_key(k)?.is_some(),
-        None => false,
-    };
-    if !known_key && engine.store.active_count()? >= engine.config.max_active_jobs {
-        let mut e = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::TooManyRequests,
-            format!(
-                "this worker already holds {} unfinished jobs; retry later",
-                engine.config.max_active_jobs
-            ),
-        );
-        e.retry_after = Some(5);
-        return Err(e);
-    }
-
-    // Stream the body to a spool file while hashing it: never all in memory.
-    let tmp_path = engine
-        .tmp_dir()
-        .join(format!("{}.part", uuid::Uuid::new_v4()));
-    let mut guard = TmpFile(Some(tmp_path.clone()));
-    let mut hasher = Sha256::new();
-    let mut total: u64 = 0;
-    let mut stream = body.into_data_stream();
-    match kind {
-        BodyKind::Container => {
-            let file = tokio::fs::File::create(&tmp_path)
-                .await
-                .map_err(ApiError::internal)?;
-            let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|e| {
-                    ApiError::bad_request(format!("reading the request body failed: {e}"))
-                })?;
-                total += chunk.len() as u64;
-                if total > max {
-                    return Err(ApiError::too_large(max));
-                }
-                hasher.update(&chunk);
-                out.write_all(&chunk).await.map_err(ApiError::internal)?;
-            }
-            out.flush().await.map_err(ApiError::internal)?;
-        }
-        BodyKind::Json => {
-            // JSON is parsed in memory: large payloads belong in the container.
-            let json_max = max.min(MAX_JSON_BODY);
-            let mut buf = Vec::new();
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|e| {
-                    ApiError::bad_request(format!("reading the request body failed: {e}"))
-                })?;
-                total += chunk.len() as u64;
-                if total > json_max {
-                    let mut e = ApiError::too_large(json_max);
-                    e.message = format!(
-                        "JSON bodies are limited to {json_max} bytes; send large inputs as `{CONTAINER_MEDIA_TYPE}`"
-                    );
-                    return Err(e);
-                }
-                hasher.update(&chunk);
-                buf.extend_from_slice(&chunk);
-            }
-            let data = json_form_bytes(&buf, &engine.config.limits)?;
-            drop(buf);
-            tokio::fs::write(&tmp_path, data)
-                .await
-                .map_err(ApiError::internal)?;
-        }
-    }
-    let body_sha256 = hex::encode(hasher.finalize());
-
-    // Decode with the limits and check against the signature before anything runs.
-    let limits = engine.config.limits.clone();
-    let sig = engine.workflow.inputs.clone();
-    let p = tmp_path.clone();
-    let check = tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
-        let map = crate::fsutil::map(&p).map_err(ApiError::internal)?;
-        let payload = std::panic::catch_unwind(|| comfy_remote_protocol::decode(&map, &limits))
-            .map_err(|_| ApiError::internal("the container decoder panicked"))?
-            .map_err(|e| {
-                ApiError::invalid_payload(format!("the inputs container is invalid: {e}"))
-                    .with_details(serde_json::json!({"kind": e.kind()}))
-            })?;
-        Engine::check_inputs(&sig, &payload).map_err(|(name, msg)| {
-            ApiError::invalid_input(msg).with_details(serde_json::json!({"input": name}))
+    let idempotency_key = idempotency_key(&headers)?;
+    let submitted = engine
+        .submit(SubmitRequest {
+            kind,
+            declared_len,
+            retryable,
+            idempotency_key,
+            body: body.into_data_stream(),
         })
-    })
-    .await
-    .map_err(ApiError::internal)?;
-    check?;
-
-    let id = uuid::Uuid::new_v4().to_string();
-    let dir = engine.job_dir(&id);
-    tokio::fs::create_dir_all(&dir)
         .await
-        .map_err(ApiError::internal)?;
-    tokio::fs::rename(&tmp_path, dir.join(INPUTS_FILE))
-        .await
-        .map_err(ApiError::internal)?;
-    guard.0 = None;
-    let new = NewJob {
-        id: id.clone(),
-        retryable,
-        idempotency_key: idem,
-        body_sha256,
-        input_bytes: total as i64,
-    };
-    let inserted = engine.store.insert(&new);
+        .map_err(submit_error)?;
     let base = base_url(&st, &headers);
-    match inserted {
-        Ok(Inserted::New(row)) => {
-            tracing::info!(job = %id, bytes = total, "job accepted");
-            engine.accepted(&id);
-            let view = engine.view(&row, &base);
+    match submitted {
+        Submitted::New(row) => {
+            let view = engine.view(&row, &base).await;
             let mut resp = (StatusCode::ACCEPTED, Json(&view)).into_response();
             if let Ok(v) = HeaderValue::from_str(&view.poll_url) {
                 resp.headers_mut().insert(header::LOCATION, v);
             }
             Ok(resp)
         }
-        Ok(Inserted::Existing(row)) => {
-            let _ = tokio::fs::remove_dir_all(&dir).await;
-            Ok((StatusCode::OK, Json(engine.view(&row, &base))).into_response())
+        Submitted::Replayed(row) => {
+            Ok((StatusCode::OK, Json(engine.view(&row, &base).await)).into_response())
         }
-        Ok(Inserted::Conflict(row)) => {
-            let _ = tokio::fs::remove_dir_all(&dir).await;
-            Err(ApiError::new(
-                StatusCode::CONFLICT,
-                ErrorCode::Conflict,
-                "this Idempotency-Key was used for a different request body; use a new key for a new job",
-            )
-            .with_details(serde_json::json!({"job_id": row.id})))
-        }
-        Err(e) => {
-            let _ = tokio::fs::remove_dir_all(&dir).await;
-            Err(e.into())
-        }
-    }
-}
-
-/// The container bytes of a JSON body: the base64 form, or the plain
-/// `{"inputs": {...}}` form re-encoded as a container.
-fn json_form_bytes(
-    buf: &[u8],
-    limits: &comfy_remote_protocol::Limits,
-) -> Result<Vec<u8>, ApiError> {
-    let body = comfy_remote_protocol::parse_json_body(buf, limits).map_err(|e| {
-        let kind = e.kind();
-        let msg = format!("the JSON body is invalid: {e}");
-        // Not JSON, or neither form: a malformed request. A value tree
-        // that breaks the rules: the same error as in a container.
-        let err = if kind == "invalid_json_body" {
-            ApiError::bad_request(msg)
-        } else {
-            ApiError::invalid_payload(msg)
-        };
-        err.with_details(serde_json::json!({ "kind": kind }))
-    })?;
-    match body {
-        JsonBody::Container(bytes) => Ok(bytes),
-        JsonBody::Inputs(payload) => comfy_remote_protocol::encode(&payload).map_err(|e| {
-            ApiError::invalid_payload(format!("the inputs cannot be encoded: {e}"))
-                .with_details(serde_json::json!({ "kind": e.kind() }))
-        }),
     }
 }
 
@@ -456,11 +334,11 @@ fn check_id(id: &str) -> Result<(), ApiError> {
 }
 
 /// The stored job with this id; a malformed id is "not found" too.
-fn stored_job(st: &AppState, id: &str) -> Result<JobRow, ApiError> {
+async fn stored_job(st: &AppState, id: &str) -> Result<JobRow, ApiError> {
     check_id(id)?;
     st.engine
-        .store
-        .get(id)?
+        .job(id)
+        .await?
         .ok_or_else(|| ApiError::not_found("job"))
 }
 
@@ -469,8 +347,8 @@ async fn status(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let row = stored_job(&st, &id)?;
-    Ok(Json(st.engine.view(&row, &base_url(&st, &headers))).into_response())
+    let row = stored_job(&st, &id).await?;
+    Ok(Json(st.engine.view(&row, &base_url(&st, &headers)).await).into_response())
 }
 
 async fn cancel(
@@ -486,7 +364,7 @@ async fn cancel(
         .ok_or_else(|| ApiError::not_found("job"))?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(st.engine.view(&row, &base_url(&st, &headers))),
+        Json(st.engine.view(&row, &base_url(&st, &headers)).await),
     )
         .into_response())
 }
@@ -496,7 +374,7 @@ async fn result(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let row = stored_job(&st, &id)?;
+    let row = stored_job(&st, &id).await?;
     match row.status {
         JobStatus::Succeeded => {}
         JobStatus::Expired => {
@@ -522,7 +400,7 @@ async fn result(
             ))
         }
     }
-    let path = st.engine.job_dir(&id).join(RESULT_FILE);
+    let path = layout::result_file(&st.engine.job_dir(&id));
     let wants_json = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -552,7 +430,7 @@ fn sse_event(seq: u64, data: &EventData, base: &str) -> Event {
     let json = match data {
         EventData::Status(v) | EventData::Done(v) => {
             let mut v = (**v).clone();
-            rebase(&mut v, base);
+            v.rebase(base);
             serde_json::to_string(&v)
         }
         EventData::Progress(p) => serde_json::to_string(p),
@@ -570,7 +448,7 @@ async fn events(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let row = stored_job(&st, &id)?;
+    let row = stored_job(&st, &id).await?;
     let engine = st.engine.clone();
     let base = base_url(&st, &headers);
     let after = headers
@@ -583,7 +461,7 @@ async fn events(
         let Some(live) = live else {
             // Not live (finished before this process started): the final
             // state, with ids of this process (above any earlier one's).
-            let view = Box::new(engine.view(&row, ""));
+            let view = Box::new(engine.view(&row, "").await);
             let b = engine.event_base();
             yield Ok::<_, std::convert::Infallible>(sse_event(b + 1, &EventData::Status(view.clone()), &base));
             if row.status.is_terminal() {
@@ -595,8 +473,8 @@ async fn events(
         let (replay, mut rx) = (sub.replay, sub.rx);
         let mut last = sub.after;
         if sub.snapshot {
-            if let Ok(Some(row)) = engine.store.get(&id) {
-                yield Ok(sse_event(sub.snapshot_seq, &EventData::Status(Box::new(engine.view(&row, ""))), &base));
+            if let Ok(Some(row)) = engine.job(&id).await {
+                yield Ok(sse_event(sub.snapshot_seq, &EventData::Status(Box::new(engine.view(&row, "").await)), &base));
             }
         }
         for ev in replay {
@@ -626,8 +504,8 @@ async fn events(
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                     // Too slow a reader: resync with a full status.
-                    if let Ok(Some(row)) = engine.store.get(&id) {
-                        yield Ok(sse_event(last, &EventData::Status(Box::new(engine.view(&row, ""))), &base));
+                    if let Ok(Some(row)) = engine.job(&id).await {
+                        yield Ok(sse_event(last, &EventData::Status(Box::new(engine.view(&row, "").await)), &base));
                     }
                 }
                 Err(_) => return,

@@ -257,17 +257,28 @@ impl ComfyClient {
     }
 }
 
+/// Events buffered for one prompt. A driver that falls this far behind
+/// loses the newest ones (counted in `dropped`); it still learns the
+/// prompt's end from ComfyUI's history, which it checks when the prompt
+/// leaves the queue.
+const EVENT_BUFFER: usize = 1024;
+
+/// The events of one prompt, as its driver receives them.
+pub type EventReceiver = mpsc::Receiver<ComfyEvent>;
+
 /// Routes websocket events to the job that owns each prompt.
 #[derive(Debug, Default)]
 pub struct EventRouter {
-    routes: Mutex<HashMap<String, mpsc::UnboundedSender<ComfyEvent>>>,
+    routes: Mutex<HashMap<String, mpsc::Sender<ComfyEvent>>>,
+    /// Events dropped because their prompt's buffer was full.
+    pub dropped: AtomicU64,
     /// The prompt ComfyUI is executing (previews without metadata carry no id).
     current: Mutex<Option<String>>,
 }
 
 impl EventRouter {
-    pub fn register(&self, prompt_id: &str) -> mpsc::UnboundedReceiver<ComfyEvent> {
-        let (tx, rx) = mpsc::unbounded_channel();
+    pub fn register(&self, prompt_id: &str) -> EventReceiver {
+        let (tx, rx) = mpsc::channel(EVENT_BUFFER);
         self.routes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -289,7 +300,14 @@ impl EventRouter {
             .unwrap_or_else(|p| p.into_inner())
             .get(prompt_id)
         {
-            let _ = tx.send(ev);
+            if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(ev) {
+                if self.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
+                    tracing::warn!(
+                        prompt = prompt_id,
+                        "a job's driver fell behind ComfyUI's events; dropping the newest"
+                    );
+                }
+            }
         }
     }
 
@@ -627,7 +645,9 @@ async fn supervise_child(
             early_deaths += 1;
             if !ever_ready && early_deaths >= 3 {
                 s.fatal.send_replace(Some(format!(
-                    "ComfyUI exited during start-up three times ({status}); see its log above"
+                    "ComfyUI exited during start-up three times ({status}) with the Python {}; see its log above. \
+                     If that Python lacks ComfyUI's requirements, pass --python with the one of ComfyUI's environment",
+                    python.display()
                 )));
                 return;
             }

@@ -10,9 +10,9 @@ use comfy_remote_protocol::api::{ErrorBody, ErrorCode, ErrorInfo};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum WorkerError {
-    /// The remote workflow is not usable; `message` says why and what to do.
-    #[error("workflow {name}: {message}")]
-    Workflow { name: String, message: String },
+    /// The remote workflow is not usable; the message says why and what to do.
+    #[error(transparent)]
+    Workflow(#[from] comfy_remote_contract::WorkflowError),
     #[error("job store: {0}")]
     Store(#[from] rusqlite::Error),
     #[error("{context}: {source}")]
@@ -26,6 +26,9 @@ pub enum WorkerError {
     Comfy(String),
     #[error("configuration: {0}")]
     Config(String),
+    /// A blocking task (a store statement, a file operation) panicked or was cancelled.
+    #[error("internal task failed: {0}")]
+    Task(String),
     /// Another worker holds the spool's lock (its job store is not shared).
     #[error("spool {} is in use by another worker{}", spool.display(), pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
     SpoolInUse {

@@ -3,7 +3,6 @@
 //!
 //! - [`comfyui`]: the ComfyUI child (or an attached instance), its HTTP
 //!   routes and the websocket that streams a prompt's events;
-//! - [`workflow`]: the remote workflow, its signature and per-job prompts;
 //! - [`store`]: jobs in SQLite (submit, claim, recovery, retention);
 //! - [`jobs`]: the engine that runs jobs through ComfyUI's queue;
 //! - [`api`]: the HTTP routes (`router(state)`), served by [`serve`].
@@ -21,16 +20,15 @@ pub mod metrics;
 pub mod openapi;
 mod process;
 pub mod store;
-pub mod workflow;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use api::{router, AppState};
+pub use comfy_remote_contract::Workflow;
 pub use comfyui::ComfyMode;
 pub use error::{ApiError, WorkerError};
 pub use jobs::{Engine, EngineConfig};
-pub use workflow::Workflow;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -110,7 +108,7 @@ impl Worker {
             })),
             Ok(Err(e)) => Err(e),
             Ok(Ok(())) => match comfy.client.object_info().await {
-                Ok(info) => workflow.check_against(&info),
+                Ok(info) => workflow.check_against(&info).map_err(WorkerError::from),
                 Err(e) => Err(e),
             },
         };

@@ -195,7 +195,7 @@ mod tests {
             status: comfy_remote_protocol::api::JobStatus::Running,
             progress: Progress::start(Phase::Running),
             poll_url: String::new(),
-            urls: crate::jobs::job_urls("", "j"),
+            urls: comfy_remote_protocol::api::JobUrls::under("", "j"),
             created_at: String::new(),
             updated_at: String::new(),
             result: None,

@@ -2,7 +2,7 @@
 //! recovery after a restart, and retention.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use comfy_remote_protocol::api::{ErrorCode, ErrorInfo, JobStatus, ValueInfo};
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -24,13 +24,11 @@ pub struct JobRow {
     pub seq: i64,
     pub id: String,
     pub status: JobStatus,
-    pub attempts: i64,
     pub retryable: bool,
     pub idempotency_key: Option<String>,
     pub body_sha256: String,
     pub input_bytes: i64,
     pub result_bytes: Option<i64>,
-    pub prompt_id: Option<String>,
     pub error: Option<ErrorInfo>,
     pub outputs: Vec<ValueInfo>,
     pub created_at: i64,
@@ -77,15 +75,11 @@ CREATE TABLE IF NOT EXISTS jobs (
   seq INTEGER PRIMARY KEY AUTOINCREMENT,
   id TEXT NOT NULL UNIQUE,
   status TEXT NOT NULL,
-  attempts INTEGER NOT NULL DEFAULT 0,
   retryable INTEGER NOT NULL DEFAULT 0,
   idempotency_key TEXT UNIQUE,
   body_sha256 TEXT NOT NULL,
   input_bytes INTEGER NOT NULL DEFAULT 0,
   result_bytes INTEGER,
-  prompt_id TEXT,
-  owner TEXT,
-  lease_until INTEGER,
   error TEXT,
   outputs TEXT,
   created_at INTEGER NOT NULL,
@@ -107,36 +101,51 @@ const ADDED_COLUMNS: &[(&str, &str)] = &[
     ("files_dropped", "INTEGER NOT NULL DEFAULT 0"),
 ];
 
-const COLUMNS: &str = "seq, id, status, attempts, retryable, idempotency_key, body_sha256, \
-     input_bytes, result_bytes, prompt_id, error, outputs, created_at, updated_at, started_at, finished_at";
+/// Columns of earlier releases that nothing reads any more; dropped from an
+/// existing database when it is opened.
+const DROPPED_COLUMNS: &[&str] = &["attempts", "prompt_id", "owner", "lease_until"];
+
+const COLUMNS: &str = "seq, id, status, retryable, idempotency_key, body_sha256, \
+     input_bytes, result_bytes, error, outputs, created_at, updated_at, started_at, finished_at";
 
 fn row_to_job(r: &Row<'_>) -> rusqlite::Result<JobRow> {
     let status: String = r.get(2)?;
-    let error: Option<String> = r.get(10)?;
-    let outputs: Option<String> = r.get(11)?;
+    let error: Option<String> = r.get(8)?;
+    let outputs: Option<String> = r.get(9)?;
     Ok(JobRow {
         seq: r.get(0)?,
         id: r.get(1)?,
         status: JobStatus::parse(&status).unwrap_or(JobStatus::Failed),
-        attempts: r.get(3)?,
-        retryable: r.get::<_, i64>(4)? != 0,
-        idempotency_key: r.get(5)?,
-        body_sha256: r.get(6)?,
-        input_bytes: r.get(7)?,
-        result_bytes: r.get(8)?,
-        prompt_id: r.get(9)?,
+        retryable: r.get::<_, i64>(3)? != 0,
+        idempotency_key: r.get(4)?,
+        body_sha256: r.get(5)?,
+        input_bytes: r.get(6)?,
+        result_bytes: r.get(7)?,
         error: error.and_then(|e| serde_json::from_str(&e).ok()),
         outputs: outputs
             .and_then(|o| serde_json::from_str(&o).ok())
             .unwrap_or_default(),
-        created_at: r.get(12)?,
-        updated_at: r.get(13)?,
-        started_at: r.get(14)?,
-        finished_at: r.get(15)?,
+        created_at: r.get(10)?,
+        updated_at: r.get(11)?,
+        started_at: r.get(12)?,
+        finished_at: r.get(13)?,
     })
 }
 
 impl Store {
+    /// Run `f` on the store on a blocking thread, so statements (and the
+    /// waits on the connection's lock) never stall the async runtime.
+    pub async fn run<T, F>(self: &Arc<Self>, f: F) -> Result<T, WorkerError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T, WorkerError> + Send + 'static,
+    {
+        let store = Arc::clone(self);
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| WorkerError::Task(e.to_string()))?
+    }
+
     /// Open (or create) the store at `path`.
     pub fn open(path: &Path) -> Result<Store, WorkerError> {
         let conn = Connection::open(path)?;
@@ -157,6 +166,11 @@ impl Store {
                         "UPDATE jobs SET files_dropped = 1 WHERE status = 'expired'",
                     )?;
                 }
+            }
+        }
+        for name in DROPPED_COLUMNS {
+            if have.iter().any(|h| h == name) {
+                conn.execute_batch(&format!("ALTER TABLE jobs DROP COLUMN {name}"))?;
             }
         }
         Ok(Store {
@@ -244,18 +258,18 @@ impl Store {
         })
     }
 
-    /// Atomically take the oldest queued job and mark it running for `owner`.
-    pub fn claim_next(&self, owner: &str, prompt_id: &str) -> Result<Option<JobRow>, WorkerError> {
+    /// Atomically take the oldest queued job and mark it handed to ComfyUI
+    /// (`running` with no `started_at` until ComfyUI begins executing it).
+    pub fn claim_next(&self) -> Result<Option<JobRow>, WorkerError> {
         self.with(|c| {
             let now = now_ms();
             c.query_row(
                 &format!(
-                    "UPDATE jobs SET status = 'running', owner = ?1, prompt_id = ?2, attempts = attempts + 1,
-                       started_at = NULL, updated_at = ?3, lease_until = NULL
+                    "UPDATE jobs SET status = 'running', started_at = NULL, updated_at = ?1
                      WHERE seq = (SELECT seq FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT 1)
                      RETURNING {COLUMNS}"
                 ),
-                params![owner, prompt_id, now],
+                params![now],
                 row_to_job,
             )
             .optional()
@@ -289,7 +303,7 @@ impl Store {
     pub fn requeue(&self, id: &str) -> Result<bool, WorkerError> {
         self.with(|c| {
             let n = c.execute(
-                "UPDATE jobs SET status = 'queued', owner = NULL, prompt_id = NULL, updated_at = ?2
+                "UPDATE jobs SET status = 'queued', updated_at = ?2
                  WHERE id = ?1 AND status IN ('running','canceling')",
                 params![id, now_ms()],
             )?;
@@ -331,7 +345,7 @@ impl Store {
             let now = now_ms();
             let n = c.execute(
                 "UPDATE jobs SET status = ?2, error = ?3, outputs = ?4, result_bytes = ?5,
-                   updated_at = ?6, finished_at = ?6, owner = NULL
+                   updated_at = ?6, finished_at = ?6
                  WHERE id = ?1 AND status NOT IN ('succeeded','failed','canceled','expired')",
                 params![id, status.as_str(), error, outputs, result_bytes, now],
             )?;
@@ -362,17 +376,17 @@ impl Store {
             let now = now_ms();
             let tx = c.transaction()?;
             let requeued = tx.execute(
-                "UPDATE jobs SET status = 'queued', owner = NULL, prompt_id = NULL, updated_at = ?1
+                "UPDATE jobs SET status = 'queued', updated_at = ?1
                  WHERE status = 'running' AND (retryable = 1 OR started_at IS NULL)",
                 params![now],
             )?;
             let canceled = tx.execute(
-                "UPDATE jobs SET status = 'canceled', error = ?2, owner = NULL, updated_at = ?1, finished_at = ?1
+                "UPDATE jobs SET status = 'canceled', error = ?2, updated_at = ?1, finished_at = ?1
                  WHERE status = 'canceling'",
                 params![now, canceled],
             )?;
             let failed = tx.execute(
-                "UPDATE jobs SET status = 'failed', error = ?2, owner = NULL, updated_at = ?1, finished_at = ?1
+                "UPDATE jobs SET status = 'failed', error = ?2, updated_at = ?1, finished_at = ?1
                  WHERE status = 'running'",
                 params![now, err],
             )?;
@@ -569,7 +583,7 @@ mod tests {
             store.insert(&new("d", None, "h")).expect("ins"),
             Inserted::New(_)
         ));
-        let first = store.claim_next("w", "p1").expect("claim").expect("some");
+        let first = store.claim_next().expect("claim").expect("some");
         assert_eq!(first.id, "a");
         assert_eq!(first.status, JobStatus::Running);
         store.mark_started("a").expect("started");
@@ -591,7 +605,7 @@ mod tests {
         assert_eq!(a.status, JobStatus::Failed);
         assert_eq!(a.error.expect("error").code, ErrorCode::WorkerRestarted);
         // Handed to ComfyUI but never started: back in the queue after a restart.
-        store.claim_next("w", "p2").expect("claim").expect("d");
+        store.claim_next().expect("claim").expect("d");
         assert_eq!(
             store.recover().expect("recover"),
             Recovery {
@@ -604,7 +618,7 @@ mod tests {
             JobStatus::Queued
         );
         assert!(store.cancel_if_queued("d").expect("cancel"));
-        assert!(store.claim_next("w", "p3").expect("claim").is_none());
+        assert!(store.claim_next().expect("claim").is_none());
     }
 
     #[test]
@@ -613,7 +627,7 @@ mod tests {
         let store = Store::open(&dir.path().join("jobs.db")).expect("open");
         for id in ["old", "mid", "new"] {
             store.insert(&new(id, None, "h")).expect("insert");
-            store.claim_next("w", id).expect("claim");
+            store.claim_next().expect("claim");
             store
                 .finish(id, JobStatus::Succeeded, None, &[], Some(100))
                 .expect("finish");
@@ -648,7 +662,7 @@ mod tests {
             ("stop", JobStatus::Canceled),
         ] {
             store.insert(&new(id, None, "h")).expect("insert");
-            store.claim_next("w", id).expect("claim");
+            store.claim_next().expect("claim");
             store
                 .finish(id, status, None, &[], Some(10))
                 .expect("finish");
@@ -671,16 +685,35 @@ mod tests {
     }
 
     #[test]
-    fn a_database_of_an_earlier_version_gets_the_new_columns() {
+    fn a_database_of_an_earlier_version_gets_the_new_columns_and_loses_the_dead_ones() {
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("jobs.db");
         {
             let c = Connection::open(&path).expect("open");
-            // The schema as first released: no files_dropped, no meta.
+            // The schema as first released: no files_dropped, no meta, and
+            // columns nothing reads any more.
             c.execute_batch(
-                &SCHEMA[..SCHEMA
-                    .find("CREATE TABLE IF NOT EXISTS meta")
-                    .expect("meta")],
+                "CREATE TABLE jobs (
+                  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                  id TEXT NOT NULL UNIQUE,
+                  status TEXT NOT NULL,
+                  attempts INTEGER NOT NULL DEFAULT 0,
+                  retryable INTEGER NOT NULL DEFAULT 0,
+                  idempotency_key TEXT UNIQUE,
+                  body_sha256 TEXT NOT NULL,
+                  input_bytes INTEGER NOT NULL DEFAULT 0,
+                  result_bytes INTEGER,
+                  prompt_id TEXT,
+                  owner TEXT,
+                  lease_until INTEGER,
+                  error TEXT,
+                  outputs TEXT,
+                  created_at INTEGER NOT NULL,
+                  updated_at INTEGER NOT NULL,
+                  started_at INTEGER,
+                  finished_at INTEGER
+                );
+                CREATE INDEX jobs_status ON jobs(status, seq);",
             )
             .expect("old schema");
             c.execute(
@@ -691,6 +724,16 @@ mod tests {
             .expect("row");
         }
         let store = Store::open(&path).expect("migrate");
+        let cols: Vec<String> = store
+            .with(|c| {
+                c.prepare("SELECT name FROM pragma_table_info('jobs')")?
+                    .query_map([], |r| r.get(0))?
+                    .collect()
+            })
+            .expect("columns");
+        for dead in DROPPED_COLUMNS {
+            assert!(!cols.iter().any(|c| c == dead), "{dead} still in {cols:?}");
+        }
         let v = store
             .retention_victims(now_ms(), u64::MAX)
             .expect("victims");
@@ -712,7 +755,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let store = Store::open(&dir.path().join("jobs.db")).expect("open");
         store.insert(&new("c", None, "h")).expect("insert");
-        store.claim_next("w", "p").expect("claim");
+        store.claim_next().expect("claim");
         store.mark_started("c").expect("started");
         assert!(store.set_status("c", JobStatus::Canceling).expect("set"));
         store.recover().expect("recover");

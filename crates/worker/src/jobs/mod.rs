@@ -1,0 +1,438 @@
+//! The job engine: the jobs a worker holds and what it does with them.
+//!
+//! - [`admission`]: [`Engine::submit`], a body spooled to disk, decoded with
+//!   the limits, checked against the signature and stored (idempotently);
+//! - `dispatch`: the loop that feeds ComfyUI's queue and the driver that
+//!   follows one prompt to its end;
+//! - `progress`: ComfyUI's per-node events as one monotonic progress;
+//! - `outcome`: ComfyUI's answers (validation errors, history, node
+//!   failures) as job errors that carry no server internals;
+//! - `collect`: the Remote Outputs' files as the result container;
+//! - `retention`: expiry of results and of jobs stuck waiting for ComfyUI.
+//!
+//! Execution is serialized by ComfyUI's own queue: the dispatcher keeps at
+//! most `comfy_queue_depth` prompts in ComfyUI (one running, the next ready)
+//! and the rest wait in the durable store. The store is only touched from
+//! blocking threads ([`Store::run`]).
+
+mod admission;
+mod collect;
+mod dispatch;
+mod outcome;
+mod progress;
+mod retention;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use comfy_remote_contract::layout;
+use comfy_remote_protocol::api::{
+    rfc3339, ErrorCode, ErrorInfo, JobResult, JobStatus, JobUrls, JobView, JsonForm, Phase,
+    Progress,
+};
+use comfy_remote_protocol::Limits;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::comfyui::ComfyHandle;
+use crate::error::WorkerError;
+use crate::live::{EventData, LiveJob};
+use crate::metrics::Metrics;
+use crate::store::{now_ms, JobRow, Store};
+use comfy_remote_contract::Workflow;
+
+pub use admission::{BodyKind, SubmitError, SubmitRequest, Submitted};
+
+/// Limits and policies of the engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Holds `jobs.db`, `jobs/<id>/` and `tmp/`. Absolute: job directories
+    /// are handed to ComfyUI, which would resolve a relative path against
+    /// its own directory.
+    pub spool_dir: PathBuf,
+    pub max_body_bytes: u64,
+    pub limits: Limits,
+    /// Queued + running jobs accepted at once (429 beyond).
+    pub max_active_jobs: u64,
+    /// Prompts handed to ComfyUI at once.
+    pub comfy_queue_depth: usize,
+    /// Finished jobs keep their files this long.
+    pub retention: Duration,
+    /// Total size of kept results; the oldest expire beyond it.
+    pub max_result_bytes: u64,
+    /// Results up to this size are also inlined in the job view.
+    pub inline_result_bytes: u64,
+    pub sweep_interval: Duration,
+    /// A queued job fails with `comfyui_unavailable` once it has waited
+    /// this long while ComfyUI was unreachable; zero waits forever.
+    pub queue_timeout: Duration,
+}
+
+/// The defaults of [`EngineConfig`], which `comfy-remote serve` shows as
+/// its flags' defaults.
+pub mod defaults {
+    /// `--max-body-bytes`.
+    pub const MAX_BODY_BYTES: u64 = 2 << 30;
+    /// `--max-jobs`.
+    pub const MAX_ACTIVE_JOBS: u64 = 64;
+    /// `--comfyui-queue-depth`.
+    pub const COMFY_QUEUE_DEPTH: usize = 2;
+    /// `--retention-secs`.
+    pub const RETENTION_SECS: u64 = 24 * 3600;
+    /// `--max-result-bytes`.
+    pub const MAX_RESULT_BYTES: u64 = 10 << 30;
+    /// `--inline-result-bytes`.
+    pub const INLINE_RESULT_BYTES: u64 = 0;
+    /// `--queue-timeout-secs`.
+    pub const QUEUE_TIMEOUT_SECS: u64 = 600;
+    /// Seconds between retention sweeps.
+    pub const SWEEP_SECS: u64 = 30;
+}
+
+impl EngineConfig {
+    /// The defaults, with `spool_dir` made absolute against the current directory.
+    pub fn new(spool_dir: PathBuf) -> Self {
+        EngineConfig {
+            spool_dir: std::path::absolute(&spool_dir).unwrap_or(spool_dir),
+            max_body_bytes: defaults::MAX_BODY_BYTES,
+            limits: Limits {
+                max_total_bytes: defaults::MAX_BODY_BYTES,
+                ..Limits::default()
+            },
+            max_active_jobs: defaults::MAX_ACTIVE_JOBS,
+            comfy_queue_depth: defaults::COMFY_QUEUE_DEPTH,
+            retention: Duration::from_secs(defaults::RETENTION_SECS),
+            max_result_bytes: defaults::MAX_RESULT_BYTES,
+            inline_result_bytes: defaults::INLINE_RESULT_BYTES,
+            sweep_interval: Duration::from_secs(defaults::SWEEP_SECS),
+            queue_timeout: Duration::from_secs(defaults::QUEUE_TIMEOUT_SECS),
+        }
+    }
+}
+
+/// The engine shared by the HTTP handlers and the background tasks.
+#[derive(Debug)]
+pub struct Engine {
+    pub config: EngineConfig,
+    pub store: Arc<Store>,
+    pub workflow: Arc<Workflow>,
+    pub comfy: ComfyHandle,
+    pub metrics: Metrics,
+    live: Mutex<HashMap<String, Arc<LiveJob>>>,
+    wake: Notify,
+    in_flight: AtomicUsize,
+    /// Event ids of this process are above this (see `Store::next_boot`).
+    event_base: AtomicU64,
+    /// Since when (ms) ComfyUI has not answered; `None` while it answers.
+    down_since: Mutex<Option<i64>>,
+    pub shutdown: CancellationToken,
+}
+
+/// Where a job waits, for its queue position.
+enum Waiting {
+    /// In the worker's own queue.
+    Here,
+    /// Handed to ComfyUI, not yet executing.
+    InComfyUi,
+}
+
+fn waiting(row: &JobRow) -> Option<Waiting> {
+    match row.status {
+        JobStatus::Queued => Some(Waiting::Here),
+        JobStatus::Running if row.started_at.is_none() => Some(Waiting::InComfyUi),
+        _ => None,
+    }
+}
+
+impl Engine {
+    pub fn new(
+        config: EngineConfig,
+        store: Store,
+        workflow: Workflow,
+        comfy: ComfyHandle,
+        shutdown: CancellationToken,
+    ) -> Arc<Engine> {
+        Arc::new(Engine {
+            config,
+            store: Arc::new(store),
+            workflow: Arc::new(workflow),
+            comfy,
+            metrics: Metrics::default(),
+            live: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+            in_flight: AtomicUsize::new(0),
+            event_base: AtomicU64::new(0),
+            down_since: Mutex::new(None),
+            shutdown,
+        })
+    }
+
+    pub fn job_dir(&self, id: &str) -> PathBuf {
+        self.config.spool_dir.join("jobs").join(id)
+    }
+
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.config.spool_dir.join("tmp")
+    }
+
+    pub fn live(&self, id: &str) -> Option<Arc<LiveJob>> {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    fn add_live(&self, id: &str, progress: Progress) -> Arc<LiveJob> {
+        let job = Arc::new(LiveJob::new(
+            progress,
+            self.event_base.load(Ordering::Relaxed),
+        ));
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_owned(), job.clone());
+        job
+    }
+
+    /// The stored job with this id.
+    pub async fn job(&self, id: &str) -> Result<Option<JobRow>, WorkerError> {
+        let id = id.to_owned();
+        self.store.run(move |s| s.get(&id)).await
+    }
+
+    /// Recover after a restart and prepare the spool. Call once before serving.
+    pub fn recover(&self) -> Result<(), WorkerError> {
+        for d in [self.tmp_dir(), self.config.spool_dir.join("jobs")] {
+            std::fs::create_dir_all(&d)
+                .map_err(|e| WorkerError::io(format!("creating {}", d.display()), e))?;
+        }
+        if let Ok(rd) = std::fs::read_dir(self.tmp_dir()) {
+            for e in rd.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        self.event_base
+            .store(self.store.next_boot()? << 32, Ordering::Relaxed);
+        let r = self.store.recover()?;
+        if r.requeued + r.failed > 0 {
+            tracing::warn!(
+                requeued = r.requeued,
+                failed = r.failed,
+                "recovered jobs left running by a previous worker"
+            );
+        }
+        let known = self.store.all_ids()?;
+        if let Ok(rd) = std::fs::read_dir(self.config.spool_dir.join("jobs")) {
+            for e in rd.flatten() {
+                if !known.contains(&e.file_name().to_string_lossy().into_owned()) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        for id in self.store.queued_ids()? {
+            self.add_live(&id, Progress::start(Phase::Queued));
+        }
+        Ok(())
+    }
+
+    /// The id base of this process's events: above every earlier process's.
+    pub fn event_base(&self) -> u64 {
+        self.event_base.load(Ordering::Relaxed)
+    }
+
+    /// The public view of a job. `base` prefixes its URLs.
+    pub async fn view(&self, row: &JobRow, base: &str) -> JobView {
+        let position = match waiting(row) {
+            None => None,
+            Some(w) => {
+                let seq = row.seq;
+                self.store
+                    .run(move |s| match w {
+                        Waiting::Here => s.queue_position(seq),
+                        Waiting::InComfyUi => s.handed_position(seq),
+                    })
+                    .await
+                    .ok()
+            }
+        };
+        let inline = self.inline_result(row).await;
+        self.view_at(row, base, position, inline)
+    }
+
+    /// The view of `row` with its queue position (when waiting) known.
+    fn view_at(
+        &self,
+        row: &JobRow,
+        base: &str,
+        position: Option<u64>,
+        inline: Option<JsonForm>,
+    ) -> JobView {
+        let mut progress = match self.live(&row.id) {
+            Some(l) => l.progress(),
+            None => Progress::start(Phase::Queued),
+        };
+        let wait = waiting(row);
+        // Handed to ComfyUI but not executing yet: still queued for the user.
+        let status = match wait {
+            Some(_) => JobStatus::Queued,
+            None => row.status,
+        };
+        if wait.is_some() {
+            progress.phase = Phase::Queued;
+            progress.queue_position = position;
+            progress.text = match position {
+                Some(0) | None => "queued".into(),
+                Some(n) => format!("queued ({n} ahead)"),
+            };
+        } else if row.status.is_terminal() {
+            progress.phase = Phase::Done;
+            progress.step = None;
+            progress.node = None;
+            progress.queue_position = None;
+            progress.text = row.status.as_str().to_owned();
+            if row.status == JobStatus::Succeeded || row.status == JobStatus::Expired {
+                progress.fraction = 1.0;
+                progress.value = 1.0;
+            }
+        } else if progress.phase == Phase::Queued {
+            // Executing, before ComfyUI's first node event: starting, never
+            // `running` with a queued phase.
+            progress.phase = Phase::Starting;
+            progress.queue_position = None;
+            progress.text = "starting".into();
+        }
+        let urls = JobUrls::under(base, &row.id);
+        let result = (row.status == JobStatus::Succeeded).then(|| JobResult {
+            url: urls.result.clone(),
+            outputs: row.outputs.clone(),
+            bytes: row.result_bytes.unwrap_or(0).max(0) as u64,
+            inline,
+        });
+        JobView {
+            id: row.id.clone(),
+            status,
+            progress,
+            poll_url: urls.self_.clone(),
+            urls,
+            created_at: rfc3339(row.created_at),
+            updated_at: rfc3339(row.updated_at),
+            result,
+            error: row.error.clone(),
+        }
+    }
+
+    async fn inline_result(&self, row: &JobRow) -> Option<JsonForm> {
+        let bytes = row.result_bytes.unwrap_or(0).max(0) as u64;
+        if row.status != JobStatus::Succeeded
+            || bytes == 0
+            || bytes > self.config.inline_result_bytes
+        {
+            return None;
+        }
+        let data = tokio::fs::read(layout::result_file(&self.job_dir(&row.id)))
+            .await
+            .ok()?;
+        Some(JsonForm::from_container(&data))
+    }
+
+    /// Publish the job's current status (and `done` when terminal).
+    async fn publish_status(&self, id: &str) {
+        let Some(live) = self.live(id) else { return };
+        let Ok(Some(row)) = self.job(id).await else {
+            return;
+        };
+        let view = self.view(&row, "").await;
+        if row.status.is_terminal() {
+            let mut p = view.progress.clone();
+            p.phase = Phase::Done;
+            p.node = None;
+            p.text = row.status.as_str().to_owned();
+            live.publish(EventData::Progress(p));
+            live.publish(EventData::Status(Box::new(view.clone())));
+            live.publish(EventData::Done(Box::new(view)));
+        } else {
+            live.publish(EventData::Status(Box::new(view)));
+        }
+    }
+
+    /// Cancel a job. Returns the row after the request took effect.
+    pub async fn cancel(&self, id: &str) -> Result<Option<JobRow>, WorkerError> {
+        let Some(row) = self.job(id).await? else {
+            return Ok(None);
+        };
+        if row.status.is_terminal() {
+            return Ok(Some(row));
+        }
+        let key = id.to_owned();
+        if self.store.run(move |s| s.cancel_if_queued(&key)).await? {
+            self.metrics.finished(JobStatus::Canceled, 0.0);
+            self.publish_status(id).await;
+            self.cleanup_inputs(id).await;
+            self.refresh_queue_positions().await;
+        } else if let Some(live) = self.live(id) {
+            let key = id.to_owned();
+            self.store
+                .run(move |s| s.set_status(&key, JobStatus::Canceling))
+                .await?;
+            self.publish_status(id).await;
+            live.cancel.cancel();
+        }
+        self.job(id).await
+    }
+
+    /// Tell every waiting job its (new) queue position.
+    async fn refresh_queue_positions(&self) {
+        if let Ok(ids) = self.store.run(|s| s.waiting_ids()).await {
+            for id in ids {
+                self.publish_status(&id).await;
+            }
+        }
+    }
+
+    /// Drop a finished job's inputs and partial outputs (off the runtime:
+    /// inputs can be gigabytes).
+    async fn cleanup_inputs(&self, id: &str) {
+        let dir = self.job_dir(id);
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = std::fs::remove_file(layout::inputs_file(&dir));
+            let _ = std::fs::remove_dir_all(layout::outputs_dir(&dir));
+        })
+        .await;
+    }
+
+    /// Since when ComfyUI has not answered (`None` while it answers).
+    fn comfy_down_since(&self) -> Option<i64> {
+        let ready = *self.comfy.ready.borrow();
+        let mut d = self.down_since.lock().unwrap_or_else(|p| p.into_inner());
+        if ready {
+            *d = None;
+        } else if d.is_none() {
+            *d = Some(now_ms());
+        }
+        *d
+    }
+
+    /// The error of a job that waited past the queue timeout for ComfyUI,
+    /// when it has (waiting since `since_ms`, ComfyUI down since `down_ms`).
+    fn overdue_error(&self, down_ms: Option<i64>, since_ms: i64) -> Option<ErrorInfo> {
+        let t = self.config.queue_timeout;
+        let down = down_ms?;
+        if t.is_zero() || now_ms() - down.max(since_ms) < t.as_millis() as i64 {
+            return None;
+        }
+        Some(ErrorInfo {
+            code: ErrorCode::ComfyuiUnavailable,
+            message: format!(
+                "ComfyUI has not been reachable since {}; the job waited longer than the \
+                 worker's queue timeout ({} s). Submit it again once the worker is ready",
+                rfc3339(down),
+                t.as_secs()
+            ),
+            details: serde_json::Value::Null,
+        })
+    }
+}
