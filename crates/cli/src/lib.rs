@@ -22,7 +22,11 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve a remote workflow: a worker gateway in front of a real ComfyUI.
+    #[cfg(feature = "serve")]
     Serve(commands::serve::Args),
+    /// Serve a remote workflow (runs `comfy-remote-server serve`, the worker gateway).
+    #[cfg(not(feature = "serve"))]
+    Serve(commands::handoff::Args),
     /// Submit a job to a worker and write its outputs.
     Run(commands::run::Args),
     /// Scaffold a Modal project for a remote workflow and (optionally) deploy it.
@@ -53,6 +57,9 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+    #[cfg(not(feature = "serve"))]
+    let argv0 = args.first().map(std::path::PathBuf::from);
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
@@ -65,7 +72,10 @@ where
         }
     };
     let result = match cli.command {
+        #[cfg(feature = "serve")]
         Command::Serve(args) => commands::serve::execute(args),
+        #[cfg(not(feature = "serve"))]
+        Command::Serve(args) => commands::handoff::execute(argv0.as_deref(), args),
         Command::Run(args) => commands::run::execute(args),
         Command::Deploy(args) => commands::deploy::deploy(args),
         Command::Stop(args) => commands::deploy::stop(args),

@@ -5,14 +5,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use comfy_remote_protocol::api::DEFAULT_LISTEN;
+use comfy_remote_protocol::env::{CACHE, COMFYUI_DIR, TOKEN as ENV_TOKEN};
 use comfy_remote_protocol::Limits;
+use comfy_remote_worker::jobs::defaults;
 use comfy_remote_worker::{AppState, ComfyMode, EngineConfig, Worker, WorkerError, Workflow};
 use tokio_util::sync::CancellationToken;
 
 use crate::exit;
-
-/// Environment variable holding the bearer token clients must send.
-pub const ENV_TOKEN: &str = "COMFY_REMOTE_TOKEN";
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -20,7 +20,7 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub workflow: PathBuf,
     /// ComfyUI checkout to start and supervise (runs `python main.py` there).
-    #[arg(long, value_name = "DIR", env = "COMFYUI_DIR")]
+    #[arg(long, value_name = "DIR", env = COMFYUI_DIR)]
     pub comfyui: Option<PathBuf>,
     /// Python that runs ComfyUI [default: DIR/venv or DIR/.venv, else python3].
     #[arg(long, value_name = "PATH")]
@@ -32,7 +32,7 @@ pub struct Args {
     #[arg(long, value_name = "URL", value_parser = http_url)]
     pub comfyui_url: Option<String>,
     /// Address to listen on. Beyond loopback a token is required.
-    #[arg(long, default_value = "127.0.0.1:8189")]
+    #[arg(long, default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
     /// File holding the bearer token (else $COMFY_REMOTE_TOKEN).
     #[arg(long, value_name = "FILE")]
@@ -44,32 +44,32 @@ pub struct Args {
     #[arg(long, value_name = "URL")]
     pub public_url: Option<String>,
     /// Largest request body, in bytes.
-    #[arg(long, default_value_t = 2 << 30)]
+    #[arg(long, default_value_t = defaults::MAX_BODY_BYTES)]
     pub max_body_bytes: u64,
     /// Most tensors in one payload.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = Limits::default().max_tensors)]
     pub max_tensors: usize,
     /// Highest tensor rank.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = Limits::default().max_rank)]
     pub max_rank: usize,
     /// Unfinished (queued + running) jobs accepted at once; beyond: 429.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = defaults::MAX_ACTIVE_JOBS)]
     pub max_jobs: u64,
     /// Prompts handed to ComfyUI's queue at once.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = defaults::COMFY_QUEUE_DEPTH)]
     pub comfyui_queue_depth: usize,
     /// Seconds a finished job's result stays downloadable.
-    #[arg(long, default_value_t = 86_400)]
+    #[arg(long, default_value_t = defaults::RETENTION_SECS)]
     pub retention_secs: u64,
     /// Total bytes of kept results; the oldest expire beyond it.
-    #[arg(long, default_value_t = 10 << 30)]
+    #[arg(long, default_value_t = defaults::MAX_RESULT_BYTES)]
     pub max_result_bytes: u64,
     /// Results up to this size are also inlined (base64) in the job view.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = defaults::INLINE_RESULT_BYTES)]
     pub inline_result_bytes: u64,
     /// Seconds a queued job waits while ComfyUI is unreachable before it
     /// fails with comfyui_unavailable (0: wait forever).
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = defaults::QUEUE_TIMEOUT_SECS)]
     pub queue_timeout_secs: u64,
     /// Seconds to wait for ComfyUI to answer at start.
     #[arg(long, default_value_t = 600)]
@@ -78,13 +78,17 @@ pub struct Args {
 
 /// `$COMFY_REMOTE_CACHE`, else `~/.cache/comfy-remote`.
 fn cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("COMFY_REMOTE_CACHE") {
+    if let Some(d) = std::env::var_os(CACHE) {
         return PathBuf::from(d);
     }
     let home = std::env::var_os("HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("."));
     home.join(".cache").join("comfy-remote")
+}
+
+fn absolute(p: &std::path::Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
 fn default_python(dir: &std::path::Path) -> PathBuf {
@@ -144,7 +148,7 @@ fn read_token(args: &Args) -> Result<Option<String>, String> {
 fn start_error(err: &WorkerError) -> (i32, String) {
     match err {
         WorkerError::Comfy(_) => (exit::UNAVAILABLE, err.to_string()),
-        WorkerError::Workflow { .. } | WorkerError::Config(_) => (exit::USAGE, err.to_string()),
+        WorkerError::Workflow(_) | WorkerError::Config(_) => (exit::USAGE, err.to_string()),
         WorkerError::SpoolInUse { .. } => (exit::USAGE, format!("{err}; pass --spool DIR")),
         WorkerError::Io { .. } => (exit::USAGE, format!("{err} (--spool)")),
         _ => (exit::FAILED, err.to_string()),
@@ -185,9 +189,18 @@ pub fn execute(args: Args) -> anyhow::Result<i32> {
                 );
                 return Ok(exit::USAGE);
             }
+            // ComfyUI runs in its own directory: every path it is given
+            // (its directory, its Python) is absolute, or it would be read
+            // against that directory instead of ours.
+            let dir = absolute(dir);
+            let python = match &args.python {
+                Some(p) if p.components().count() > 1 => absolute(p),
+                Some(p) => p.clone(),
+                None => default_python(&dir),
+            };
             ComfyMode::Spawn {
-                dir: dir.clone(),
-                python: args.python.clone().unwrap_or_else(|| default_python(dir)),
+                dir,
+                python,
                 args: args.comfyui_args.clone(),
             }
         }
