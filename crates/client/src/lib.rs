@@ -19,7 +19,7 @@
 pub mod blocking;
 mod client;
 mod error;
-mod plain;
+mod http;
 pub mod retry;
 pub mod signature;
 pub mod sse;

@@ -36,13 +36,10 @@ pub struct LocalInput {
     pub comfy_type: Option<String>,
 }
 
+/// Whether the remote input takes a local value of this type (unknown: yes,
+/// the endpoint checks the value itself). The protocol's one rule.
 fn compatible(local: Option<&str>, remote: &str) -> bool {
-    let Some(local) = local else { return true };
-    remote == "*"
-        || local == "*"
-        || local.eq_ignore_ascii_case(remote)
-        // An integer is a fine float (Comfy's own widgets convert).
-        || (local.eq_ignore_ascii_case("INT") && remote.eq_ignore_ascii_case("FLOAT"))
+    local.map_or(true, |local| comfy_remote_protocol::types::accepts(remote, local))
 }
 
 fn describe(items: &[SignatureItem]) -> String {
@@ -179,6 +176,20 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("value1") && msg.contains("\"steps\""), "{msg}");
         assert!(matches!(err, ClientError::Signature { input: Some(ref i), .. } if i == "value1"));
+    }
+
+    #[test]
+    fn an_int_fills_a_float_input_and_type_names_are_exact() {
+        let float = Signature {
+            inputs: vec![SignatureItem {
+                name: "sigma".into(),
+                comfy_type: "FLOAT".into(),
+                optional: false,
+            }],
+            ..sig()
+        };
+        plan_inputs(Some(&float), &local(&[Some("INT")])).expect("INT for FLOAT");
+        plan_inputs(Some(&float), &local(&[Some("float")])).expect_err("case matters");
     }
 
     #[test]
