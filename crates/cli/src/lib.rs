@@ -60,15 +60,30 @@ where
     let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
     #[cfg(not(feature = "serve"))]
     let argv0 = args.first().map(std::path::PathBuf::from);
+    let wants_json = args.iter().any(|a| a == "--json");
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() {
-                exit::USAGE
-            } else {
-                exit::OK
-            };
+            if !e.use_stderr() {
+                return exit::OK;
+            }
+            // `--json` promises a summary on every exit, usage errors included.
+            if wants_json {
+                let message = e
+                    .render()
+                    .to_string()
+                    .lines()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("invalid command line")
+                    .trim_start_matches("error: ")
+                    .to_owned();
+                let _ = output::line(serde_json::json!({
+                    "status": "rejected",
+                    "error": {"kind": "usage", "message": message},
+                }));
+            }
+            return exit::USAGE;
         }
     };
     let result = match cli.command {

@@ -39,7 +39,9 @@ pub struct LocalInput {
 /// Whether the remote input takes a local value of this type (unknown: yes,
 /// the endpoint checks the value itself). The protocol's one rule.
 fn compatible(local: Option<&str>, remote: &str) -> bool {
-    local.map_or(true, |local| comfy_remote_protocol::types::accepts(remote, local))
+    local.map_or(true, |local| {
+        comfy_remote_protocol::types::accepts(remote, local)
+    })
 }
 
 fn describe(items: &[SignatureItem]) -> String {

@@ -10,8 +10,7 @@ use reqwest::Url;
 use serde_json::Value as Json;
 use tokio::sync::{mpsc, watch};
 
-use super::job::JobEvent;
-use super::upload::Upload;
+use super::job::{JobEvent, Start};
 use super::{join, Client};
 use crate::error::{ClientError, Result};
 use crate::http::http_error;
@@ -21,12 +20,30 @@ use crate::status::JobDoc;
 impl Client {
     pub(super) async fn drive(
         &self,
-        body: Upload,
-        key: &str,
+        start: Start,
         tx: &mpsc::UnboundedSender<JobEvent>,
         job_tx: &watch::Sender<Option<(Url, JobDoc)>>,
     ) -> Result<Vec<u8>> {
-        let (at, doc) = self.submit_upload(body, key).await?;
+        let (at, doc) = match start {
+            // One idempotency key for every retry of this submit.
+            Start::Submit(body) => {
+                self.submit_upload(body, &uuid::Uuid::new_v4().to_string())
+                    .await?
+            }
+            Start::Attach(id) => {
+                if !self.is_native().await? {
+                    return Err(ClientError::protocol(
+                        self.endpoint.as_str(),
+                        "following a job by its id needs a comfy-remote endpoint (GET /v1/info)",
+                    ));
+                }
+                let url = join(&self.base, &format!("v1/jobs/{id}"))?;
+                let (at, json) = self.get_json(&url).await?;
+                let doc =
+                    JobDoc::parse(&json).map_err(|r| ClientError::protocol(at.as_str(), r))?;
+                (at, doc)
+            }
+        };
         let _ = tx.send(JobEvent::Submitted {
             id: doc.id.clone().unwrap_or_default(),
             status: doc.status.unwrap_or(JobStatus::Queued),

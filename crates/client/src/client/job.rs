@@ -17,6 +17,13 @@ use crate::error::{ClientError, Result};
 use crate::http::read_body;
 use crate::status::{JobDoc, ResultRef};
 
+/// How a job begins: submitted now, or one submitted before.
+#[derive(Debug)]
+pub(super) enum Start {
+    Submit(Upload),
+    Attach(String),
+}
+
 /// What a running job reports, in order. Exactly one of `Done` or `Error`
 /// comes last.
 #[derive(Debug)]
@@ -50,11 +57,22 @@ impl Client {
     /// ([`Upload::File`] is streamed; the file must stay until the job
     /// ends, since a retried submit reads it again).
     pub fn spawn_upload(self: &Arc<Self>, upload: Upload) -> Job {
+        self.spawn(Start::Submit(upload))
+    }
+
+    /// Follow a job submitted earlier (by its id on this endpoint) to its
+    /// end, as [`Client::spawn_upload`] follows a new one: its events, its
+    /// result, and the remote cancel when asked or past the job timeout.
+    pub fn spawn_attach(self: &Arc<Self>, job_id: &str) -> Job {
+        self.spawn(Start::Attach(job_id.to_owned()))
+    }
+
+    fn spawn(self: &Arc<Self>, start: Start) -> Job {
         let (tx, rx) = mpsc::unbounded_channel();
         let (cancel_tx, cancel_rx) = watch::channel(false);
         let client = Arc::clone(self);
         let task = tokio::spawn(async move {
-            let outcome = client.run_job(upload, &tx, cancel_rx).await;
+            let outcome = client.run_job(start, &tx, cancel_rx).await;
             let last = match outcome {
                 Ok(bytes) => JobEvent::Done(bytes),
                 Err(e) => JobEvent::Error(e),
@@ -71,13 +89,12 @@ impl Client {
 
     async fn run_job(
         &self,
-        body: Upload,
+        start: Start,
         tx: &mpsc::UnboundedSender<JobEvent>,
         mut cancel: watch::Receiver<bool>,
     ) -> Result<Vec<u8>> {
-        let key = uuid::Uuid::new_v4().to_string();
         let (job_tx, mut job_rx) = watch::channel::<Option<(Url, JobDoc)>>(None);
-        let drive = self.drive(body, &key, tx, &job_tx);
+        let drive = self.drive(start, tx, &job_tx);
         // A zero timeout means no limit.
         let limit = self.opts.job_timeout.filter(|t| !t.is_zero());
         let connect_error = ConnectSlot::default();

@@ -1,17 +1,29 @@
-//! `comfy-remote run`: submit a job from files and literals, follow it with a
-//! progress bar (terminal) or plain lines, and write its outputs to a folder.
+//! `comfy-remote run`: submit a job from files and literals (or follow one
+//! submitted earlier), follow it with a progress bar (terminal) or plain
+//! lines, and write its outputs to a folder.
+//!
+//! Everything that can be checked before the job costs GPU time is: the
+//! output folder is writable, every input name is one the endpoint takes,
+//! every value is of the input's type (with the worker's own check), and
+//! literals are converted to the declared type first.
 
-use std::path::PathBuf;
+mod report;
+
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use comfy_remote_client::{Client, ClientError, ClientOptions, JobEvent, Upload};
-use comfy_remote_protocol::api::Phase;
-use comfy_remote_protocol::{ComfyType, Limits, Payload};
+use comfy_remote_client::{Client, ClientError, ClientOptions, JobEvent, Signature, Upload};
+use comfy_remote_contract::inputs::unknown_input_message;
+use comfy_remote_protocol::api::{Phase, SignatureItem};
+use comfy_remote_protocol::env;
+use comfy_remote_protocol::{types, Limits, Payload};
 
-use crate::commands::io;
+use crate::commands::io::inputs::{self, InputSpec};
+use crate::commands::io::outputs;
 use crate::exit;
+use report::Reporter;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -19,7 +31,8 @@ pub struct Args {
     pub url: String,
     /// An input: name=path of an existing file (.png/.jpg/.jpeg -> IMAGE, .wav
     /// -> AUDIO, .safetensors -> tensors), name=json:VALUE, name=text:STRING,
-    /// or name=literal (int, float, true/false, text). Each name once.
+    /// or name=literal (converted to the input's declared type: 7 for a FLOAT
+    /// is 7.0, 42 for a STRING is "42"). Each name once.
     #[arg(long = "input", short = 'i', value_name = "NAME=VALUE")]
     pub inputs: Vec<String>,
     /// Folder for the outputs (IMAGE/MASK -> PNG, AUDIO -> WAV, STRING -> .txt,
@@ -27,14 +40,14 @@ pub struct Args {
     #[arg(long, short = 'o', default_value = "out")]
     pub out: PathBuf,
     /// Environment variable holding the bearer token.
-    #[arg(long, default_value = "COMFY_REMOTE_TOKEN", value_name = "VAR")]
+    #[arg(long, default_value = env::TOKEN, value_name = "VAR")]
     pub token_env: String,
     /// Environment variables holding a Modal proxy auth token's key and
     /// secret, sent as `Modal-Key`/`Modal-Secret` when set (deployed services
     /// require them by default).
-    #[arg(long, default_value = "MODAL_KEY", value_name = "VAR")]
+    #[arg(long, default_value = env::MODAL_KEY, value_name = "VAR")]
     pub modal_key_env: String,
-    #[arg(long, default_value = "MODAL_SECRET", value_name = "VAR")]
+    #[arg(long, default_value = env::MODAL_SECRET, value_name = "VAR")]
     pub modal_secret_env: String,
     /// Print a machine-readable summary on stdout.
     #[arg(long)]
@@ -42,58 +55,10 @@ pub struct Args {
     /// Give up (and cancel the job) after this many seconds (0: no limit).
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<u64>,
-}
-
-/// Where progress goes: a bar on a terminal, plain lines otherwise.
-enum Reporter {
-    Bar(indicatif::ProgressBar),
-    Lines { last: String, at: Instant },
-}
-
-impl Reporter {
-    fn new() -> Self {
-        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-            let bar = indicatif::ProgressBar::with_draw_target(
-                Some(1000),
-                indicatif::ProgressDrawTarget::stderr(),
-            );
-            let style = indicatif::ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {bar:30} {percent:>3}% {msg}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-            bar.set_style(style);
-            bar.enable_steady_tick(Duration::from_millis(120));
-            Reporter::Bar(bar)
-        } else {
-            Reporter::Lines {
-                last: String::new(),
-                at: Instant::now() - Duration::from_secs(10),
-            }
-        }
-    }
-
-    fn update(&mut self, fraction: f64, text: &str, force: bool) {
-        match self {
-            Reporter::Bar(bar) => {
-                bar.set_position((fraction.clamp(0.0, 1.0) * 1000.0) as u64);
-                bar.set_message(text.to_owned());
-            }
-            Reporter::Lines { last, at } => {
-                // At most two lines a second, unless the text changes phase.
-                if text != last && (force || at.elapsed() >= Duration::from_millis(500)) {
-                    eprintln!("[{:>3.0}%] {text}", fraction * 100.0);
-                    *last = text.to_owned();
-                    *at = Instant::now();
-                }
-            }
-        }
-    }
-
-    fn finish(&self) {
-        if let Reporter::Bar(bar) = self {
-            bar.finish_and_clear();
-        }
-    }
+    /// Follow a job submitted earlier (its id, as `run` printed it) to its end
+    /// and write its outputs, instead of submitting a new one.
+    #[arg(long, value_name = "ID", conflicts_with = "inputs")]
+    pub job: Option<String>,
 }
 
 /// How `run` ended when it did not succeed: the summary's `status`, the
@@ -129,25 +94,31 @@ impl Failure {
         }
     }
 
-    fn client(err: &ClientError, job_id: Option<String>, token_env: &str) -> Self {
+    fn client(err: &ClientError, job_id: Option<String>, args: &Args) -> Self {
         let (status, code) = match err {
-            ClientError::Canceled { .. } => ("canceled", exit::CANCELED),
-            ClientError::InvalidUrl { .. } => ("rejected", exit::USAGE),
+            // The job ended canceled, by us (Ctrl-C, --timeout) or someone else.
+            ClientError::Canceled { .. } | ClientError::Timeout { .. } => {
+                ("canceled", exit::CANCELED)
+            }
+            ClientError::InvalidUrl { .. } | ClientError::Signature { .. } => {
+                ("rejected", exit::USAGE)
+            }
             ClientError::Unreachable { .. } => ("unavailable", exit::UNAVAILABLE),
+            // The worker could not reach its ComfyUI for longer than its queue timeout.
+            ClientError::JobFailed { code: Some(c), .. } if c == "comfyui_unavailable" => {
+                ("unavailable", exit::UNAVAILABLE)
+            }
             ClientError::Http { status, .. } if (400..500).contains(status) => {
                 ("rejected", exit::USAGE)
             }
             _ => ("failed", exit::FAILED),
         };
         let mut message = err.to_string();
-        if let ClientError::Http { status: 401, .. } = err {
-            if std::env::var_os(token_env).is_some() {
-                message.push_str(&format!("; check the token in {token_env}"));
-            } else if token_env == "COMFY_REMOTE_TOKEN" {
-                message.push_str("; set COMFY_REMOTE_TOKEN (or --token-env VAR)");
-            } else {
-                message.push_str(&format!("; set {token_env}"));
-            }
+        if let ClientError::Http {
+            status: 401, code, ..
+        } = err
+        {
+            message.push_str(&auth_hint(code.as_deref(), args));
         }
         Failure {
             status,
@@ -156,6 +127,34 @@ impl Failure {
             message,
             job_id,
         }
+    }
+}
+
+/// What to do about a 401: our own error body asks for the bearer token;
+/// anything else in front of the service (Modal's proxy auth) for the Modal
+/// token pair.
+fn auth_hint(code: Option<&str>, args: &Args) -> String {
+    let set = |var: &str| std::env::var_os(var).is_some();
+    if code == Some("unauthorized") {
+        return if set(&args.token_env) {
+            format!("; check the token in {}", args.token_env)
+        } else {
+            format!(
+                "; set {} to the service's bearer token (or name another variable with --token-env)",
+                args.token_env
+            )
+        };
+    }
+    if set(&args.modal_key_env) && set(&args.modal_secret_env) {
+        format!(
+            "; the service refused the Modal proxy auth token in {} and {}: check them",
+            args.modal_key_env, args.modal_secret_env
+        )
+    } else {
+        format!(
+            "; the service is behind Modal proxy auth: set {} and {} to a proxy auth token (Modal: Settings > Proxy Auth Tokens)",
+            args.modal_key_env, args.modal_secret_env
+        )
     }
 }
 
@@ -182,6 +181,12 @@ pub fn execute(args: Args) -> anyhow::Result<i32> {
         }
         Err(f) => {
             eprintln!("error: {}", f.message);
+            if let (Some(id), true) = (&f.job_id, f.code == exit::FAILED) {
+                eprintln!(
+                    "(job {id}; `comfy-remote run {} --job {id}` follows it again)",
+                    args.url
+                );
+            }
             let doc = serde_json::json!({"job_id": f.job_id, "status": f.status, "seconds": seconds,
                 "error": {"kind": f.kind, "message": f.message}});
             (f.code, doc)
@@ -195,11 +200,11 @@ pub fn execute(args: Args) -> anyhow::Result<i32> {
 
 /// Parse the inputs (a name given twice is refused here, before any file
 /// is read twice or anything is sent).
-fn parse_inputs(specs: &[String]) -> Result<Vec<comfy_remote_protocol::Entry<'static>>, Failure> {
+fn parse_specs(specs: &[String]) -> Result<Vec<InputSpec>, Failure> {
     let mut seen = std::collections::HashSet::new();
-    let mut entries = Vec::new();
+    let mut out = Vec::new();
     for spec in specs {
-        if let Some(name) = io::input_name(spec) {
+        if let Some(name) = inputs::input_name(spec) {
             if !seen.insert(name.to_owned()) {
                 return Err(Failure::rejected(
                     "input",
@@ -207,11 +212,84 @@ fn parse_inputs(specs: &[String]) -> Result<Vec<comfy_remote_protocol::Entry<'st
                 ));
             }
         }
-        let entry =
-            io::parse_input(spec).map_err(|e| Failure::rejected("input", format!("{e:#}")))?;
+        out.push(
+            inputs::parse_spec(spec).map_err(|e| Failure::rejected("input", format!("{e:#}")))?,
+        );
+    }
+    Ok(out)
+}
+
+/// The output folder exists (created if need be) and takes a file, so a
+/// job is never run for outputs that cannot be written.
+fn check_out_dir(out: &Path) -> Result<(), Failure> {
+    let fail = |e: std::io::Error| {
+        Failure::rejected(
+            "output",
+            format!(
+                "--out {}: {e}; give a folder the outputs can be written to",
+                out.display()
+            ),
+        )
+    };
+    if out.exists() && !out.is_dir() {
+        return Err(Failure::rejected(
+            "output",
+            format!("--out {} is not a folder", out.display()),
+        ));
+    }
+    std::fs::create_dir_all(out).map_err(fail)?;
+    tempfile::Builder::new()
+        .prefix(".comfy-remote-write-check-")
+        .tempfile_in(out)
+        .map(drop)
+        .map_err(fail)
+}
+
+/// The inputs as entries of the types the endpoint declares, checked with
+/// the worker's own rule (unknown names with the closest one, missing
+/// required inputs, types) before anything is uploaded.
+fn entries_for(
+    specs: &[InputSpec],
+    signature: Option<&Signature>,
+) -> Result<Payload<'static>, Failure> {
+    let Some(sig) = signature else {
+        let entries = specs
+            .iter()
+            .map(|s| inputs::to_entry(s, None))
+            .collect::<anyhow::Result<_>>()
+            .map_err(|e| Failure::rejected("input", format!("{e:#}")))?;
+        return Ok(Payload { entries });
+    };
+    let items: Vec<SignatureItem> = sig
+        .inputs
+        .iter()
+        .map(|i| SignatureItem {
+            name: i.name.clone(),
+            comfy_type: i.comfy_type.clone(),
+            optional: i.optional,
+            node_id: String::new(),
+        })
+        .collect();
+    let mut entries = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let Some(item) = items.iter().find(|i| i.name == spec.name) else {
+            return Err(Failure::rejected(
+                "input",
+                format!("--input {}", unknown_input_message(&spec.name, &items)),
+            ));
+        };
+        let entry = inputs::to_entry(spec, Some(&item.comfy_type))
+            .map_err(|e| Failure::rejected("input", format!("{e:#}")))?;
         entries.push(entry);
     }
-    Ok(entries)
+    let payload = Payload { entries };
+    comfy_remote_contract::check_inputs(&items, &payload).map_err(|e| {
+        Failure::rejected(
+            "input",
+            format!("{e}; pass it with --input {}=...", e.input),
+        )
+    })?;
+    Ok(payload)
 }
 
 fn submit_and_write(args: &Args) -> Result<Success, Failure> {
@@ -233,23 +311,45 @@ fn submit_and_write(args: &Args) -> Result<Success, Failure> {
     // A bad URL is a usage error, found before any input file is read.
     let client = Client::new(opts)
         .map(Arc::new)
-        .map_err(|e| Failure::client(&e, None, &args.token_env))?;
-    let entries = parse_inputs(&args.inputs)?;
-    // The inputs are streamed into a temporary container file and dropped
-    // before anything is sent: the upload then streams from disk, so the
-    // container is never held in memory (the file goes when `upload` does).
-    let upload = write_inputs(Payload { entries }).map_err(|e| Failure::local(e, None))?;
+        .map_err(|e| Failure::client(&e, None, args))?;
+    let specs = parse_specs(&args.inputs)?;
+    check_out_dir(&args.out)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")
         .map_err(|e| Failure::local(e, None))?;
-    let outcome = rt.block_on(follow(client, upload.path().to_path_buf()));
-    drop(upload);
+    let outcome = match &args.job {
+        Some(id) => {
+            let job = {
+                let _guard = rt.enter();
+                client.spawn_attach(id)
+            };
+            rt.block_on(follow(job, Some(id.clone())))
+        }
+        None => {
+            let signature = rt
+                .block_on(client.signature())
+                .map_err(|e| Failure::client(&e, None, args))?;
+            let payload = entries_for(&specs, signature.as_ref())?;
+            // The inputs are streamed into a temporary container file and
+            // dropped before anything is sent: the upload then streams from
+            // disk, so the container is never held in memory (the file goes
+            // when `upload` does).
+            let upload = write_inputs(payload).map_err(|e| Failure::local(e, None))?;
+            let job = {
+                let _guard = rt.enter();
+                client.spawn_upload(Upload::File(upload.path().to_path_buf()))
+            };
+            let outcome = rt.block_on(follow(job, None));
+            drop(upload);
+            outcome
+        }
+    };
     let (job_id, bytes) = match outcome {
         Ok((job_id, Ok(bytes))) => (job_id, bytes),
-        Ok((job_id, Err(err))) => return Err(Failure::client(&err, job_id, &args.token_env)),
+        Ok((job_id, Err(err))) => return Err(Failure::client(&err, job_id, args)),
         Err(e) => return Err(Failure::local(e, None)),
     };
     let outputs = write_outputs(args, &bytes).map_err(|e| Failure::local(e, job_id.clone()))?;
@@ -265,18 +365,16 @@ fn write_outputs(args: &Args, bytes: &[u8]) -> anyhow::Result<Vec<serde_json::Va
         .with_context(|| format!("creating {}", args.out.display()))?;
     let mut summary = Vec::new();
     for e in &payload.entries {
-        let files =
-            io::write_output(&args.out, e).with_context(|| format!("writing output {}", e.name))?;
-        let ty = e
-            .comfy_type
-            .clone()
-            .unwrap_or_else(|| ComfyType::infer(&e.value));
+        let files = outputs::write_output(&args.out, e)
+            .with_context(|| format!("writing output {}", e.name))?;
         if !args.json {
             for f in &files {
                 crate::output::line(f.display()).context("writing to stdout")?;
             }
         }
-        summary.push(serde_json::json!({"name": e.name, "type": ty.as_str(), "files": files}));
+        summary.push(
+            serde_json::json!({"name": e.name, "type": types::type_of(e).as_str(), "files": files}),
+        );
     }
     Ok(summary)
 }
@@ -300,15 +398,22 @@ fn write_inputs(payload: Payload<'_>) -> anyhow::Result<tempfile::NamedTempFile>
 
 type Followed = (Option<String>, Result<Vec<u8>, ClientError>);
 
-async fn follow(client: Arc<Client>, inputs: PathBuf) -> anyhow::Result<Followed> {
-    let mut job = client.spawn_upload(Upload::File(inputs));
+async fn follow(
+    mut job: comfy_remote_client::Job,
+    known_id: Option<String>,
+) -> anyhow::Result<Followed> {
     let mut reporter = Reporter::new();
-    let mut job_id = None;
+    let mut job_id = known_id;
     let mut last_phase = None;
     let mut fraction = 0.0;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         let ev = tokio::select! {
             ev = job.next() => ev,
+            _ = tick.tick() => {
+                reporter.tick();
+                continue;
+            }
             _ = tokio::signal::ctrl_c() => {
                 reporter.finish();
                 eprintln!("canceling the remote job...");

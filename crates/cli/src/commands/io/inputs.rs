@@ -1,0 +1,384 @@
+//! `--input NAME=VALUE` for `comfy-remote run`: what the user typed, and the
+//! value it becomes for the input's declared type.
+//!
+//! A value is `json:VALUE` (the protocol's JSON value encoding, so
+//! `{"$tuple": [1, 2]}` is a tuple as in the HTTP inputs form),
+//! `text:VALUE` (a string as written), a path of an existing file with a
+//! known extension (.png/.jpg/.jpeg -> IMAGE, .wav -> AUDIO, .safetensors
+//! -> tensors), or a literal. A literal becomes what the endpoint's
+//! signature declares when that conversion is exact and unambiguous (`7`
+//! for a FLOAT is 7.0, `42` for a STRING is "42", `1` for a BOOLEAN is
+//! true); without a signature it is an int, a float, true/false or text.
+//! A path-like value that cannot be read (a directory, an unknown
+//! extension, a missing file) is an error, so a typo is not sent as text.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use comfy_remote_protocol::{types, ComfyType, DType, Entry, Limits, Tensor, Value};
+
+use super::{dtype_from_st, f32_tensor};
+
+/// What one `--input` says, before it is read or converted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputSpec {
+    pub name: String,
+    pub source: Source,
+}
+
+/// Where an input's value comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    Json(String),
+    Text(String),
+    /// An existing regular file with a known extension.
+    File(PathBuf),
+    Literal(String),
+}
+
+/// The name of an `--input name=value` (trimmed), if it has one.
+pub fn input_name(spec: &str) -> Option<&str> {
+    let (name, _) = spec.split_once('=')?;
+    let name = name.trim();
+    (!name.is_empty()).then_some(name)
+}
+
+const KNOWN_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "wav", "safetensors"];
+
+/// Parse one `--input` without reading anything but the file system's
+/// answer to "is this a file".
+pub fn parse_spec(spec: &str) -> anyhow::Result<InputSpec> {
+    let Some((_, raw)) = spec.split_once('=') else {
+        bail!("--input {spec:?}: expected name=path, name=json:VALUE, name=text:VALUE or name=literal");
+    };
+    let Some(name) = input_name(spec) else {
+        bail!("--input {spec:?}: the name is empty");
+    };
+    let source = if let Some(json) = raw.strip_prefix("json:") {
+        Source::Json(json.to_owned())
+    } else if let Some(text) = raw.strip_prefix("text:") {
+        Source::Text(text.to_owned())
+    } else {
+        let path = Path::new(raw);
+        let ext = extension(path);
+        if path.is_dir() {
+            bail!(
+                "--input {name}: {} is a directory; give a file, or text:VALUE for a string",
+                path.display()
+            );
+        }
+        if path.is_file() {
+            if !ext
+                .as_deref()
+                .is_some_and(|e| KNOWN_EXTENSIONS.contains(&e))
+            {
+                bail!(
+                    "--input {name}: {} has an unsupported extension; use .png, .jpg, .jpeg, .wav, .safetensors, json:VALUE or text:VALUE",
+                    path.display()
+                );
+            }
+            Source::File(path.to_path_buf())
+        } else if path.exists() {
+            bail!(
+                "--input {name}: {} is not a regular file; give a file, or text:VALUE for a string",
+                path.display()
+            );
+        } else if ext
+            .as_deref()
+            .is_some_and(|e| KNOWN_EXTENSIONS.contains(&e))
+        {
+            bail!(
+                "--input {name}: no such file {}; use text:VALUE to send it as a string",
+                path.display()
+            );
+        } else {
+            Source::Literal(raw.to_owned())
+        }
+    };
+    Ok(InputSpec {
+        name: name.to_owned(),
+        source,
+    })
+}
+
+fn extension(path: &Path) -> Option<String> {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+}
+
+/// Read and convert one input. `declared` is the type the endpoint's
+/// signature gives the input (`None`: no signature, or the input is not in
+/// it); the entry is brought to it with the protocol's rule
+/// ([`types::conform`]), and an error says what to type instead.
+pub fn to_entry(spec: &InputSpec, declared: Option<&str>) -> anyhow::Result<Entry<'static>> {
+    let name = &spec.name;
+    let entry = |comfy_type: Option<&str>, value| Entry {
+        name: name.clone(),
+        comfy_type: comfy_type.map(ComfyType::new),
+        value,
+    };
+    let raw = match &spec.source {
+        Source::Json(text) => {
+            let value = comfy_remote_protocol::parse_value(text.as_bytes(), &Limits::default())
+                .with_context(|| format!("--input {name}: json:{text} is not a JSON value"))?;
+            entry(None, value)
+        }
+        Source::Text(text) => {
+            if let Some(d) = declared.filter(|d| ![ComfyType::STRING, ComfyType::ANY].contains(d)) {
+                bail!("--input {name} is {d} and `text:` makes a string; drop `text:`");
+            }
+            entry(None, Value::Str(text.clone()))
+        }
+        Source::File(path) => match extension(path).as_deref() {
+            Some("png" | "jpg" | "jpeg") => entry(Some(ComfyType::IMAGE), read_image(path)?),
+            Some("wav") => entry(Some(ComfyType::AUDIO), read_wav(path)?),
+            _ => entry(None, read_safetensors(path)?),
+        },
+        Source::Literal(text) => {
+            let value = match declared {
+                Some(d) => literal_as(name, d, text)?,
+                None => literal(text),
+            };
+            entry(None, value)
+        }
+    };
+    match declared {
+        Some(d) => types::conform(d, raw).map_err(|e| anyhow::anyhow!("--input {name} {e}")),
+        None => Ok(raw),
+    }
+}
+
+/// A literal without a declared type: an int, a float, true/false, else text.
+fn literal(raw: &str) -> Value<'static> {
+    if let Ok(i) = raw.parse::<i64>() {
+        return Value::Int(i);
+    }
+    if let Ok(f) = raw.parse::<f64>() {
+        return Value::Float(f);
+    }
+    match raw {
+        "true" => Value::Bool(true),
+        "false" => Value::Bool(false),
+        _ => Value::Str(raw.to_owned()),
+    }
+}
+
+/// A literal for an input declared `declared`, when the conversion is exact
+/// and unambiguous; otherwise an error that says what to type.
+fn literal_as(name: &str, declared: &str, raw: &str) -> anyhow::Result<Value<'static>> {
+    let trimmed = raw.trim();
+    Ok(match declared {
+        ComfyType::STRING => Value::Str(raw.to_owned()),
+        ComfyType::INT => match trimmed.parse::<i64>() {
+            Ok(i) => Value::Int(i),
+            Err(_) => match trimmed.parse::<f64>() {
+                // 7.0 is exactly 7; 7.5 is not an int.
+                Ok(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Value::Int(f as i64),
+                _ => bail!("--input {name} is INT; type a whole number such as 7 (got {raw:?})"),
+            },
+        },
+        ComfyType::FLOAT => match trimmed.parse::<i64>() {
+            Ok(i) => Value::Int(i),
+            Err(_) => match trimmed.parse::<f64>() {
+                Ok(f) => Value::Float(f),
+                Err(_) => bail!("--input {name} is FLOAT; type a number such as 7.0 (got {raw:?})"),
+            },
+        },
+        ComfyType::BOOLEAN => match trimmed.to_ascii_lowercase().as_str() {
+            "true" | "1" => Value::Bool(true),
+            "false" | "0" => Value::Bool(false),
+            _ => bail!("--input {name} is BOOLEAN; type true or false (got {raw:?})"),
+        },
+        ComfyType::IMAGE | ComfyType::MASK => {
+            bail!("--input {name} is {declared}; give an image file (.png, .jpg, .jpeg) or a .safetensors tensor (got {raw:?})")
+        }
+        ComfyType::AUDIO => {
+            bail!("--input {name} is AUDIO; give a .wav file (got {raw:?})")
+        }
+        ComfyType::LATENT => {
+            bail!("--input {name} is LATENT; give a .safetensors file with a `samples` tensor (got {raw:?})")
+        }
+        _ => literal(raw),
+    })
+}
+
+/// PNG/JPEG -> IMAGE `[1,H,W,3]` f32 in 0..1, as ComfyUI's LoadImage makes it.
+pub fn read_image(path: &Path) -> anyhow::Result<Value<'static>> {
+    let img = image::open(path)
+        .with_context(|| format!("reading image {}", path.display()))?
+        .to_rgb8();
+    let (w, h) = img.dimensions();
+    let values: Vec<f32> = img.as_raw().iter().map(|&b| f32::from(b) / 255.0).collect();
+    f32_tensor(vec![1, h as usize, w as usize, 3], &values)
+}
+
+/// WAV -> AUDIO `{waveform [1,C,T] f32, sample_rate}`.
+pub fn read_wav(path: &Path) -> anyhow::Result<Value<'static>> {
+    let mut r =
+        hound::WavReader::open(path).with_context(|| format!("reading WAV {}", path.display()))?;
+    let spec = r.spec();
+    let channels = usize::from(spec.channels.max(1));
+    let samples: Vec<f32> = match spec.sample_format {
+        hound::SampleFormat::Float => r.samples::<f32>().collect::<Result<_, _>>()?,
+        hound::SampleFormat::Int => {
+            let scale = (1i64 << (spec.bits_per_sample.clamp(1, 32) - 1)) as f32;
+            r.samples::<i32>()
+                .map(|s| s.map(|v| v as f32 / scale))
+                .collect::<Result<_, _>>()?
+        }
+    };
+    let frames = samples.len() / channels;
+    let mut planar = vec![0f32; frames * channels];
+    for (i, s) in samples.iter().take(frames * channels).enumerate() {
+        planar[(i % channels) * frames + i / channels] = *s;
+    }
+    Ok(Value::Dict(vec![
+        (
+            "waveform".into(),
+            f32_tensor(vec![1, channels, frames], &planar)?,
+        ),
+        (
+            "sample_rate".into(),
+            Value::Int(i64::from(spec.sample_rate)),
+        ),
+    ]))
+}
+
+/// safetensors -> the single tensor, or a dict of name -> tensor (a LATENT
+/// when it has `samples`).
+pub fn read_safetensors(path: &Path) -> anyhow::Result<Value<'static>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .with_context(|| format!("{} is not a safetensors file", path.display()))?;
+    let mut items = Vec::new();
+    let mut names = st.names();
+    names.sort();
+    for name in names {
+        let view = st.tensor(name)?;
+        let dtype: DType = dtype_from_st(view.dtype()).with_context(|| {
+            format!("{}: tensor {name} has an unsupported dtype", path.display())
+        })?;
+        let t = Tensor::new(dtype, view.shape().to_vec(), view.data().to_vec())?;
+        items.push((name.to_owned(), Value::Tensor(t)));
+    }
+    Ok(match items.len() {
+        0 => bail!("{} holds no tensors", path.display()),
+        1 => items.pop().map(|(_, v)| v).unwrap_or(Value::None),
+        _ => Value::Dict(items),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(spec: &str, declared: Option<&str>) -> anyhow::Result<Value<'static>> {
+        Ok(to_entry(&parse_spec(spec)?, declared)?.value)
+    }
+
+    fn err(spec: &str, declared: Option<&str>) -> String {
+        format!("{:#}", value(spec, declared).expect_err(spec))
+    }
+
+    #[test]
+    fn literals_without_a_signature_are_inferred() {
+        assert_eq!(value("n=3", None).expect("int"), Value::Int(3));
+        assert_eq!(value("n=0.5", None).expect("float"), Value::Float(0.5));
+        assert_eq!(value("n=true", None).expect("bool"), Value::Bool(true));
+        assert_eq!(
+            value("n=a cat", None).expect("str"),
+            Value::Str("a cat".into())
+        );
+        assert!(parse_spec("noequals").is_err());
+    }
+
+    #[test]
+    fn literals_take_the_declared_type_when_that_is_exact() {
+        assert_eq!(value("cfg=7", Some("FLOAT")).expect("7"), Value::Float(7.0));
+        assert_eq!(
+            value("prompt=42", Some("STRING")).expect("42"),
+            Value::Str("42".into())
+        );
+        assert_eq!(
+            value("flag=1", Some("BOOLEAN")).expect("1"),
+            Value::Bool(true)
+        );
+        assert_eq!(
+            value("flag=False", Some("BOOLEAN")).expect("F"),
+            Value::Bool(false)
+        );
+        assert_eq!(
+            value("steps=20.0", Some("INT")).expect("20.0"),
+            Value::Int(20)
+        );
+        assert!(err("steps=7.5", Some("INT")).contains("type a whole number such as 7"));
+        assert!(err("cfg=high", Some("FLOAT")).contains("type a number such as 7.0"));
+        assert!(err("flag=yes", Some("BOOLEAN")).contains("type true or false"));
+        assert!(err("image=cat", Some("IMAGE")).contains("give an image file"));
+        assert!(err("steps=text:20", Some("INT")).contains("drop `text:`"));
+    }
+
+    #[test]
+    fn json_values_use_the_protocols_encoding() {
+        assert_eq!(
+            value(r#"size=json:{"$tuple": [1, 2]}"#, None).expect("tuple"),
+            Value::Tuple(vec![Value::Int(1), Value::Int(2)])
+        );
+        assert_eq!(
+            value("n=json:[1, 2.5, \"x\"]", None).expect("json"),
+            Value::List(vec![
+                Value::Int(1),
+                Value::Float(2.5),
+                Value::Str("x".into())
+            ])
+        );
+        assert_eq!(
+            value("n=json:3", Some("FLOAT")).expect("widened"),
+            Value::Float(3.0)
+        );
+        assert!(err("n=json:[1,", None).contains("not a JSON value"));
+    }
+
+    #[test]
+    fn text_prefix_forces_a_string() {
+        assert_eq!(
+            value("n=text:3", None).expect("text"),
+            Value::Str("3".into())
+        );
+        assert_eq!(
+            value("n=text:missing.png", None).expect("text"),
+            Value::Str("missing.png".into())
+        );
+        assert_eq!(input_name(" a =1"), Some("a"));
+        assert_eq!(input_name("=1"), None);
+    }
+
+    #[test]
+    fn paths_that_are_not_readable_inputs_are_errors() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let msg = |spec: String| format!("{:#}", parse_spec(&spec).expect_err(&spec));
+        // A typo in a file name is not sent as text.
+        let missing = dir.path().join("typo.png");
+        let m = msg(format!("i={}", missing.display()));
+        assert!(m.contains("no such file") && m.contains("typo.png"), "{m}");
+        // A directory, even one named like an image.
+        let sub = dir.path().join("frames.png");
+        std::fs::create_dir(&sub).expect("dir");
+        let m = msg(format!("i={}", sub.display()));
+        assert!(
+            m.contains("is a directory") && m.contains("frames.png"),
+            "{m}"
+        );
+        let m = msg(format!("i={}", dir.path().display()));
+        assert!(m.contains("is a directory"), "{m}");
+        // An existing file with an unknown extension.
+        let notes = dir.path().join("notes.txt");
+        std::fs::write(&notes, "hi").expect("write");
+        let m = msg(format!("i={}", notes.display()));
+        assert!(
+            m.contains("unsupported extension") && m.contains("notes.txt"),
+            "{m}"
+        );
+    }
+}
