@@ -248,7 +248,17 @@ def test_run_401_says_where_the_token_comes_from(tmp_path):
     with _Peer({("GET", "/v1/info"): (401, "application/json", body)}) as peer:
         r = run_cli(peer.url, "--input", "x=1", "--json", "--out", str(tmp_path))
     assert r.returncode == 2, r.stderr
-    assert "set COMFY_REMOTE_TOKEN (or --token-env VAR)" in json.loads(r.stdout)["error"]["message"]
+    message = json.loads(r.stdout)["error"]["message"]
+    assert "set COMFY_REMOTE_TOKEN to the service's bearer token" in message and "--token-env" in message, message
+
+
+def test_run_401_from_modal_proxy_auth_names_the_modal_variables(tmp_path):
+    # Modal's proxy answers before the service does, without our error body.
+    with _Peer({("GET", "/v1/info"): (401, "text/plain", b"modal-http: missing credentials for proxy authorization")}) as peer:
+        r = run_cli(peer.url, "--input", "x=1", "--json", "--out", str(tmp_path))
+    assert r.returncode == 2, r.stderr
+    message = json.loads(r.stdout)["error"]["message"]
+    assert "MODAL_KEY and MODAL_SECRET" in message and "COMFY_REMOTE_TOKEN" not in message, message
 
 
 def test_a_spool_that_cannot_be_created_is_a_usage_error(tmp_path):

@@ -12,13 +12,23 @@ __all__ = [
     "__version__",
     "PROTOCOL_VERSION",
     "run_cli",
+    "NODE_TYPES",
+    "INPUT_TYPES",
+    "REMOTE_API",
+    "REMOTE_RESULT_PICK",
+    "REMOTE_INPUT",
+    "REMOTE_OUTPUT",
+    "MODAL_DEPLOYMENT",
+    "DEFAULT_ENDPOINT",
+    "ENV",
     "workflow_signature",
+    "io_name",
+    "accepts",
+    "conform_input",
     "Client",
     "Job",
     "RemoteError",
     "CodecError",
-    "encode_container",
-    "encode_container_to_file",
     "container_header_len",
     "decode_container",
     "ModalDeployError",
@@ -46,21 +56,21 @@ class CodecError(ValueError):
     kind: str
     """Stable name of the failed check (``"too_large"``, ``"dangling_ref"``, ...)."""
 
-_TensorData = bytes | tuple[int, int, object]
-"""A tensor's bytes: ``bytes``, or ``(address, nbytes, owner)`` of C-contiguous memory ``owner`` keeps alive."""
+_TensorData = bytes | object
+"""A tensor's bytes: ``bytes``, or a C-contiguous CPU torch tensor or numpy array the call reads from (checked)."""
 
-def encode_container(
+def _encode_container(
     tree_json: str,
     tensors: Sequence[tuple[str, Sequence[int], _TensorData]],
 ) -> bytes:
-    """Build a container from a value tree (``t<i>`` names ``tensors[i]``) and ``(dtype, shape, data)`` tensors."""
+    """Build a container from a value tree (``t<i>`` names ``tensors[i]``) and ``(dtype, shape, data)`` tensors (private to ``comfy_remote.codec``)."""
 
-def encode_container_to_file(
+def _encode_container_to_file(
     tree_json: str,
     tensors: Sequence[tuple[str, Sequence[int], _TensorData]],
     path: _StrPath,
 ) -> int:
-    """Like ``encode_container``, but streams the container into ``path`` (created or truncated); returns its size."""
+    """Like ``_encode_container``, but streams the container into ``path`` (created or truncated); returns its size."""
 
 def container_header_len(
     prefix: bytes,
@@ -178,7 +188,30 @@ def modal_stop(app: str, *, log: Callable[[str], object] | None = None) -> bool:
 def modal_status(app: str) -> str:
     """The app's state from ``modal app list --json``, as JSON (``state`` null when not listed)."""
 
-# --- workflow.rs ----------------------------------------------------------
+# --- contract.rs ----------------------------------------------------------
+
+NODE_TYPES: list[str]
+"""Every node type of the comfy-remote pack."""
+INPUT_TYPES: list[str]
+"""The types a Remote Input may declare (``"*"`` first)."""
+REMOTE_API: str
+REMOTE_RESULT_PICK: str
+REMOTE_INPUT: str
+REMOTE_OUTPUT: str
+MODAL_DEPLOYMENT: str
+DEFAULT_ENDPOINT: str
+"""Where ``comfy-remote serve`` listens with its defaults (``http://127.0.0.1:8189``)."""
+ENV: dict[str, str]
+"""Every environment variable's name by its role (``ENV["TOKEN"] == "COMFY_REMOTE_TOKEN"``)."""
 
 def workflow_signature(name: str, text: str) -> str:
     """A remote workflow's inputs and outputs as JSON (``{"inputs": [...], "outputs": [...]}``), as the worker publishes them; ValueError for a workflow the worker would refuse."""
+
+def io_name(node: str, name: str) -> str:
+    """The trimmed name of a Remote Input/Output; ValueError (starting with ``node``) when it cannot be one."""
+
+def accepts(declared: str, actual: str) -> bool:
+    """Whether an input declared ``declared`` takes a value of type ``actual`` (the protocol's type rule)."""
+
+def conform_input(name: str, declared: str, actual: str, value: Any) -> Any:
+    """A job's value for the Remote Input ``name``, brought to ``declared`` (an int for a FLOAT becomes a float); ValueError naming the input when the type does not fit."""

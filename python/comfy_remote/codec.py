@@ -141,7 +141,7 @@ class _Encoder:
 
     def __init__(self, pickle_secret: bytes | None) -> None:
         self.pickle_secret = pickle_secret
-        # (dtype, shape, data) where data is bytes or (address, nbytes, owner).
+        # (dtype, shape, data) where data is bytes or a contiguous CPU tensor/array.
         self.tensors: list[tuple[str, list[int], Any]] = []
 
     def _ref(self, dtype: str, shape: list[int], data: Any) -> str:
@@ -215,15 +215,14 @@ class _Encoder:
             if t.device.type != "cpu":
                 t = t.cpu()
             t = t.resolve_conj().resolve_neg().contiguous()
-            nbytes = t.numel() * t.element_size()
-            return self._ref(dtype, list(t.shape), (t.data_ptr(), nbytes, t))
+            return self._ref(dtype, list(t.shape), t)
         import numpy as np
 
         a = value
         if not a.dtype.isnative:
             a = a.astype(a.dtype.newbyteorder("="))
         a = np.ascontiguousarray(a)
-        return self._ref(dtype, list(a.shape), (a.__array_interface__["data"][0], a.nbytes, a))
+        return self._ref(dtype, list(a.shape), a)
 
     def _pickle(self, value: Any, path: str) -> dict[str, str]:
         hint = _MODEL_HINT if _looks_like_model(value) else _GENERIC_HINT
@@ -285,7 +284,7 @@ def encode(
     """
     tree, tensors = _plan(values, pickle_secret)
     try:
-        return _native.encode_container(tree, tensors)
+        return _native._encode_container(tree, tensors)
     except UnicodeEncodeError as exc:
         raise _lone_surrogate(exc) from exc
 
@@ -308,7 +307,7 @@ def encode_to_file(
     """
     tree, tensors = _plan(values, pickle_secret)
     try:
-        return _native.encode_container_to_file(tree, tensors, os.fspath(path))
+        return _native._encode_container_to_file(tree, tensors, os.fspath(path))
     except UnicodeEncodeError as exc:
         raise _lone_surrogate(exc) from exc
 

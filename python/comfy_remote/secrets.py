@@ -16,7 +16,9 @@ import os
 import re
 from pathlib import Path
 
-SECRETS_FILE_ENV = "COMFY_REMOTE_SECRETS_FILE"
+from comfy_remote._native import ENV
+
+SECRETS_FILE_ENV = ENV["SECRETS_FILE"]
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 

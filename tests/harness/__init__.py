@@ -269,7 +269,8 @@ class Worker:
 
 def start_worker(workflow: dict | Path, *, comfyui: Path, python: Path, home: Path, spool: Path,
                  extra: list[str] | None = None, token: str | None = None, env: dict[str, str] | None = None,
-                 wait_ready: bool = True, port: int | None = None) -> Worker:
+                 wait_ready: bool = True, port: int | None = None, cwd: Path | None = None) -> Worker:
+    """Start `comfy-remote serve`; `spool` may be relative (to `cwd`), as a user types it."""
     home.mkdir(parents=True, exist_ok=True)
     if isinstance(workflow, dict):
         wf_path = home / "workflow.json"
@@ -287,7 +288,7 @@ def start_worker(workflow: dict | Path, *, comfyui: Path, python: Path, home: Pa
         full_env["COMFY_REMOTE_TOKEN"] = token
     log_path = home / "worker.log"
     f = open(log_path, "ab")
-    proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
+    proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env=full_env, start_new_session=True, cwd=cwd)
     w = Worker(proc, f"http://127.0.0.1:{port}", log_path, token, argv)
     if wait_ready:
         wait_answers(proc, f"{w.url}/readyz", log_path, "the worker")

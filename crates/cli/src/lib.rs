@@ -86,6 +86,7 @@ where
             return exit::USAGE;
         }
     };
+    logging::init();
     let result = match cli.command {
         #[cfg(feature = "serve")]
         Command::Serve(args) => commands::serve::execute(args),

@@ -12,12 +12,7 @@ use crate::error::{DeployError, Result};
 const EMBEDDED_CORE: &str = include_str!("../data/comfyui-core-nodes.txt");
 
 /// The node types of this package, always present in the image.
-pub const OUR_NODES: &[&str] = &[
-    "RemoteInput",
-    "RemoteOutput",
-    "RemoteAPI",
-    "ModalDeployment",
-];
+pub const OUR_NODES: &[&str] = comfy_remote_contract::nodes::NODE_TYPES;
 
 /// Where a set of core node names came from.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,6 +7,9 @@
 /// One environment variable: its name, who reads it and what it means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EnvVar {
+    /// The constant's name in this module (`TOKEN`), the key the Python
+    /// package looks the variable up by (`_native.ENV["TOKEN"]`).
+    pub key: &'static str,
     pub name: &'static str,
     /// Where it is read (`serve`, `run`, `deploy`, the nodes, ...).
     pub read_by: &'static str,
@@ -44,71 +47,85 @@ pub const MODAL_IGNORE_CACHE: &str = "MODAL_IGNORE_CACHE";
 /// The table, in the order the README lists it.
 pub const ALL: &[EnvVar] = &[
     EnvVar {
+        key: "TOKEN",
         name: TOKEN,
         read_by: "serve, run, Modal web front",
         meaning: "Bearer token: required by `serve` when it listens beyond loopback; sent by `run` (`--token-env` names another variable); the Modal web front's token secret holds it",
     },
     EnvVar {
+        key: "MODAL_KEY",
         name: MODAL_KEY,
         read_by: "run",
         meaning: "Modal proxy auth token id, sent as `Modal-Key` (`--modal-key-env` names another variable)",
     },
     EnvVar {
+        key: "MODAL_SECRET",
         name: MODAL_SECRET,
         read_by: "run",
         meaning: "Modal proxy auth token secret, sent as `Modal-Secret` (`--modal-secret-env`)",
     },
     EnvVar {
+        key: "COMFYUI_DIR",
         name: COMFYUI_DIR,
         read_by: "serve, deploy, tests",
         meaning: "A ComfyUI checkout: the one `serve` starts (`--comfyui`), the one `deploy` checks node types against; the end-to-end tests run against it",
     },
     EnvVar {
+        key: "CACHE",
         name: CACHE,
         read_by: "serve, scripts",
         meaning: "Cache root (default `~/.cache/comfy-remote`): the default job store `worker/`, ComfyUI environments",
     },
     EnvVar {
+        key: "WHEEL",
         name: WHEEL,
         read_by: "deploy",
         meaning: "The comfy-remote wheel the Modal image installs: a wheel, a directory of wheels or a glob (`--wheel`)",
     },
     EnvVar {
+        key: "MODAL",
         name: MODAL,
         read_by: "deploy, stop, status",
         meaning: "The `modal` executable to run (default: `modal` on PATH)",
     },
     EnvVar {
+        key: "MODAL_PYTHON",
         name: MODAL_PYTHON,
         read_by: "deploy",
         meaning: "The Python that has the `modal` package, for reading the service URL (default: the one next to `modal`)",
     },
     EnvVar {
+        key: "SECRETS_FILE",
         name: SECRETS_FILE,
         read_by: "nodes",
         meaning: "The secrets file of `secrets:<name>` references (default `<ComfyUI user dir>/comfy-remote/secrets.json`)",
     },
     EnvVar {
+        key: "TRACE",
         name: TRACE,
         read_by: "nodes",
         meaning: "`1`: the Remote API node logs each phase of a call with its time to stderr",
     },
     EnvVar {
+        key: "HOME",
         name: HOME,
         read_by: "Modal GPU container",
         meaning: "Where the GPU container keeps its job store and worker log (default `/tmp/comfy-remote`)",
     },
     EnvVar {
+        key: "LOG",
         name: LOG,
         read_by: "serve, run, deploy",
         meaning: "Log filter (default `info`), e.g. `RUST_LOG=debug`",
     },
     EnvVar {
+        key: "NO_COLOR",
         name: NO_COLOR,
         read_by: "serve, run, deploy",
         meaning: "Set: no colours in logs",
     },
     EnvVar {
+        key: "MODAL_IGNORE_CACHE",
         name: MODAL_IGNORE_CACHE,
         read_by: "modal (set by deploy)",
         meaning: "Set to `1` by `deploy --force-rebuild` for `modal deploy`: every image layer is rebuilt",

@@ -60,15 +60,15 @@ fn parse_dtype(py: Python<'_>, name: &str) -> PyResult<DType> {
 enum Data<'py> {
     /// A `bytes` object (byte strings, pickles, small data).
     Bytes(Bound<'py, PyBytes>),
-    /// `(address, nbytes, owner)`: C-contiguous memory of a live object
-    /// (`tensor.data_ptr()` of a contiguous CPU torch tensor, or
-    /// `array.ctypes.data` of a contiguous numpy array) that `owner` keeps
-    /// alive. Under the abi3 (3.10) limited API the buffer protocol is not
-    /// available, so this is how Python lends memory without a copy.
-    Raw(usize, usize, Bound<'py, PyAny>),
+    /// A C-contiguous CPU torch tensor or numpy array whose memory is lent
+    /// for the call. Under the abi3 (3.10) limited API there is no buffer
+    /// protocol, so the module asks the object itself for its address and
+    /// size ([`lent_range`]) and checks it is what it must be; no caller
+    /// ever passes an address.
+    Lent(Bound<'py, PyAny>),
 }
 
-/// A byte range that outlives the GIL release: the owners are held by the
+/// A byte range that outlives the GIL release: its owner is held by the
 /// caller's argument list for the whole call.
 #[derive(Clone, Copy)]
 struct RawRange {
@@ -82,15 +82,62 @@ impl RawRange {
         if self.len == 0 {
             return &[];
         }
-        // SAFETY: `encode_container*` are private to `comfy_remote.codec`,
-        // which passes only the address and byte length of a C-contiguous
-        // CPU tensor or numpy array whose owner object is in the same
-        // argument tuple, so the memory stays allocated until the call
+        // SAFETY: `address` and `len` were read by `lent_range` from a
+        // C-contiguous CPU tensor or array (checked there) whose memory is
+        // exactly `len` bytes from `address`; the object is in the call's
+        // argument list, so the memory stays allocated until the call
         // returns, and the slice borrows `self`, which lives no longer than
-        // the call; the length is checked against the planned size before
-        // the slice is read.
+        // the call.
         unsafe { std::slice::from_raw_parts(self.address as *const u8, self.len) }
     }
+}
+
+/// The memory of a lent torch tensor or numpy array, after checking that
+/// it is one, on the CPU, C-contiguous, of `shape`.
+fn lent_range(obj: &Bound<'_, PyAny>, shape: &[usize]) -> PyResult<RawRange> {
+    let unsupported = |what: String| {
+        CodecError::new_err(format!(
+            "cannot encode {what}: tensors are lent as C-contiguous CPU torch tensors or numpy arrays"
+        ))
+    };
+    let (address, len, dims): (usize, usize, Vec<usize>) = if obj.hasattr("data_ptr")? {
+        let device: String = obj.getattr("device")?.getattr("type")?.extract()?;
+        let contiguous: bool = obj.call_method0("is_contiguous")?.extract()?;
+        let lazy = obj.call_method0("is_conj")?.extract::<bool>()?
+            || obj.call_method0("is_neg")?.extract::<bool>()?;
+        if device != "cpu" || !contiguous || lazy {
+            return Err(unsupported(format!(
+                "a tensor on {device} (contiguous: {contiguous}, lazy conjugate/negative: {lazy})"
+            )));
+        }
+        let numel: usize = obj.call_method0("numel")?.extract()?;
+        let size: usize = obj.call_method0("element_size")?.extract()?;
+        (
+            obj.call_method0("data_ptr")?.extract()?,
+            numel.saturating_mul(size),
+            obj.getattr("shape")?.extract()?,
+        )
+    } else if obj.hasattr("__array_interface__")? {
+        let iface = obj.getattr("__array_interface__")?;
+        let contiguous: bool = obj.getattr("flags")?.get_item("C_CONTIGUOUS")?.extract()?;
+        if !contiguous {
+            return Err(unsupported("a non-contiguous array".into()));
+        }
+        let (address, _readonly): (usize, bool) = iface.get_item("data")?.extract()?;
+        (
+            address,
+            obj.getattr("nbytes")?.extract()?,
+            obj.getattr("shape")?.extract()?,
+        )
+    } else {
+        return Err(unsupported(format!("a {}", obj.get_type().name()?)));
+    };
+    if dims != shape {
+        return Err(unsupported(format!(
+            "a tensor of shape {dims:?} declared as {shape:?}"
+        )));
+    }
+    Ok(RawRange { address, len })
 }
 
 /// Check the tensors Python handed over against their dtypes and shapes,
@@ -116,13 +163,10 @@ fn plan<'a, 'py>(
             })?;
         let (source, actual) = match data {
             Data::Bytes(b) => (Source::Slice(b.as_bytes()), b.as_bytes().len()),
-            Data::Raw(address, len, _owner) => (
-                Source::Raw(RawRange {
-                    address: *address,
-                    len: *len,
-                }),
-                *len,
-            ),
+            Data::Lent(obj) => {
+                let range = lent_range(obj, shape)?;
+                (Source::Raw(range), range.len)
+            }
         };
         if actual != expected {
             return Err(to_py(
@@ -242,11 +286,11 @@ impl UninitBytes {
 
 /// Build a container from a value tree (`{"v":1,"entries":[...]}`, with
 /// references `t<i>` naming `tensors[i]`) and the tensors as
-/// `(dtype, shape, data)`, `data` being `bytes` or `(address, nbytes,
-/// owner)`. Returns the container, written with one copy of each tensor
+/// `(dtype, shape, data)`, `data` being `bytes` or a C-contiguous CPU torch
+/// tensor or numpy array. Returns the container, written with one copy of each tensor
 /// (into a `bytes` object that is not zero-filled first) and the GIL
 /// released while copying.
-#[pyfunction]
+#[pyfunction(name = "_encode_container")]
 fn encode_container<'py>(
     py: Python<'py>,
     tree_json: String,
@@ -274,7 +318,7 @@ fn encode_container<'py>(
 /// memory. The bytes are identical to `encode_container`'s. Returns the
 /// container's size. The GIL is released while writing; the file is
 /// flushed but not synced.
-#[pyfunction]
+#[pyfunction(name = "_encode_container_to_file")]
 fn encode_container_to_file<'py>(
     py: Python<'py>,
     tree_json: String,

@@ -8,8 +8,8 @@ use pyo3::prelude::*;
 mod cli;
 mod client;
 mod codec;
+mod contract;
 mod deploy;
-mod workflow;
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -19,6 +19,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     client::register(m)?;
     codec::register(m)?;
     deploy::register(m)?;
-    workflow::register(m)?;
+    contract::register(m)?;
     Ok(())
 }

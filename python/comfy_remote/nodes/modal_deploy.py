@@ -58,7 +58,7 @@ class ModalDeployment(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="ModalDeployment",
+            node_id=_native.MODAL_DEPLOYMENT,
             display_name="Modal Deployment",
             category=CATEGORY,
             description=(

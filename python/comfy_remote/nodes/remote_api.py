@@ -22,8 +22,8 @@ from typing import Any
 
 from comfy_api.latest import io
 
-from comfy_remote import codec, secrets
-from comfy_remote._native import Client, RemoteError
+from comfy_remote import _native, codec, secrets
+from comfy_remote._native import DEFAULT_ENDPOINT, ENV, Client, RemoteError
 
 CATEGORY = "comfy-remote"
 MAX_INPUTS = 32
@@ -58,7 +58,7 @@ def _client(url: str, headers: list[tuple[str, str]], timeout: float | None, mod
 
 
 # COMFY_REMOTE_TRACE=1: one stderr line per phase of a call, in ms since it began.
-_TRACE = os.environ.get("COMFY_REMOTE_TRACE", "") not in ("", "0")
+_TRACE = os.environ.get(ENV["TRACE"], "") not in ("", "0")
 
 
 class _Trace:
@@ -264,7 +264,7 @@ class RemoteAPI(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="RemoteAPI",
+            node_id=_native.REMOTE_API,
             display_name="Remote API",
             category=CATEGORY,
             description="Sends its inputs, with their Comfy types, to a remote workflow and returns its "
@@ -273,7 +273,7 @@ class RemoteAPI(io.ComfyNode):
                 *_value_inputs(),
                 io.String.Input(
                     "endpoint",
-                    default="http://127.0.0.1:8288",
+                    default=DEFAULT_ENDPOINT,
                     tooltip="URL of the remote workflow: a `comfy-remote serve` worker, a Modal "
                     "deployment, or an endpoint of the simple JSON shape.",
                 ),
@@ -371,7 +371,7 @@ class RemoteResultPick(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="RemoteResultPick",
+            node_id=_native.REMOTE_RESULT_PICK,
             display_name="Remote Result Pick",
             category=CATEGORY,
             description="Picks one output of a multi-output Remote API result.",

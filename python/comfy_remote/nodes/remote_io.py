@@ -16,9 +16,12 @@ from typing import Any
 
 from comfy_api.latest import io, ui
 
+from comfy_remote import _native
 from comfy_remote.nodes import CATEGORY
 
-TYPES = ["*", "IMAGE", "MASK", "LATENT", "AUDIO", "STRING", "INT", "FLOAT", "BOOLEAN"]
+# The types a Remote Input may declare, and the node type names: the
+# contract the worker checks workflows against (crates/contract).
+TYPES: list[str] = list(_native.INPUT_TYPES)
 
 
 def _entries(path: str) -> dict[str, tuple[str, Any]]:
@@ -41,19 +44,15 @@ def _entries(path: str) -> dict[str, tuple[str, Any]]:
 
 
 def _check_name(name: str, node: str) -> str:
-    name = (name or "").strip()
-    if not name:
-        raise ValueError(f"{node}: give it a name")
-    if "/" in name or "\\" in name or name.startswith("."):
-        raise ValueError(f"{node}: the name {name!r} may not contain '/' or '\\' or start with '.'")
-    return name
+    """The trimmed name, or ValueError with the worker's own reason."""
+    return _native.io_name(node, name or "")
 
 
 class RemoteInput(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="RemoteInput",
+            node_id=_native.REMOTE_INPUT,
             display_name="Remote Input",
             category=CATEGORY,
             description=(
@@ -77,9 +76,8 @@ class RemoteInput(io.ComfyNode):
             entries = _entries(remote_job)
             if name in entries:
                 got, value = entries[name]
-                if type != "*" and got != type:
-                    raise ValueError(f"Remote Input {name!r} expects {type} but the job sent {got}")
-                return io.NodeOutput(value)
+                # The protocol's type rule (an INT for a FLOAT is widened exactly).
+                return io.NodeOutput(_native.conform_input(name, type, got, value))
             if default is None:
                 raise ValueError(
                     f"Remote Input {name!r}: the job has no input named {name!r} "
@@ -114,7 +112,7 @@ class RemoteOutput(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="RemoteOutput",
+            node_id=_native.REMOTE_OUTPUT,
             display_name="Remote Output",
             category=CATEGORY,
             description="A named output of a remote workflow: what a job returns.",

@@ -156,7 +156,6 @@ fn start_error(err: &WorkerError) -> (i32, String) {
 }
 
 pub fn execute(args: Args) -> anyhow::Result<i32> {
-    crate::logging::init();
     let workflow = match Workflow::load(&args.workflow) {
         Ok(w) => w,
         Err(e) => {

@@ -29,7 +29,9 @@ pub struct InputSpec {
 /// Where an input's value comes from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Source {
-    Json(String),
+    /// A `json:` value, read when the command line is (a syntax error is
+    /// found before anything is sent).
+    Json(Value<'static>),
     Text(String),
     /// An existing regular file with a known extension.
     File(PathBuf),
@@ -55,7 +57,9 @@ pub fn parse_spec(spec: &str) -> anyhow::Result<InputSpec> {
         bail!("--input {spec:?}: the name is empty");
     };
     let source = if let Some(json) = raw.strip_prefix("json:") {
-        Source::Json(json.to_owned())
+        let value = comfy_remote_protocol::parse_value(json.as_bytes(), &Limits::default())
+            .with_context(|| format!("--input {name}: json:{json} is not a JSON value"))?;
+        Source::Json(value)
     } else if let Some(text) = raw.strip_prefix("text:") {
         Source::Text(text.to_owned())
     } else {
@@ -119,11 +123,7 @@ pub fn to_entry(spec: &InputSpec, declared: Option<&str>) -> anyhow::Result<Entr
         value,
     };
     let raw = match &spec.source {
-        Source::Json(text) => {
-            let value = comfy_remote_protocol::parse_value(text.as_bytes(), &Limits::default())
-                .with_context(|| format!("--input {name}: json:{text} is not a JSON value"))?;
-            entry(None, value)
-        }
+        Source::Json(value) => entry(None, value.clone()),
         Source::Text(text) => {
             if let Some(d) = declared.filter(|d| ![ComfyType::STRING, ComfyType::ANY].contains(d)) {
                 bail!("--input {name} is {d} and `text:` makes a string; drop `text:`");
@@ -337,7 +337,8 @@ mod tests {
             value("n=json:3", Some("FLOAT")).expect("widened"),
             Value::Float(3.0)
         );
-        assert!(err("n=json:[1,", None).contains("not a JSON value"));
+        let e = parse_spec("n=json:[1,").expect_err("syntax");
+        assert!(format!("{e:#}").contains("not a JSON value"), "{e:#}");
     }
 
     #[test]

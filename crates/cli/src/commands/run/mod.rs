@@ -134,7 +134,7 @@ impl Failure {
 /// anything else in front of the service (Modal's proxy auth) for the Modal
 /// token pair.
 fn auth_hint(code: Option<&str>, args: &Args) -> String {
-    let set = |var: &str| std::env::var_os(var).is_some();
+    let set = |var: &str| env_value(var).is_some();
     if code == Some("unauthorized") {
         return if set(&args.token_env) {
             format!("; check the token in {}", args.token_env)
@@ -156,6 +156,14 @@ fn auth_hint(code: Option<&str>, args: &Args) -> String {
             args.modal_key_env, args.modal_secret_env
         )
     }
+}
+
+/// A credential from the environment, trimmed; unset or blank is none.
+fn env_value(var: &str) -> Option<String> {
+    std::env::var(var)
+        .ok()
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
 }
 
 /// What a successful run wrote.
@@ -294,16 +302,16 @@ fn entries_for(
 
 fn submit_and_write(args: &Args) -> Result<Success, Failure> {
     let mut opts = ClientOptions::new(args.url.clone());
-    if let Ok(token) = std::env::var(&args.token_env) {
+    if let Some(token) = env_value(&args.token_env) {
         opts.headers
-            .push(("Authorization".into(), format!("Bearer {}", token.trim())));
+            .push(("Authorization".into(), format!("Bearer {token}")));
     }
     for (header, var) in [
         ("Modal-Key", &args.modal_key_env),
         ("Modal-Secret", &args.modal_secret_env),
     ] {
-        if let Ok(value) = std::env::var(var) {
-            opts.headers.push((header.into(), value.trim().to_owned()));
+        if let Some(value) = env_value(var) {
+            opts.headers.push((header.into(), value));
         }
     }
     // 0 means no limit, as on the Remote API node.
