@@ -312,6 +312,39 @@ def test_unknown_config_key_is_named(tmp_path, fake_wheel):
     assert r.returncode == 2 and "unknown key `gpus`" in r.stderr
 
 
+@pytest.mark.parametrize("torch,row", [
+    ("2.9.1", "torch==2.9.1 torchvision==0.24.1 torchaudio==2.9.1"),
+    ("seed-2.3", "torch==2.3.0 torchvision==0.18.0 torchaudio==2.3.0"),
+    (None, "torch==2.11.0 torchvision==0.26.0 torchaudio==2.11.0"),
+])
+def test_the_documented_torch_forms_are_accepted(tmp_path, fake_wheel, torch, row):
+    project = generate(tmp_path, fake_wheel, "remote_invert.json", {"torch": torch})
+    assert row in (project / "workflow.py").read_text()
+
+
+@pytest.mark.parametrize("setting,words", [
+    ({"scaledown_window_s": 1}, '"scaledown_window_s" must be a whole number of seconds from 2 to 3600'),
+    ({"scaledown_window_s": 7200}, '"scaledown_window_s" must be a whole number of seconds from 2 to 3600'),
+    ({"startup_timeout_s": 0}, '"startup_timeout_s" must be a whole number of seconds from 1 to 86400'),
+    ({"timeout_s": 100000}, '"timeout_s" must be a whole number of seconds from 1 to 86400'),
+    ({"max_containers": 0}, '"max_containers" must be null (no limit) or a whole number of 1 or more'),
+    ({"max_concurrent_jobs": 0}, '"max_concurrent_jobs" must be a whole number of 1 or more'),
+    ({"min_containers": -1}, '"min_containers" must be a whole number of 0 or more; got -1'),
+    ({"torch": 2.9}, '"torch" must be a preset name ('),
+    ({"torch": {"torch": 2.9}}, '"torch.torch" must be null or a version string'),
+])
+def test_settings_modal_would_refuse_stop_the_deploy_naming_the_key(tmp_path, fake_wheel, fake_modal, setting, words):
+    cfg = tmp_path / "modal_config.json"
+    cfg.write_text(json.dumps({"version": 1, **setting}))
+    r = cli("deploy", str(FIXTURES / "remote_invert.json"), "--config", str(cfg), "--wheel", str(fake_wheel),
+            "--json", cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    message = json.loads(r.stdout)["error"]["message"]
+    assert message.startswith(f"{cfg}: ") and words in message, message
+    assert "expected struct" not in message and "TorchChoice" not in message and "u32" not in message
+    assert fake_modal.calls() == [] and not (tmp_path / "modal").exists()
+
+
 # ---------------------------------------------------------------- lifecycle, recorded
 
 
