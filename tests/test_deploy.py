@@ -348,35 +348,83 @@ def test_settings_modal_would_refuse_stop_the_deploy_naming_the_key(tmp_path, fa
 # ---------------------------------------------------------------- lifecycle, recorded
 
 
+APP = "comfy-remote-remote-invert"
+
+
 def deploy(tmp_path: Path, wheel: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return cli("deploy", str(FIXTURES / "remote_invert.json"), "--out", str(tmp_path / "project"),
-               "--wheel", str(wheel), *extra)
+    """`comfy-remote deploy remote_invert.json` run in `tmp_path`, as users do: the project is ./modal/<app>."""
+    return cli("deploy", str(FIXTURES / "remote_invert.json"), "--wheel", str(wheel), *extra, cwd=tmp_path)
+
+
+def project_of(tmp_path: Path, app: str = APP) -> Path:
+    return tmp_path / "modal" / app
+
+
+def modal_deploy_argv(project: Path) -> list[str]:
+    return ["deploy", f"{project / 'workflow.py'}::app"]
 
 
 def test_deploy_runs_modal_deploy_and_asks_modal_for_the_url(tmp_path, fake_wheel, fake_modal):
     r = deploy(tmp_path, fake_wheel)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "https://acme--comfy-remote-remote-invert-web.modal.run"
+    assert r.stdout.strip() == f"https://acme--{APP}-web.modal.run"
+    project = project_of(tmp_path)
     calls = fake_modal.calls()
     assert [c["argv"] for c in calls] == [
-        ["deploy", "workflow.py"],
-        [str(tmp_path / "project" / "build" / "get_url.py"), "comfy-remote-remote-invert"],
+        modal_deploy_argv(project),
+        [str(project / "build" / "get_url.py"), APP],
     ]
-    assert calls[0]["cwd"] == str(tmp_path / "project")
+    assert calls[0]["cwd"] == str(project) and calls[1]["cwd"] == str(project)
     assert "MODAL_IGNORE_CACHE" not in calls[0]["env"]
     assert "App deployed" in r.stderr, "modal's output streams to the terminal"
-    assert "$ modal deploy workflow.py" in r.stderr, "every command is logged"
+    assert f"$ modal deploy {project / 'workflow.py'}::app" in r.stderr, "every command is logged"
+
+
+def test_the_readme_command_deploys_from_the_default_relative_project_dir(tmp_path, fake_wheel, fake_modal):
+    """`comfy-remote deploy remote.json` in a directory of the user's: every path a child gets is absolute."""
+    (tmp_path / "remote.json").write_text((FIXTURES / "remote_invert.json").read_text())
+    r = cli("deploy", "remote.json", "--wheel", str(fake_wheel), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "https://acme--comfy-remote-remote-web.modal.run"
+    project = tmp_path / "modal" / "comfy-remote-remote"
+    assert (project / "workflow.py").is_file() and (project / "remote.json").is_file()
+    for call in fake_modal.calls():
+        paths = [a.split("::")[0] for a in call["argv"] if a.endswith((".py", "::app"))]
+        assert all(Path(p).is_absolute() and Path(p).is_file() for p in paths), call
+        assert Path(call["cwd"]) == project
+
+
+def test_a_failed_url_step_is_retried_without_redeploying(tmp_path, fake_wheel, fake_modal):
+    fake_modal.script(get_url={"exit": 1, "stderr": "modal.exception.NotFoundError: App not found\n"})
+    r = deploy(tmp_path, fake_wheel)
+    assert r.returncode == 1
+    assert "deployed, but could not read the service URL" in r.stderr
+    assert "run the same command again to only ask Modal for the URL" in r.stderr
+    assert r.stdout == ""
+    state = json.loads((project_of(tmp_path) / ".comfy-remote" / "state.json").read_text())
+    assert state["deployed_hash"] == state["content_hash"], "the successful modal deploy is recorded"
+    fake_modal.script(app_list={"stdout": json.dumps(
+        [{"app_id": "ap-1", "description": APP, "state": "deployed", "tasks": "0"}])})
+    r = deploy(tmp_path, fake_wheel)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"https://acme--{APP}-web.modal.run"
+    argvs = [c["argv"] for c in fake_modal.calls()]
+    assert argvs.count(modal_deploy_argv(project_of(tmp_path))) == 1, "the retry did not deploy again"
+    assert argvs[-2:] == [["app", "list", "--json"], [str(project_of(tmp_path) / "build" / "get_url.py"), APP]]
+    r = deploy(tmp_path, fake_wheel)
+    assert r.returncode == 0 and "unchanged since the last deploy" in r.stderr
+    assert [c["argv"] for c in fake_modal.calls()][-1] == ["app", "list", "--json"], "the URL is now known"
 
 
 def test_unchanged_inputs_do_not_redeploy(tmp_path, fake_wheel, fake_modal):
     assert deploy(tmp_path, fake_wheel).returncode == 0
     fake_modal.script(app_list={"stdout": json.dumps(
-        [{"app_id": "ap-1", "description": "comfy-remote-remote-invert", "state": "deployed", "tasks": "0"}])})
+        [{"app_id": "ap-1", "description": APP, "state": "deployed", "tasks": "0"}])})
     r = deploy(tmp_path, fake_wheel)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().endswith("-web.modal.run")
     argvs = [c["argv"] for c in fake_modal.calls()]
-    assert argvs.count(["deploy", "workflow.py"]) == 1
+    assert argvs.count(modal_deploy_argv(project_of(tmp_path))) == 1
     assert argvs[-1] == ["app", "list", "--json"]
     assert "unchanged since the last deploy" in r.stderr
 
@@ -384,9 +432,9 @@ def test_unchanged_inputs_do_not_redeploy(tmp_path, fake_wheel, fake_modal):
 def test_a_stopped_app_is_redeployed_even_when_unchanged(tmp_path, fake_wheel, fake_modal):
     assert deploy(tmp_path, fake_wheel).returncode == 0
     fake_modal.script(app_list={"stdout": json.dumps(
-        [{"app_id": "ap-1", "description": "comfy-remote-remote-invert", "state": "stopped", "tasks": "0"}])})
+        [{"app_id": "ap-1", "description": APP, "state": "stopped", "tasks": "0"}])})
     assert deploy(tmp_path, fake_wheel).returncode == 0
-    assert [c["argv"] for c in fake_modal.calls()].count(["deploy", "workflow.py"]) == 2
+    assert [c["argv"] for c in fake_modal.calls()].count(modal_deploy_argv(project_of(tmp_path))) == 2
 
 
 def test_force_rebuild_sets_ignore_cache_and_a_new_nonce(tmp_path, fake_wheel, fake_modal):
@@ -419,8 +467,8 @@ def test_delete_remote_app(tmp_path, fake_modal):
 def test_delete_remote_before_redeploy(tmp_path, fake_wheel, fake_modal):
     assert deploy(tmp_path, fake_wheel, "--delete-remote").returncode == 0
     argvs = [c["argv"] for c in fake_modal.calls()]
-    assert argvs[0] == ["app", "stop", "-y", "comfy-remote-remote-invert"]
-    assert argvs[1] == ["deploy", "workflow.py"]
+    assert argvs[0] == ["app", "stop", "-y", APP]
+    assert argvs[1] == modal_deploy_argv(project_of(tmp_path))
 
 
 def test_clean_build_recreates_the_project(tmp_path, fake_wheel, fake_modal):
@@ -444,7 +492,7 @@ def test_deploy_failure_surfaces_modals_message(tmp_path, fake_wheel, fake_modal
     assert r.returncode == 1
     assert "Image build for im-123 failed" in r.stderr.splitlines()[-1]
     assert r.stdout == "", "no URL on failure"
-    state = json.loads((tmp_path / "project" / ".comfy-remote" / "state.json").read_text())
+    state = json.loads((project_of(tmp_path) / ".comfy-remote" / "state.json").read_text())
     assert "deployed_hash" not in state
 
 

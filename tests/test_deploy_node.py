@@ -52,6 +52,6 @@ def test_modal_deployment_node(tmp_path, comfyui_dir, comfy_python):
     assert "not deployed" in res["gen"][1]
     assert res["dep"][0] == "https://acme--node-app-web.modal.run"
     calls = [json.loads(line) for line in log.read_text().splitlines()]
-    assert calls[0]["argv"] == ["deploy", "workflow.py"] and calls[0]["cwd"] == str(project)
+    assert calls[0]["argv"] == ["deploy", f"{project / 'workflow.py'}::app"] and calls[0]["cwd"] == str(project)
     cfg = json.loads((project / "modal_config.json").read_text())
     assert cfg["gpu"] == ["H100", "A100-80GB"] and cfg["pip"] == ["einops"]

@@ -57,7 +57,7 @@ pub enum DeployError {
         code: i32,
         message: String,
     },
-    #[error("deployed, but could not read the service URL: {message}")]
+    #[error("deployed, but could not read the service URL: {message}\nthe deploy is recorded: run the same command again to only ask Modal for the URL (no new deploy)")]
     NoUrl { message: String },
     #[error("refusing to delete {path}: it does not look like a comfy-remote project (no modal_config.json)")]
     NotAProject { path: PathBuf },

@@ -56,16 +56,19 @@ pub fn run(
     runner: &Runner,
     sink: Sink<'_>,
 ) -> Result<Report> {
+    // Every path below is handed to child processes that run in the project
+    // directory: make it absolute once ([`request`] already does).
+    let mut req = req.clone();
+    req.out_dir = absolute(&req.out_dir)?;
+    req.new_nonce = opts.force_rebuild;
     let mut stopped = None;
     if opts.delete_remote {
-        let app = app_name_for(req)?;
+        let app = app_name_for(&req)?;
         stopped = Some(stop(runner, &app, sink)?);
     }
     if opts.clean {
         clean(&req.out_dir, sink)?;
     }
-    let mut req = req.clone();
-    req.new_nonce = opts.force_rebuild;
     let project = scaffold::scaffold(&req)?;
     sink(&format!(
         "generated {} ({} files, torch stack {}, content {})",
@@ -100,30 +103,45 @@ pub fn run(
         && stopped != Some(true)
         && state.deployed_hash.as_deref() == Some(&project.content_hash)
     {
-        if let Some(url) = state.url.clone() {
-            let st = status(runner, &project.app_name, sink)?;
-            if st.state.as_deref() == Some("deployed") {
-                sink(&format!("unchanged since the last deploy: {url}"));
-                return Ok(Report {
-                    project,
-                    url: Some(url),
-                    deployed: false,
-                    unchanged: true,
-                    stopped,
-                });
-            }
-            sink("unchanged, but the app is not deployed any more: deploying");
+        let st = status(runner, &project.app_name, sink)?;
+        if st.state.as_deref() == Some("deployed") {
+            let url = match state.url.clone() {
+                Some(url) => url,
+                None => {
+                    sink(
+                        "deployed before with these inputs: asking Modal for the service URL only",
+                    );
+                    let url = service_url(runner, &project.dir, &project.app_name, sink)?;
+                    state.url = Some(url.clone());
+                    state.save(&project.dir)?;
+                    url
+                }
+            };
+            sink(&format!("unchanged since the last deploy: {url}"));
+            return Ok(Report {
+                project,
+                url: Some(url),
+                deployed: false,
+                unchanged: true,
+                stopped,
+            });
         }
+        sink("unchanged, but the app is not deployed any more: deploying");
     }
 
-    let mut cmd = runner.modal(&["deploy", "workflow.py"]);
+    let target = format!("{}::app", project.dir.join("workflow.py").display());
+    let mut cmd = runner.modal(&["deploy", &target]);
     cmd.cwd = Some(project.dir.clone());
     if opts.force_rebuild {
         cmd.env.push(("MODAL_IGNORE_CACHE".into(), "1".into()));
     }
     runner.run(&cmd, sink)?;
-    let url = service_url(runner, &project.dir, &project.app_name, sink)?;
+    // Record the deploy before asking for the URL: a retry after a failed
+    // URL step must not deploy (and bill) again.
     state.deployed_hash = Some(project.content_hash.clone());
+    state.url = None;
+    state.save(&project.dir)?;
+    let url = service_url(runner, &project.dir, &project.app_name, sink)?;
     state.url = Some(url.clone());
     state.save(&project.dir)?;
     sink(&format!("deployed {}: {url}", project.app_name));
@@ -281,7 +299,8 @@ pub struct Overrides {
 
 /// Build a request the way the CLI and the node both do: `config` if given, else the
 /// project's own `modal_config.json`, else defaults; then the overrides.
-/// `out_dir` defaults to `./modal/<app name>`.
+/// `out_dir` defaults to `./modal/<app name>`. Every path in the request is
+/// absolute (resolved here, once, against the current directory).
 pub fn request(
     workflow: &Path,
     config: Option<&Path>,
@@ -290,32 +309,10 @@ pub fn request(
     wheel: Option<PathBuf>,
     comfyui_dir: Option<PathBuf>,
 ) -> Result<ScaffoldRequest> {
-    let (mut cfg, config_dir) = match config {
-        Some(p) => (
-            crate::DeployConfig::load(p)?,
-            p.parent()
-                .filter(|d| !d.as_os_str().is_empty())
-                .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
-        ),
-        None => (crate::DeployConfig::default(), PathBuf::from(".")),
-    };
+    let workflow = absolute(workflow)?;
+    let config_file = config.map(absolute).transpose()?;
     if let Some(a) = overrides.app_name.as_ref().filter(|a| !a.is_empty()) {
         check_app_flag("--app", a)?;
-    }
-    let app_name = match (&overrides.app_name, cfg.app_name.is_empty()) {
-        (Some(a), _) if !a.is_empty() => a.clone(),
-        (_, false) => cfg.app_name.clone(),
-        _ => crate::workflow::Workflow::load(workflow)?.default_app_name(),
-    };
-    let out = out_dir.map_or_else(|| Path::new("modal").join(&app_name), Path::to_path_buf);
-    if config.is_none() {
-        let own = out.join("modal_config.json");
-        if own.is_file() {
-            cfg = crate::DeployConfig::load(&own)?;
-        }
-    }
-    if let Some(a) = overrides.app_name.as_ref().filter(|a| !a.is_empty()) {
-        cfg.app_name = a.clone();
     }
     for g in &overrides.gpu {
         if !crate::config::valid_gpu(g) {
@@ -326,6 +323,30 @@ pub fn request(
                 ),
             });
         }
+    }
+    let mut cfg = match &config_file {
+        Some(p) => crate::DeployConfig::load(p)?,
+        None => crate::DeployConfig::default(),
+    };
+    let app_name = match (&overrides.app_name, cfg.app_name.is_empty()) {
+        (Some(a), _) if !a.is_empty() => a.clone(),
+        (_, false) => cfg.app_name.clone(),
+        _ => crate::workflow::Workflow::load(&workflow)?.default_app_name(),
+    };
+    let out =
+        absolute(&out_dir.map_or_else(|| Path::new("modal").join(&app_name), Path::to_path_buf))?;
+    let own = out.join("modal_config.json");
+    // Relative custom node paths are relative to the config file they are in.
+    let config_dir = match &config_file {
+        Some(p) => p.parent().map_or_else(|| out.clone(), Path::to_path_buf),
+        None if own.is_file() => {
+            cfg = crate::DeployConfig::load(&own)?;
+            out.clone()
+        }
+        None => absolute(Path::new("."))?,
+    };
+    if let Some(a) = overrides.app_name.as_ref().filter(|a| !a.is_empty()) {
+        cfg.app_name = a.clone();
     }
     match overrides.gpu.len() {
         0 => {}
@@ -346,7 +367,7 @@ pub fn request(
         cfg.torch.stack = Some(s.clone());
     }
     Ok(ScaffoldRequest {
-        workflow: workflow.to_path_buf(),
+        workflow,
         config: cfg,
         config_dir,
         out_dir: out,
@@ -354,4 +375,36 @@ pub fn request(
         comfyui_dir,
         new_nonce: false,
     })
+}
+
+/// `path` made absolute against the current directory (links are not resolved).
+fn absolute(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).map_err(|source| DeployError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Child processes run in the project directory: a relative path would
+    /// resolve against it (`modal/<app>/modal/<app>/build/get_url.py`).
+    #[test]
+    fn every_path_of_a_request_is_absolute() {
+        let req = request(
+            Path::new("tests/fixtures/remote_invert.json"),
+            None,
+            None,
+            &Overrides::default(),
+            None,
+            None,
+        )
+        .expect("request");
+        let cwd = std::env::current_dir().expect("cwd");
+        assert_eq!(req.out_dir, cwd.join("modal/comfy-remote-remote-invert"));
+        assert_eq!(req.workflow, cwd.join("tests/fixtures/remote_invert.json"));
+        assert!(req.config_dir.is_absolute());
+    }
 }
