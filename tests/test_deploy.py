@@ -345,6 +345,16 @@ def test_settings_modal_would_refuse_stop_the_deploy_naming_the_key(tmp_path, fa
     assert fake_modal.calls() == [] and not (tmp_path / "modal").exists()
 
 
+@pytest.mark.parametrize("name,app", [("___.json", "comfy-remote-workflow"),
+                                      ("SDXL Turbo.json", "comfy-remote-sdxl-turbo")])
+def test_odd_file_names_give_a_valid_app_name(tmp_path, fake_wheel, name, app):
+    (tmp_path / name).write_text((FIXTURES / "remote_invert.json").read_text())
+    r = cli("deploy", name, "--no-deploy", "--wheel", str(fake_wheel), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(tmp_path / "modal" / app)
+    assert inspect(tmp_path / "modal" / app)["app"] == app
+
+
 # ---------------------------------------------------------------- lifecycle, recorded
 
 
