@@ -481,17 +481,55 @@ def test_delete_remote_before_redeploy(tmp_path, fake_wheel, fake_modal):
     assert argvs[1] == modal_deploy_argv(project_of(tmp_path))
 
 
-def test_clean_build_recreates_the_project(tmp_path, fake_wheel, fake_modal):
-    project = generate(tmp_path, fake_wheel)
-    stray = project / "stale.txt"
-    stray.write_text("old")
+def test_clean_build_removes_what_the_generator_wrote_and_nothing_else(tmp_path, fake_wheel, fake_modal):
+    assert deploy(tmp_path, fake_wheel, "--no-deploy").returncode == 0
+    project = project_of(tmp_path)
+    (project / "build" / "stale.txt").write_text("left by an older version")
     (project / "__pycache__").mkdir()
-    r = cli("deploy", str(FIXTURES / "remote_invert.json"), "--no-deploy", "--clean", "--out", str(project),
-            "--wheel", str(fake_wheel))
+    (project / "notes.txt").write_text("mine")
+    state = json.loads((project / ".comfy-remote" / "state.json").read_text())
+    r = deploy(tmp_path, fake_wheel, "--no-deploy", "--clean")
     assert r.returncode == 0, r.stderr
-    assert not stray.exists() and not (project / "__pycache__").exists()
+    assert not (project / "build" / "stale.txt").exists() and not (project / "__pycache__").exists()
     assert (project / "workflow.py").is_file()
-    assert "clean build: removing" in r.stderr
+    assert (project / "notes.txt").read_text() == "mine", "a file of the user's stays"
+    assert json.loads((project / ".comfy-remote" / "state.json").read_text())["nonce"] == state["nonce"], \
+        "Clean Build alone does not rebuild the image"
+    assert "clean build: removing the generated files in" in r.stderr
+    assert fake_modal.calls() == []
+
+
+def test_clean_build_inside_the_project_keeps_what_it_reads(tmp_path, fake_wheel, fake_modal):
+    """The generated README's command plus Clean Build, run in the project: the edited config and the workflow stay."""
+    (tmp_path / "sd.json").write_text((FIXTURES / "remote_invert.json").read_text())
+    assert cli("deploy", "sd.json", "--no-deploy", "--wheel", str(fake_wheel), cwd=tmp_path).returncode == 0
+    project = tmp_path / "modal" / "comfy-remote-sd"
+    assert "--config modal_config.json --out ." in (project / "README.md").read_text()
+    cfg = json.loads((project / "modal_config.json").read_text())
+    cfg["gpu"] = "L4"
+    (project / "modal_config.json").write_text(json.dumps(cfg))
+    (project / "notes.txt").write_text("mine")
+    r = cli("deploy", "sd.json", "--config", "modal_config.json", "--out", ".", "--clean", "--no-deploy",
+            "--wheel", str(fake_wheel), cwd=project)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((project / "modal_config.json").read_text())["gpu"] == "L4", "the user's edit survives"
+    assert (project / "sd.json").read_text() == (FIXTURES / "remote_invert.json").read_text()
+    assert (project / "notes.txt").read_text() == "mine"
+    assert 'GPU = "L4"' in (project / "workflow.py").read_text()
+    assert f"clean build: kept {project / 'modal_config.json'}" in r.stderr
+    assert fake_modal.calls() == []
+
+
+def test_clean_build_refuses_a_directory_it_did_not_create(tmp_path, fake_wheel, fake_modal):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "modal_config.json").write_text(json.dumps({"version": 1}))
+    (mine / "notes.txt").write_text("keep")
+    r = cli("deploy", str(FIXTURES / "remote_invert.json"), "--out", "mine", "--clean", "--wheel", str(fake_wheel),
+            "--json", cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert f"refusing to clean {mine}: comfy-remote did not create it" in json.loads(r.stdout)["error"]["message"]
+    assert sorted(p.name for p in mine.iterdir()) == ["modal_config.json", "notes.txt"]
     assert fake_modal.calls() == []
 
 

@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::error::{DeployError, Result};
+use crate::layout::{self, ProjectState};
 use crate::runner::{Cmd, Runner, Sink};
-use crate::scaffold::{self, Project, ProjectState, ScaffoldRequest};
+use crate::scaffold::{self, Project, ScaffoldRequest};
 
 /// The lifecycle switches (the node's toggles, the CLI's flags).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -67,7 +68,7 @@ pub fn run(
         stopped = Some(stop(runner, &app, sink)?);
     }
     if opts.clean {
-        clean(&req.out_dir, sink)?;
+        layout::clean(&req.out_dir, &req.keep(), sink)?;
     }
     let project = scaffold::scaffold(&req)?;
     sink(&format!(
@@ -255,24 +256,6 @@ pub fn status(runner: &Runner, app: &str, sink: Sink<'_>) -> Result<AppStatus> {
     })
 }
 
-/// Remove a project directory (refusing anything that is not one).
-pub fn clean(dir: &Path, sink: Sink<'_>) -> Result<()> {
-    if !dir.exists() {
-        return Ok(());
-    }
-    let is_project = dir.join("modal_config.json").is_file() || dir.join(".comfy-remote").is_dir();
-    if !is_project {
-        return Err(DeployError::NotAProject {
-            path: dir.to_path_buf(),
-        });
-    }
-    sink(&format!("clean build: removing {}", dir.display()));
-    std::fs::remove_dir_all(dir).map_err(|source| DeployError::Write {
-        path: PathBuf::from(dir),
-        source,
-    })
-}
-
 /// Refuse an app name given on the command line (`--app`, `stop`, `status`), naming the flag.
 /// `what` names where it came from (`--app`, `app name`).
 pub fn check_app_flag(what: &str, app: &str) -> Result<()> {
@@ -337,13 +320,16 @@ pub fn request(
         absolute(&out_dir.map_or_else(|| Path::new("modal").join(&app_name), Path::to_path_buf))?;
     let own = out.join("modal_config.json");
     // Relative custom node paths are relative to the config file they are in.
-    let config_dir = match &config_file {
-        Some(p) => p.parent().map_or_else(|| out.clone(), Path::to_path_buf),
+    let (config_file, config_dir) = match config_file {
+        Some(p) => {
+            let dir = p.parent().map_or_else(|| out.clone(), Path::to_path_buf);
+            (Some(p), dir)
+        }
         None if own.is_file() => {
             cfg = crate::DeployConfig::load(&own)?;
-            out.clone()
+            (Some(own.clone()), out.clone())
         }
-        None => absolute(Path::new("."))?,
+        None => (None, absolute(Path::new("."))?),
     };
     if let Some(a) = overrides.app_name.as_ref().filter(|a| !a.is_empty()) {
         cfg.app_name = a.clone();
@@ -369,6 +355,7 @@ pub fn request(
     Ok(ScaffoldRequest {
         workflow,
         config: cfg,
+        config_file,
         config_dir,
         out_dir: out,
         wheel,

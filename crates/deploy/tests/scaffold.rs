@@ -47,6 +47,7 @@ fn request(tmp: &Path, workflow: &str, config: DeployConfig) -> ScaffoldRequest 
     ScaffoldRequest {
         workflow: fixtures().join(workflow),
         config,
+        config_file: None,
         config_dir: fixtures(),
         out_dir: tmp.join("project"),
         wheel: Some(fake_wheel(tmp)),
@@ -325,11 +326,19 @@ fn a_directory_that_is_not_a_project_is_never_overwritten() {
     assert!(matches!(err, DeployError::NotAProjectOut { .. }), "{err:?}");
     assert!(
         err.to_string().starts_with(&format!(
-            "refusing to write into {}: it exists and is not a comfy-remote project (no modal_config.json); choose another --out",
+            "refusing to write into {}: it exists and is not a comfy-remote project (no .comfy-remote/state.json); choose another --out",
             req.out_dir.display()
         )),
         "{err}"
     );
+    // A modal_config.json of the user's does not make a directory a project:
+    // the generator would overwrite README.md and replace utils/ there.
+    std::fs::write(req.out_dir.join("modal_config.json"), b"{\"version\": 1}").expect("write");
+    std::fs::create_dir_all(req.out_dir.join("utils")).expect("mkdir");
+    std::fs::write(req.out_dir.join("utils/mine.py"), b"mine").expect("write");
+    let err = scaffold(&req).expect_err("still not a project");
+    assert!(matches!(err, DeployError::NotAProjectOut { .. }), "{err:?}");
+    assert_eq!(read(&req.out_dir.join("utils/mine.py")), "mine");
 }
 
 #[test]

@@ -73,7 +73,7 @@ class ModalDeployment(io.ComfyNode):
                 io.String.Input("pip_packages", default="", multiline=True, tooltip="Extra pip requirements, one per line."),
                 io.String.Input("apt_packages", default="", multiline=True, tooltip="Extra Debian packages, one per line."),
                 io.Boolean.Input("deploy", default=False, tooltip="Run `modal deploy` (off: generate and check only)."),
-                io.Boolean.Input("clean_build", default=False, tooltip="Remove the project directory and regenerate it."),
+                io.Boolean.Input("clean_build", default=False, tooltip="Remove the files the generator wrote in the project directory (never your own files, the workflow or the config), then regenerate them."),
                 io.Boolean.Input("force_rebuild", default=False, tooltip="Rebuild every image layer (new build nonce, MODAL_IGNORE_CACHE=1)."),
                 io.Boolean.Input("delete_remote_app", default=False, tooltip="Stop the deployed app first (`modal app stop -y`)."),
                 io.String.Input("config_path", default="", optional=True, tooltip="modal_config.json (default: the project's own)."),

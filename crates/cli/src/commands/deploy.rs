@@ -45,7 +45,7 @@ pub struct DeployArgs {
     /// Generate (and check) the project only; print its directory, not a URL.
     #[arg(long)]
     pub no_deploy: bool,
-    /// Remove the project directory first, then regenerate it.
+    /// Clean Build: remove the files the generator wrote in the project directory (never your own files, the workflow or the config this run reads), then regenerate them.
     #[arg(long)]
     pub clean: bool,
     /// Rebuild every image layer: a new build nonce and MODAL_IGNORE_CACHE=1.
