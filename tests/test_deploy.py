@@ -290,6 +290,7 @@ def test_written_config_shows_every_setting_and_reads_back(tmp_path, fake_wheel)
     cfg = json.loads((project / "modal_config.json").read_text())
     assert cfg["max_containers"] is None and cfg["volume"] is None and cfg["auth"]["token_secret"] is None
     assert set(cfg["torch"]) == {"stack", "torch", "torchvision", "torchaudio", "xformers", "index_url"}
+    assert cfg["torch"]["stack"] == "torch-2.11", "the default preset is written by name, as docs/deploy.md shows"
     r = cli("deploy", str(FIXTURES / "remote_invert.json"), "--no-deploy", "--config", str(project / "modal_config.json"),
             "--out", str(project), "--wheel", str(fake_wheel))
     assert r.returncode == 0, r.stderr
@@ -320,6 +321,8 @@ def test_unknown_config_key_is_named(tmp_path, fake_wheel):
 def test_the_documented_torch_forms_are_accepted(tmp_path, fake_wheel, torch, row):
     project = generate(tmp_path, fake_wheel, "remote_invert.json", {"torch": torch})
     assert row in (project / "workflow.py").read_text()
+    stack = json.loads((project / "modal_config.json").read_text())["torch"]["stack"]
+    assert stack == {"2.9.1": "torch-2.9", "seed-2.3": "seed-2.3", None: "torch-2.11"}[torch]
 
 
 @pytest.mark.parametrize("setting,words", [

@@ -105,6 +105,8 @@ pub fn scaffold(req: &ScaffoldRequest) -> Result<Project> {
     }
     config.validate()?;
     let (stack_name, stack) = stacks::resolve(&config.torch)?;
+    // The written config names the stack it resolved to (the default included).
+    config.torch.stack = Some(stack_name.clone());
 
     // Node check: core + ours + packs, before anything is written.
     let (core, core_from) = core_nodes(req.comfyui_dir.as_deref())?;

@@ -342,6 +342,18 @@ fn a_directory_that_is_not_a_project_is_never_overwritten() {
 }
 
 #[test]
+fn the_written_config_names_the_resolved_stack_and_reads_back_the_same() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let req = request(tmp.path(), "remote_invert.json", DeployConfig::default());
+    let p = scaffold(&req).expect("scaffold");
+    let written = p.dir.join("modal_config.json");
+    let v: serde_json::Value = serde_json::from_str(&read(&written)).expect("json");
+    assert_eq!(v["torch"]["stack"], "torch-2.11");
+    let again = DeployConfig::load(&written).expect("reads back");
+    assert_eq!(again, p.config);
+}
+
+#[test]
 fn an_unknown_torch_stack_is_named_with_the_presets() {
     let tmp = tempfile::tempdir().expect("tmp");
     let config = DeployConfig {
