@@ -348,6 +348,19 @@ def test_settings_modal_would_refuse_stop_the_deploy_naming_the_key(tmp_path, fa
     assert fake_modal.calls() == [] and not (tmp_path / "modal").exists()
 
 
+def test_flags_saved_in_the_project_config_are_announced(tmp_path, fake_wheel, fake_modal):
+    r = deploy(tmp_path, fake_wheel, "--no-deploy", "--gpu", "T4", "--pip", "einops")
+    assert r.returncode == 0, r.stderr
+    cfg_path = project_of(tmp_path) / "modal_config.json"
+    assert f'--gpu T4: saved as "gpu": "T4" in {cfg_path}; later runs use it' in r.stderr
+    assert f'--pip einops: saved as an entry of "pip" in {cfg_path}' in r.stderr
+    r = deploy(tmp_path, fake_wheel, "--no-deploy")
+    assert r.returncode == 0, r.stderr
+    assert "saved as" not in r.stderr
+    assert "gpu T4, torch stack torch-2.11" in r.stderr, "the run says which GPU the project now uses"
+    assert inspect(project_of(tmp_path))["gpus"] == [["T4", 1]]
+
+
 @pytest.mark.parametrize("name,app", [("___.json", "comfy-remote-workflow"),
                                       ("SDXL Turbo.json", "comfy-remote-sdxl-turbo")])
 def test_odd_file_names_give_a_valid_app_name(tmp_path, fake_wheel, name, app):

@@ -72,9 +72,10 @@ pub fn run(
     }
     let project = scaffold::scaffold(&req)?;
     sink(&format!(
-        "generated {} ({} files, torch stack {}, content {})",
+        "generated {} ({} files, gpu {}, torch stack {}, content {})",
         project.dir.display(),
         project.files.len(),
+        project.config.gpu.display(),
         project.stack_name,
         &project.content_hash[..12]
     ));
@@ -88,15 +89,19 @@ pub fn run(
             m.folder, m.file, m.used_by
         ));
     }
+    for note in &req.notes {
+        sink(note);
+    }
+    let report = |project: Project, url: Option<String>, deployed: bool, unchanged: bool| Report {
+        project,
+        url,
+        deployed,
+        unchanged,
+        stopped,
+    };
     if !opts.deploy {
         sink("generate only: not deployed (no service URL)");
-        return Ok(Report {
-            project,
-            url: None,
-            deployed: false,
-            unchanged: false,
-            stopped,
-        });
+        return Ok(report(project, None, false, false));
     }
 
     let mut state = ProjectState::load(&project.dir).unwrap_or_default();
@@ -119,13 +124,7 @@ pub fn run(
                 }
             };
             sink(&format!("unchanged since the last deploy: {url}"));
-            return Ok(Report {
-                project,
-                url: Some(url),
-                deployed: false,
-                unchanged: true,
-                stopped,
-            });
+            return Ok(report(project, Some(url), false, true));
         }
         sink("unchanged, but the app is not deployed any more: deploying");
     }
@@ -146,13 +145,7 @@ pub fn run(
     state.url = Some(url.clone());
     state.save(&project.dir)?;
     sink(&format!("deployed {}: {url}", project.app_name));
-    Ok(Report {
-        project,
-        url: Some(url),
-        deployed: true,
-        unchanged: false,
-        stopped,
-    })
+    Ok(report(project, Some(url), true, false))
 }
 
 fn app_name_for(req: &ScaffoldRequest) -> Result<String> {
@@ -283,7 +276,8 @@ pub struct Overrides {
 /// Build a request the way the CLI and the node both do: `config` if given, else the
 /// project's own `modal_config.json`, else defaults; then the overrides.
 /// `out_dir` defaults to `./modal/<app name>`. Every path in the request is
-/// absolute (resolved here, once, against the current directory).
+/// absolute (resolved here, once, against the current directory). Overrides
+/// are saved into the project's config: `notes` says which, and where.
 pub fn request(
     workflow: &Path,
     config: Option<&Path>,
@@ -311,15 +305,16 @@ pub fn request(
         Some(p) => crate::DeployConfig::load(p)?,
         None => crate::DeployConfig::default(),
     };
+    let derived =
+        || -> Result<String> { Ok(crate::workflow::Workflow::load(&workflow)?.default_app_name()) };
     let app_name = match (&overrides.app_name, cfg.app_name.is_empty()) {
         (Some(a), _) if !a.is_empty() => a.clone(),
         (_, false) => cfg.app_name.clone(),
-        _ => crate::workflow::Workflow::load(&workflow)?.default_app_name(),
+        _ => derived()?,
     };
     let out =
         absolute(&out_dir.map_or_else(|| Path::new("modal").join(&app_name), Path::to_path_buf))?;
     let own = out.join("modal_config.json");
-    // Relative custom node paths are relative to the config file they are in.
     let (config_file, config_dir) = match config_file {
         Some(p) => {
             let dir = p.parent().map_or_else(|| out.clone(), Path::to_path_buf);
@@ -331,27 +326,8 @@ pub fn request(
         }
         None => (None, absolute(Path::new("."))?),
     };
-    if let Some(a) = overrides.app_name.as_ref().filter(|a| !a.is_empty()) {
-        cfg.app_name = a.clone();
-    }
-    match overrides.gpu.len() {
-        0 => {}
-        1 => cfg.gpu = crate::config::Gpu::One(overrides.gpu[0].clone()),
-        _ => cfg.gpu = crate::config::Gpu::Fallback(overrides.gpu.clone()),
-    }
-    for p in &overrides.pip {
-        if !cfg.pip.contains(p) {
-            cfg.pip.push(p.clone());
-        }
-    }
-    for p in &overrides.apt {
-        if !cfg.apt.contains(p) {
-            cfg.apt.push(p.clone());
-        }
-    }
-    if let Some(s) = &overrides.torch_stack {
-        cfg.torch.stack = Some(s.clone());
-    }
+
+    let notes = apply(overrides, &mut cfg, derived, &own)?;
     Ok(ScaffoldRequest {
         workflow,
         config: cfg,
@@ -361,6 +337,7 @@ pub fn request(
         wheel,
         comfyui_dir,
         new_nonce: false,
+        notes,
     })
 }
 
@@ -370,6 +347,75 @@ fn absolute(path: &Path) -> Result<PathBuf> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// Apply the overrides to `cfg`; returns one log line per setting that
+/// changed, naming the file it is saved in (`saved_in`, the project's config).
+fn apply(
+    overrides: &Overrides,
+    cfg: &mut crate::DeployConfig,
+    derived_app: impl Fn() -> Result<String>,
+    saved_in: &Path,
+) -> Result<Vec<String>> {
+    let mut notes = Vec::new();
+    let mut saved = |flag: String, setting: String| {
+        notes.push(format!(
+            "{flag}: saved as {setting} in {}; later runs use it (change it there, or pass the flag again)",
+            saved_in.display()
+        ));
+    };
+    if let Some(a) = overrides.app_name.as_ref().filter(|a| !a.is_empty()) {
+        let before = if cfg.app_name.is_empty() {
+            derived_app()?
+        } else {
+            cfg.app_name.clone()
+        };
+        if *a != before {
+            saved(format!("--app {a}"), format!("\"app_name\": {a:?}"));
+        }
+        cfg.app_name = a.clone();
+    }
+    let gpu = match overrides.gpu.len() {
+        0 => None,
+        1 => Some(crate::config::Gpu::One(overrides.gpu[0].clone())),
+        _ => Some(crate::config::Gpu::Fallback(overrides.gpu.clone())),
+    };
+    if let Some(gpu) = gpu {
+        if gpu != cfg.gpu {
+            let flags: Vec<String> = overrides.gpu.iter().map(|g| format!("--gpu {g}")).collect();
+            let value = serde_json::to_string(&gpu).unwrap_or_default();
+            saved(flags.join(" "), format!("\"gpu\": {value}"));
+        }
+        cfg.gpu = gpu;
+    }
+    for (flag, key, list, extra) in [
+        ("--pip", "pip", &mut cfg.pip, &overrides.pip),
+        ("--apt", "apt", &mut cfg.apt, &overrides.apt),
+    ] {
+        for p in extra {
+            if !list.contains(p) {
+                list.push(p.clone());
+                saved(format!("{flag} {p}"), format!("an entry of \"{key}\""));
+            }
+        }
+    }
+    if let Some(s) = &overrides.torch_stack {
+        // A preset replaces the version pins (they belong to its row);
+        // leaving xformers out still holds.
+        let choice = crate::stacks::TorchChoice {
+            stack: Some(s.clone()),
+            xformers: cfg.torch.xformers.clone().filter(|x| x == "none"),
+            ..Default::default()
+        };
+        if cfg.torch != choice {
+            saved(
+                format!("--torch-stack {s}"),
+                format!("\"torch\": {{\"stack\": {s:?}}}"),
+            );
+        }
+        cfg.torch = choice;
+    }
+    Ok(notes)
 }
 
 #[cfg(test)]
@@ -393,5 +439,52 @@ mod tests {
         assert_eq!(req.out_dir, cwd.join("modal/comfy-remote-remote-invert"));
         assert_eq!(req.workflow, cwd.join("tests/fixtures/remote_invert.json"));
         assert!(req.config_dir.is_absolute());
+        assert!(req.notes.is_empty());
+    }
+
+    #[test]
+    fn a_flag_that_changes_a_setting_says_where_it_is_saved() {
+        let overrides = Overrides {
+            gpu: vec!["T4".into()],
+            torch_stack: Some("seed-2.3".into()),
+            ..Default::default()
+        };
+        let req = request(
+            Path::new("tests/fixtures/remote_invert.json"),
+            None,
+            Some(Path::new("somewhere")),
+            &overrides,
+            None,
+            None,
+        )
+        .expect("request");
+        let file = std::env::current_dir()
+            .expect("cwd")
+            .join("somewhere/modal_config.json");
+        assert_eq!(
+            req.notes,
+            [
+                format!("--gpu T4: saved as \"gpu\": \"T4\" in {}; later runs use it (change it there, or pass the flag again)", file.display()),
+                format!("--torch-stack seed-2.3: saved as \"torch\": {{\"stack\": \"seed-2.3\"}} in {}; later runs use it (change it there, or pass the flag again)", file.display()),
+            ]
+        );
+        let same = Overrides {
+            gpu: vec!["H100".into()],
+            ..Default::default()
+        };
+        let req = request(
+            Path::new("tests/fixtures/remote_invert.json"),
+            None,
+            None,
+            &same,
+            None,
+            None,
+        )
+        .expect("request");
+        assert!(
+            req.notes.is_empty(),
+            "the default is not news: {:?}",
+            req.notes
+        );
     }
 }

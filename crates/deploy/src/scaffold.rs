@@ -56,6 +56,8 @@ pub struct ScaffoldRequest {
     pub comfyui_dir: Option<PathBuf>,
     /// Draw a new build nonce (Force Rebuild) instead of keeping the project's.
     pub new_nonce: bool,
+    /// Lines the run logs before generating (which flags were saved into the project's config).
+    pub notes: Vec<String>,
 }
 
 impl ScaffoldRequest {

@@ -53,6 +53,7 @@ fn request(tmp: &Path, workflow: &str, config: DeployConfig) -> ScaffoldRequest 
         wheel: Some(fake_wheel(tmp)),
         comfyui_dir: None,
         new_nonce: false,
+        notes: Vec::new(),
     }
 }
 

@@ -69,7 +69,7 @@ class ModalDeployment(io.ComfyNode):
             inputs=[
                 io.String.Input("workflow_path", default="", tooltip="The remote workflow, API format (.json)."),
                 io.String.Input("app_name", default="", tooltip="Modal app name; default comfy-remote-<file name>."),
-                io.String.Input("gpu", default="H100", tooltip="Modal GPU type, or a fallback list: H100,A100-80GB."),
+                io.String.Input("gpu", default="H100", tooltip="Modal GPU type, or a fallback list: H100,A100-80GB. Saved in the project's modal_config.json; empty: use the project's setting."),
                 io.String.Input("pip_packages", default="", multiline=True, tooltip="Extra pip requirements, one per line."),
                 io.String.Input("apt_packages", default="", multiline=True, tooltip="Extra Debian packages, one per line."),
                 io.Boolean.Input("deploy", default=False, tooltip="Run `modal deploy` (off: generate and check only)."),

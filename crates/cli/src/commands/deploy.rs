@@ -24,16 +24,16 @@ pub struct DeployArgs {
     /// Modal app name (default: comfy-remote-<workflow file stem>, lowercased, every character other than a letter, digit or '-' made '-': invert_blur.json -> comfy-remote-invert-blur).
     #[arg(long)]
     pub app: Option<String>,
-    /// GPU type; repeat for a fallback list (e.g. --gpu H100 --gpu A100-80GB). Default H100.
+    /// GPU type; repeat for a fallback list (e.g. --gpu H100 --gpu A100-80GB). Default H100. Saved in the project's config.
     #[arg(long)]
     pub gpu: Vec<String>,
-    /// Extra pip requirement for the image (repeatable).
+    /// Extra pip requirement for the image (repeatable); added to the project's config.
     #[arg(long = "pip")]
     pub pip: Vec<String>,
-    /// Extra Debian package for the image (repeatable).
+    /// Extra Debian package for the image (repeatable); added to the project's config.
     #[arg(long = "apt")]
     pub apt: Vec<String>,
-    /// Torch stack preset (see docs/deploy.md), e.g. torch-2.11 or seed-2.3.
+    /// Torch stack preset, e.g. torch-2.11 (the default) or seed-2.3 (the table is in docs/deploy.md). Saved in the project's config.
     #[arg(long)]
     pub torch_stack: Option<String>,
     /// The comfy-remote wheel to install in the image: a .whl, a directory of wheels (the one of this version for Linux x86_64 is picked) or a glob (default: $COMFY_REMOTE_WHEEL, else target/wheels of the source checkout you are in).
