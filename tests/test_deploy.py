@@ -371,6 +371,20 @@ def test_odd_file_names_give_a_valid_app_name(tmp_path, fake_wheel, name, app):
     assert inspect(tmp_path / "modal" / app)["app"] == app
 
 
+def test_a_public_service_is_warned_about(tmp_path, fake_wheel, fake_modal):
+    cfg = tmp_path / "modal_config.json"
+    cfg.write_text(json.dumps({"version": 1, "auth": {"proxy_auth": False}}))
+    r = deploy(tmp_path, fake_wheel, "--config", str(cfg), "--json")
+    assert r.returncode == 0, r.stderr
+    warning = f"warning: app {APP} is public"
+    assert warning in r.stderr and "anyone with the service URL can run jobs on your GPU" in r.stderr
+    report = json.loads(r.stdout)
+    assert report["status"] == "ok" and len(report["warnings"]) == 1 and report["warnings"][0].startswith(warning)
+    cfg.write_text(json.dumps({"version": 1, "auth": {"proxy_auth": False, "token_secret": "comfy-remote-token"}}))
+    r = deploy(tmp_path, fake_wheel, "--config", str(cfg), "--json", "--no-deploy")
+    assert r.returncode == 0 and "warning" not in r.stderr and json.loads(r.stdout)["warnings"] == []
+
+
 # ---------------------------------------------------------------- lifecycle, recorded
 
 

@@ -56,6 +56,7 @@ def test_modal_deployment_node(tmp_path, comfyui_dir, comfy_python):
     cfg = json.loads((project / "modal_config.json").read_text())
     assert cfg["gpu"] == ["H100", "A100-80GB"] and cfg["pip"] == ["einops"]
 
+
 CLEAN_SCRIPT = r"""
 import asyncio, json, logging, sys
 sys.path.insert(0, sys.argv[1])
@@ -76,7 +77,8 @@ print(json.dumps({"out": list(out.args), "log": records}))
 """
 
 
-def test_clean_build_from_the_node_keeps_what_it_reads(tmp_path, comfyui_dir, comfy_python):
+def test_clean_build_from_the_node_keeps_what_it_reads_and_warns_of_a_public_service(tmp_path, comfyui_dir,
+                                                                                       comfy_python):
     """The node pointed at its own project (its workflow copy and config) with Clean Build on."""
     version = subprocess.run([str(comfy_python), "-c", "import comfy_remote; print(comfy_remote.__version__)"],
                              capture_output=True, text=True, check=True).stdout.strip()
@@ -100,6 +102,7 @@ def test_clean_build_from_the_node_keeps_what_it_reads(tmp_path, comfyui_dir, co
     node(tmp_path / "sd.json", "", clean=False)
     cfg = json.loads((project / "modal_config.json").read_text())
     cfg["gpu"] = "L4"
+    cfg["auth"]["proxy_auth"] = False
     (project / "modal_config.json").write_text(json.dumps(cfg))
     (project / "notes.txt").write_text("mine")
     res = node(project / "sd.json", str(project / "modal_config.json"), clean=True)
@@ -108,3 +111,6 @@ def test_clean_build_from_the_node_keeps_what_it_reads(tmp_path, comfyui_dir, co
     assert (project / "notes.txt").read_text() == "mine"
     assert (project / "workflow.py").is_file()
     assert any("clean build: kept" in m for _, m in res["log"]), res["log"]
+    warnings = [m for level, m in res["log"] if level == "WARNING"]
+    assert len(warnings) == 1 and "is public" in warnings[0] and "anyone with the service URL" in warnings[0]
+    assert "is public" in res["out"][1], "the node's message says so too"

@@ -391,6 +391,19 @@ impl DeployConfig {
         }
     }
 
+    /// What a user must know about these settings before deploying (each line
+    /// starts with `warning: `). Today: a service anyone may call.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.auth.proxy_auth && self.auth.token_secret.is_none() {
+            out.push(format!(
+                "warning: app {} is public: \"auth\" has \"proxy_auth\": false and no \"token_secret\", so anyone with the service URL can run jobs on your GPU (billed to you); set \"proxy_auth\": true or a \"token_secret\" in modal_config.json",
+                self.app_name
+            ));
+        }
+        out
+    }
+
     /// Check values the reader cannot: names, GPU strings, ranges, combinations.
     pub fn validate(&self) -> Result<()> {
         let bad = |message: String| Err(DeployError::Config { message });
@@ -785,5 +798,23 @@ mod tests {
             err.starts_with(&format!("{}: \"scaledown_window_s\" must be", p.display())),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_public_service_is_warned_about() {
+        let mut cfg = DeployConfig {
+            app_name: "svc".into(),
+            ..Default::default()
+        };
+        assert!(cfg.warnings().is_empty());
+        cfg.auth.proxy_auth = false;
+        let w = cfg.warnings();
+        assert_eq!(w.len(), 1);
+        assert!(
+            w[0].starts_with("warning: app svc is public") && w[0].contains("anyone with"),
+            "{w:?}"
+        );
+        cfg.auth.token_secret = Some("tok".into());
+        assert!(cfg.warnings().is_empty());
     }
 }

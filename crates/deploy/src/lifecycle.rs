@@ -38,6 +38,8 @@ pub struct Report {
     pub unchanged: bool,
     /// `Some(true)`: the remote app was stopped; `Some(false)`: there was none.
     pub stopped: Option<bool>,
+    /// What the user must know (`warning: ...`), also logged: e.g. a public service.
+    pub warnings: Vec<String>,
 }
 
 /// One app as `modal app list --json` reports it.
@@ -92,12 +94,19 @@ pub fn run(
     for note in &req.notes {
         sink(note);
     }
-    let report = |project: Project, url: Option<String>, deployed: bool, unchanged: bool| Report {
-        project,
-        url,
-        deployed,
-        unchanged,
-        stopped,
+    for w in &project.warnings {
+        sink(w);
+    }
+    let report = |project: Project, url: Option<String>, deployed: bool, unchanged: bool| {
+        let warnings = project.warnings.clone();
+        Report {
+            project,
+            url,
+            deployed,
+            unchanged,
+            stopped,
+            warnings,
+        }
     };
     if !opts.deploy {
         sink("generate only: not deployed (no service URL)");

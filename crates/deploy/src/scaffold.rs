@@ -93,6 +93,8 @@ pub struct Project {
     pub content_hash: String,
     pub nonce: String,
     pub wheel: PathBuf,
+    /// What the user must know before deploying (`warning: ...` lines).
+    pub warnings: Vec<String>,
 }
 
 /// The rendered files, relative path -> bytes (before writing).
@@ -211,6 +213,7 @@ pub fn scaffold(req: &ScaffoldRequest) -> Result<Project> {
     };
     state.save(&req.out_dir)?;
 
+    let warnings = config.warnings();
     Ok(Project {
         dir: req.out_dir.clone(),
         app_name: config.app_name.clone(),
@@ -227,6 +230,7 @@ pub fn scaffold(req: &ScaffoldRequest) -> Result<Project> {
         content_hash,
         nonce,
         wheel,
+        warnings,
     })
 }
 

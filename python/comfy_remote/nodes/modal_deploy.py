@@ -115,7 +115,11 @@ class ModalDeployment(io.ComfyNode):
 
         def progress(line: str) -> None:
             lines.append(line)
-            log.info("%s", line)
+            # The lifecycle marks what the user must know (a public service) with "warning: ".
+            if line.startswith("warning: "):
+                log.warning("%s", line.removeprefix("warning: "))
+            else:
+                log.info("%s", line)
             if node_id is None:
                 return
             try:
@@ -144,6 +148,7 @@ class ModalDeployment(io.ComfyNode):
             message = f"{'unchanged' if report.get('unchanged') else 'deployed'}: {url}"
         else:
             message = f"generated {report['project']['dir']} (not deployed: turn on 'deploy' to get a service URL)"
+        message = "\n".join([message, *report.get("warnings", [])])
         return io.NodeOutput(url, message, ui=ui.PreviewText(message))
 
 
