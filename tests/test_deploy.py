@@ -385,6 +385,18 @@ def test_a_public_service_is_warned_about(tmp_path, fake_wheel, fake_modal):
     assert r.returncode == 0 and "warning" not in r.stderr and json.loads(r.stdout)["warnings"] == []
 
 
+def test_deploy_help_says_what_it_does_by_default_and_what_sticks():
+    top = cli("--help").stdout
+    assert "deploy  Generate a Modal project for a remote workflow and deploy it (--no-deploy:" in top
+    r = cli("deploy", "--help")
+    assert r.returncode == 0
+    text = " ".join(r.stdout.split())
+    assert "saved in the project's modal_config.json, and later runs use them" in text
+    assert "Exit status: 0 ok, 1 Modal failed" in text and "4 `modal` is not installed" in text
+    assert "never your own files" in text, "--clean says what it spares"
+    assert "Exit status: 0 stopped (or there was no such app)" in " ".join(cli("stop", "--help").stdout.split())
+
+
 # ---------------------------------------------------------------- lifecycle, recorded
 
 

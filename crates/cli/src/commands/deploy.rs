@@ -12,16 +12,19 @@ use comfy_remote_deploy::{lifecycle, DeployError, Options, Runner};
 use crate::{exit, output};
 
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Settings given by flags (--app, --gpu, --pip, --apt, --torch-stack) are saved in the project's modal_config.json, and later runs use them; each one saved is logged.\n\nExit status: 0 ok, 1 Modal failed (deploy, or reading the service URL), 2 bad input (workflow, config, wheel, node check, a flag), 4 `modal` is not installed."
+)]
 pub struct DeployArgs {
     /// The remote workflow, in API format (ComfyUI: Workflow > Export (API)).
     pub workflow: PathBuf,
-    /// modal_config.json to use (default: the project's own, else all defaults).
+    /// modal_config.json to use (default: the project's own, else all defaults); its relative custom node paths are relative to it.
     #[arg(long, short = 'c')]
     pub config: Option<PathBuf>,
     /// Project directory to generate (default: ./modal/<app name>).
     #[arg(long, short = 'o')]
     pub out: Option<PathBuf>,
-    /// Modal app name (default: comfy-remote-<workflow file stem>, lowercased, every character other than a letter, digit or '-' made '-': invert_blur.json -> comfy-remote-invert-blur).
+    /// Modal app name (default: comfy-remote-<workflow file stem>, e.g. invert_blur.json -> comfy-remote-invert-blur; the rule is in docs/deploy.md).
     #[arg(long)]
     pub app: Option<String>,
     /// GPU type; repeat for a fallback list (e.g. --gpu H100 --gpu A100-80GB). Default H100. Saved in the project's config.
@@ -60,6 +63,9 @@ pub struct DeployArgs {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Exit status: 0 stopped (or there was no such app), 1 `modal` failed (no token, no network), 2 a bad app name, 4 `modal` is not installed."
+)]
 pub struct StopArgs {
     /// The Modal app name.
     pub app: String,
