@@ -290,6 +290,7 @@ def test_written_config_shows_every_setting_and_reads_back(tmp_path, fake_wheel)
     cfg = json.loads((project / "modal_config.json").read_text())
     assert cfg["max_containers"] is None and cfg["volume"] is None and cfg["auth"]["token_secret"] is None
     assert set(cfg["torch"]) == {"stack", "torch", "torchvision", "torchaudio", "xformers", "index_url"}
+    assert cfg["torch"]["stack"] == "torch-2.11", "the default preset is written by name, as docs/deploy.md shows"
     r = cli("deploy", str(FIXTURES / "remote_invert.json"), "--no-deploy", "--config", str(project / "modal_config.json"),
             "--out", str(project), "--wheel", str(fake_wheel))
     assert r.returncode == 0, r.stderr
@@ -312,38 +313,170 @@ def test_unknown_config_key_is_named(tmp_path, fake_wheel):
     assert r.returncode == 2 and "unknown key `gpus`" in r.stderr
 
 
+@pytest.mark.parametrize("torch,row", [
+    ("2.9.1", "torch==2.9.1 torchvision==0.24.1 torchaudio==2.9.1"),
+    ("seed-2.3", "torch==2.3.0 torchvision==0.18.0 torchaudio==2.3.0"),
+    (None, "torch==2.11.0 torchvision==0.26.0 torchaudio==2.11.0"),
+])
+def test_the_documented_torch_forms_are_accepted(tmp_path, fake_wheel, torch, row):
+    project = generate(tmp_path, fake_wheel, "remote_invert.json", {"torch": torch})
+    assert row in (project / "workflow.py").read_text()
+    stack = json.loads((project / "modal_config.json").read_text())["torch"]["stack"]
+    assert stack == {"2.9.1": "torch-2.9", "seed-2.3": "seed-2.3", None: "torch-2.11"}[torch]
+
+
+@pytest.mark.parametrize("setting,words", [
+    ({"scaledown_window_s": 1}, '"scaledown_window_s" must be a whole number of seconds from 2 to 3600'),
+    ({"scaledown_window_s": 7200}, '"scaledown_window_s" must be a whole number of seconds from 2 to 3600'),
+    ({"startup_timeout_s": 0}, '"startup_timeout_s" must be a whole number of seconds from 1 to 86400'),
+    ({"timeout_s": 100000}, '"timeout_s" must be a whole number of seconds from 1 to 86400'),
+    ({"max_containers": 0}, '"max_containers" must be null (no limit) or a whole number of 1 or more'),
+    ({"max_concurrent_jobs": 0}, '"max_concurrent_jobs" must be a whole number of 1 or more'),
+    ({"min_containers": -1}, '"min_containers" must be a whole number of 0 or more; got -1'),
+    ({"torch": 2.9}, '"torch" must be a preset name ('),
+    ({"torch": {"torch": 2.9}}, '"torch.torch" must be null or a version string'),
+])
+def test_settings_modal_would_refuse_stop_the_deploy_naming_the_key(tmp_path, fake_wheel, fake_modal, setting, words):
+    cfg = tmp_path / "modal_config.json"
+    cfg.write_text(json.dumps({"version": 1, **setting}))
+    r = cli("deploy", str(FIXTURES / "remote_invert.json"), "--config", str(cfg), "--wheel", str(fake_wheel),
+            "--json", cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    message = json.loads(r.stdout)["error"]["message"]
+    assert message.startswith(f"{cfg}: ") and words in message, message
+    assert "expected struct" not in message and "TorchChoice" not in message and "u32" not in message
+    assert fake_modal.calls() == [] and not (tmp_path / "modal").exists()
+
+
+def test_flags_saved_in_the_project_config_are_announced(tmp_path, fake_wheel, fake_modal):
+    r = deploy(tmp_path, fake_wheel, "--no-deploy", "--gpu", "T4", "--pip", "einops")
+    assert r.returncode == 0, r.stderr
+    cfg_path = project_of(tmp_path) / "modal_config.json"
+    assert f'--gpu T4: saved as "gpu": "T4" in {cfg_path}; later runs use it' in r.stderr
+    assert f'--pip einops: saved as an entry of "pip" in {cfg_path}' in r.stderr
+    r = deploy(tmp_path, fake_wheel, "--no-deploy")
+    assert r.returncode == 0, r.stderr
+    assert "saved as" not in r.stderr
+    assert "gpu T4, torch stack torch-2.11" in r.stderr, "the run says which GPU the project now uses"
+    assert inspect(project_of(tmp_path))["gpus"] == [["T4", 1]]
+
+
+@pytest.mark.parametrize("name,app", [("___.json", "comfy-remote-workflow"),
+                                      ("SDXL Turbo.json", "comfy-remote-sdxl-turbo")])
+def test_odd_file_names_give_a_valid_app_name(tmp_path, fake_wheel, name, app):
+    (tmp_path / name).write_text((FIXTURES / "remote_invert.json").read_text())
+    r = cli("deploy", name, "--no-deploy", "--wheel", str(fake_wheel), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(tmp_path / "modal" / app)
+    assert inspect(tmp_path / "modal" / app)["app"] == app
+
+
+def test_a_public_service_is_warned_about(tmp_path, fake_wheel, fake_modal):
+    cfg = tmp_path / "modal_config.json"
+    cfg.write_text(json.dumps({"version": 1, "auth": {"proxy_auth": False}}))
+    r = deploy(tmp_path, fake_wheel, "--config", str(cfg), "--json")
+    assert r.returncode == 0, r.stderr
+    warning = f"warning: app {APP} is public"
+    assert warning in r.stderr and "anyone with the service URL can run jobs on your GPU" in r.stderr
+    report = json.loads(r.stdout)
+    assert report["status"] == "ok" and len(report["warnings"]) == 1 and report["warnings"][0].startswith(warning)
+    cfg.write_text(json.dumps({"version": 1, "auth": {"proxy_auth": False, "token_secret": "comfy-remote-token"}}))
+    r = deploy(tmp_path, fake_wheel, "--config", str(cfg), "--json", "--no-deploy")
+    assert r.returncode == 0 and "warning" not in r.stderr and json.loads(r.stdout)["warnings"] == []
+
+
+def test_deploy_help_says_what_it_does_by_default_and_what_sticks():
+    top = cli("--help").stdout
+    assert "deploy  Generate a Modal project for a remote workflow and deploy it (--no-deploy:" in top
+    r = cli("deploy", "--help")
+    assert r.returncode == 0
+    text = " ".join(r.stdout.split())
+    assert "saved in the project's modal_config.json, and later runs use them" in text
+    assert "Exit status: 0 ok, 1 Modal failed" in text and "4 `modal` is not installed" in text
+    assert "never your own files" in text, "--clean says what it spares"
+    assert "Exit status: 0 stopped (or there was no such app)" in " ".join(cli("stop", "--help").stdout.split())
+
+
 # ---------------------------------------------------------------- lifecycle, recorded
 
 
+APP = "comfy-remote-remote-invert"
+
+
 def deploy(tmp_path: Path, wheel: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return cli("deploy", str(FIXTURES / "remote_invert.json"), "--out", str(tmp_path / "project"),
-               "--wheel", str(wheel), *extra)
+    """`comfy-remote deploy remote_invert.json` run in `tmp_path`, as users do: the project is ./modal/<app>."""
+    return cli("deploy", str(FIXTURES / "remote_invert.json"), "--wheel", str(wheel), *extra, cwd=tmp_path)
+
+
+def project_of(tmp_path: Path, app: str = APP) -> Path:
+    return tmp_path / "modal" / app
+
+
+def modal_deploy_argv(project: Path) -> list[str]:
+    return ["deploy", f"{project / 'workflow.py'}::app"]
 
 
 def test_deploy_runs_modal_deploy_and_asks_modal_for_the_url(tmp_path, fake_wheel, fake_modal):
     r = deploy(tmp_path, fake_wheel)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "https://acme--comfy-remote-remote-invert-web.modal.run"
+    assert r.stdout.strip() == f"https://acme--{APP}-web.modal.run"
+    project = project_of(tmp_path)
     calls = fake_modal.calls()
     assert [c["argv"] for c in calls] == [
-        ["deploy", "workflow.py"],
-        [str(tmp_path / "project" / "build" / "get_url.py"), "comfy-remote-remote-invert"],
+        modal_deploy_argv(project),
+        [str(project / "build" / "get_url.py"), APP],
     ]
-    assert calls[0]["cwd"] == str(tmp_path / "project")
+    assert calls[0]["cwd"] == str(project) and calls[1]["cwd"] == str(project)
     assert "MODAL_IGNORE_CACHE" not in calls[0]["env"]
     assert "App deployed" in r.stderr, "modal's output streams to the terminal"
-    assert "$ modal deploy workflow.py" in r.stderr, "every command is logged"
+    assert f"$ modal deploy {project / 'workflow.py'}::app" in r.stderr, "every command is logged"
+
+
+def test_the_readme_command_deploys_from_the_default_relative_project_dir(tmp_path, fake_wheel, fake_modal):
+    """`comfy-remote deploy remote.json` in a directory of the user's: every path a child gets is absolute."""
+    (tmp_path / "remote.json").write_text((FIXTURES / "remote_invert.json").read_text())
+    r = cli("deploy", "remote.json", "--wheel", str(fake_wheel), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "https://acme--comfy-remote-remote-web.modal.run"
+    project = tmp_path / "modal" / "comfy-remote-remote"
+    assert (project / "workflow.py").is_file() and (project / "remote.json").is_file()
+    for call in fake_modal.calls():
+        paths = [a.split("::")[0] for a in call["argv"] if a.endswith((".py", "::app"))]
+        assert all(Path(p).is_absolute() and Path(p).is_file() for p in paths), call
+        assert Path(call["cwd"]) == project
+
+
+def test_a_failed_url_step_is_retried_without_redeploying(tmp_path, fake_wheel, fake_modal):
+    fake_modal.script(get_url={"exit": 1, "stderr": "modal.exception.NotFoundError: App not found\n"})
+    r = deploy(tmp_path, fake_wheel)
+    assert r.returncode == 1
+    assert "deployed, but could not read the service URL" in r.stderr
+    assert "run the same command again to only ask Modal for the URL" in r.stderr
+    assert r.stdout == ""
+    state = json.loads((project_of(tmp_path) / ".comfy-remote" / "state.json").read_text())
+    assert state["deployed_hash"] == state["content_hash"], "the successful modal deploy is recorded"
+    fake_modal.script(app_list={"stdout": json.dumps(
+        [{"app_id": "ap-1", "description": APP, "state": "deployed", "tasks": "0"}])})
+    r = deploy(tmp_path, fake_wheel)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"https://acme--{APP}-web.modal.run"
+    argvs = [c["argv"] for c in fake_modal.calls()]
+    assert argvs.count(modal_deploy_argv(project_of(tmp_path))) == 1, "the retry did not deploy again"
+    assert argvs[-2:] == [["app", "list", "--json"], [str(project_of(tmp_path) / "build" / "get_url.py"), APP]]
+    r = deploy(tmp_path, fake_wheel)
+    assert r.returncode == 0 and "unchanged since the last deploy" in r.stderr
+    assert [c["argv"] for c in fake_modal.calls()][-1] == ["app", "list", "--json"], "the URL is now known"
 
 
 def test_unchanged_inputs_do_not_redeploy(tmp_path, fake_wheel, fake_modal):
     assert deploy(tmp_path, fake_wheel).returncode == 0
     fake_modal.script(app_list={"stdout": json.dumps(
-        [{"app_id": "ap-1", "description": "comfy-remote-remote-invert", "state": "deployed", "tasks": "0"}])})
+        [{"app_id": "ap-1", "description": APP, "state": "deployed", "tasks": "0"}])})
     r = deploy(tmp_path, fake_wheel)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().endswith("-web.modal.run")
     argvs = [c["argv"] for c in fake_modal.calls()]
-    assert argvs.count(["deploy", "workflow.py"]) == 1
+    assert argvs.count(modal_deploy_argv(project_of(tmp_path))) == 1
     assert argvs[-1] == ["app", "list", "--json"]
     assert "unchanged since the last deploy" in r.stderr
 
@@ -351,9 +484,9 @@ def test_unchanged_inputs_do_not_redeploy(tmp_path, fake_wheel, fake_modal):
 def test_a_stopped_app_is_redeployed_even_when_unchanged(tmp_path, fake_wheel, fake_modal):
     assert deploy(tmp_path, fake_wheel).returncode == 0
     fake_modal.script(app_list={"stdout": json.dumps(
-        [{"app_id": "ap-1", "description": "comfy-remote-remote-invert", "state": "stopped", "tasks": "0"}])})
+        [{"app_id": "ap-1", "description": APP, "state": "stopped", "tasks": "0"}])})
     assert deploy(tmp_path, fake_wheel).returncode == 0
-    assert [c["argv"] for c in fake_modal.calls()].count(["deploy", "workflow.py"]) == 2
+    assert [c["argv"] for c in fake_modal.calls()].count(modal_deploy_argv(project_of(tmp_path))) == 2
 
 
 def test_force_rebuild_sets_ignore_cache_and_a_new_nonce(tmp_path, fake_wheel, fake_modal):
@@ -386,21 +519,59 @@ def test_delete_remote_app(tmp_path, fake_modal):
 def test_delete_remote_before_redeploy(tmp_path, fake_wheel, fake_modal):
     assert deploy(tmp_path, fake_wheel, "--delete-remote").returncode == 0
     argvs = [c["argv"] for c in fake_modal.calls()]
-    assert argvs[0] == ["app", "stop", "-y", "comfy-remote-remote-invert"]
-    assert argvs[1] == ["deploy", "workflow.py"]
+    assert argvs[0] == ["app", "stop", "-y", APP]
+    assert argvs[1] == modal_deploy_argv(project_of(tmp_path))
 
 
-def test_clean_build_recreates_the_project(tmp_path, fake_wheel, fake_modal):
-    project = generate(tmp_path, fake_wheel)
-    stray = project / "stale.txt"
-    stray.write_text("old")
+def test_clean_build_removes_what_the_generator_wrote_and_nothing_else(tmp_path, fake_wheel, fake_modal):
+    assert deploy(tmp_path, fake_wheel, "--no-deploy").returncode == 0
+    project = project_of(tmp_path)
+    (project / "build" / "stale.txt").write_text("left by an older version")
     (project / "__pycache__").mkdir()
-    r = cli("deploy", str(FIXTURES / "remote_invert.json"), "--no-deploy", "--clean", "--out", str(project),
-            "--wheel", str(fake_wheel))
+    (project / "notes.txt").write_text("mine")
+    state = json.loads((project / ".comfy-remote" / "state.json").read_text())
+    r = deploy(tmp_path, fake_wheel, "--no-deploy", "--clean")
     assert r.returncode == 0, r.stderr
-    assert not stray.exists() and not (project / "__pycache__").exists()
+    assert not (project / "build" / "stale.txt").exists() and not (project / "__pycache__").exists()
     assert (project / "workflow.py").is_file()
-    assert "clean build: removing" in r.stderr
+    assert (project / "notes.txt").read_text() == "mine", "a file of the user's stays"
+    assert json.loads((project / ".comfy-remote" / "state.json").read_text())["nonce"] == state["nonce"], \
+        "Clean Build alone does not rebuild the image"
+    assert "clean build: removing the generated files in" in r.stderr
+    assert fake_modal.calls() == []
+
+
+def test_clean_build_inside_the_project_keeps_what_it_reads(tmp_path, fake_wheel, fake_modal):
+    """The generated README's command plus Clean Build, run in the project: the edited config and the workflow stay."""
+    (tmp_path / "sd.json").write_text((FIXTURES / "remote_invert.json").read_text())
+    assert cli("deploy", "sd.json", "--no-deploy", "--wheel", str(fake_wheel), cwd=tmp_path).returncode == 0
+    project = tmp_path / "modal" / "comfy-remote-sd"
+    assert "--config modal_config.json --out ." in (project / "README.md").read_text()
+    cfg = json.loads((project / "modal_config.json").read_text())
+    cfg["gpu"] = "L4"
+    (project / "modal_config.json").write_text(json.dumps(cfg))
+    (project / "notes.txt").write_text("mine")
+    r = cli("deploy", "sd.json", "--config", "modal_config.json", "--out", ".", "--clean", "--no-deploy",
+            "--wheel", str(fake_wheel), cwd=project)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((project / "modal_config.json").read_text())["gpu"] == "L4", "the user's edit survives"
+    assert (project / "sd.json").read_text() == (FIXTURES / "remote_invert.json").read_text()
+    assert (project / "notes.txt").read_text() == "mine"
+    assert 'GPU = "L4"' in (project / "workflow.py").read_text()
+    assert f"clean build: kept {project / 'modal_config.json'}" in r.stderr
+    assert fake_modal.calls() == []
+
+
+def test_clean_build_refuses_a_directory_it_did_not_create(tmp_path, fake_wheel, fake_modal):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "modal_config.json").write_text(json.dumps({"version": 1}))
+    (mine / "notes.txt").write_text("keep")
+    r = cli("deploy", str(FIXTURES / "remote_invert.json"), "--out", "mine", "--clean", "--wheel", str(fake_wheel),
+            "--json", cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert f"refusing to clean {mine}: comfy-remote did not create it" in json.loads(r.stdout)["error"]["message"]
+    assert sorted(p.name for p in mine.iterdir()) == ["modal_config.json", "notes.txt"]
     assert fake_modal.calls() == []
 
 
@@ -411,7 +582,7 @@ def test_deploy_failure_surfaces_modals_message(tmp_path, fake_wheel, fake_modal
     assert r.returncode == 1
     assert "Image build for im-123 failed" in r.stderr.splitlines()[-1]
     assert r.stdout == "", "no URL on failure"
-    state = json.loads((tmp_path / "project" / ".comfy-remote" / "state.json").read_text())
+    state = json.loads((project_of(tmp_path) / ".comfy-remote" / "state.json").read_text())
     assert "deployed_hash" not in state
 
 

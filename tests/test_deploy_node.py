@@ -52,6 +52,65 @@ def test_modal_deployment_node(tmp_path, comfyui_dir, comfy_python):
     assert "not deployed" in res["gen"][1]
     assert res["dep"][0] == "https://acme--node-app-web.modal.run"
     calls = [json.loads(line) for line in log.read_text().splitlines()]
-    assert calls[0]["argv"] == ["deploy", "workflow.py"] and calls[0]["cwd"] == str(project)
+    assert calls[0]["argv"] == ["deploy", f"{project / 'workflow.py'}::app"] and calls[0]["cwd"] == str(project)
     cfg = json.loads((project / "modal_config.json").read_text())
     assert cfg["gpu"] == ["H100", "A100-80GB"] and cfg["pip"] == ["einops"]
+
+
+CLEAN_SCRIPT = r"""
+import asyncio, json, logging, sys
+sys.path.insert(0, sys.argv[1])
+from comfy_remote.nodes.modal_deploy import ModalDeployment
+records = []
+class Keep(logging.Handler):
+    def emit(self, record):
+        records.append([record.levelname, record.getMessage()])
+logger = logging.getLogger("comfy_remote.modal_deploy")
+logger.addHandler(Keep())
+logger.setLevel(logging.INFO)
+workflow, config, project, wheel, clean = sys.argv[2:7]
+out = asyncio.run(ModalDeployment.execute(
+    workflow_path=workflow, app_name="", gpu="", pip_packages="", apt_packages="", deploy=False,
+    clean_build=clean == "clean", force_rebuild=False, delete_remote_app=False, config_path=config,
+    project_dir=project, wheel_path=wheel))
+print(json.dumps({"out": list(out.args), "log": records}))
+"""
+
+
+def test_clean_build_from_the_node_keeps_what_it_reads_and_warns_of_a_public_service(tmp_path, comfyui_dir,
+                                                                                       comfy_python):
+    """The node pointed at its own project (its workflow copy and config) with Clean Build on."""
+    version = subprocess.run([str(comfy_python), "-c", "import comfy_remote; print(comfy_remote.__version__)"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    wheel = tmp_path / f"comfy_remote-{version}-cp310-abi3-manylinux_2_17_x86_64.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr(f"comfy_remote-{version}.dist-info/METADATA", f"Name: comfy-remote\nVersion: {version}\n")
+        z.writestr("comfy_remote/_native.abi3.so", b"")
+    env = {**os.environ, "PATH": f"{FAKE}{os.pathsep}{os.environ['PATH']}", "FAKE_MODAL_LOG": str(tmp_path / "log"),
+           "COMFY_REMOTE_MODAL_PYTHON": str(FAKE / "modal-python")}
+    env.pop("COMFYUI_DIR", None)
+    (tmp_path / "sd.json").write_text((FIXTURES / "remote_invert.json").read_text())
+    project = tmp_path / "project"
+
+    def node(workflow: Path, config: str, clean: bool) -> dict:
+        r = subprocess.run([str(comfy_python), "-c", CLEAN_SCRIPT, str(comfyui_dir), str(workflow), config,
+                            str(project), str(wheel), "clean" if clean else "keep"],
+                           capture_output=True, text=True, env=env)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    node(tmp_path / "sd.json", "", clean=False)
+    cfg = json.loads((project / "modal_config.json").read_text())
+    cfg["gpu"] = "L4"
+    cfg["auth"]["proxy_auth"] = False
+    (project / "modal_config.json").write_text(json.dumps(cfg))
+    (project / "notes.txt").write_text("mine")
+    res = node(project / "sd.json", str(project / "modal_config.json"), clean=True)
+    assert json.loads((project / "modal_config.json").read_text())["gpu"] == "L4", "the edited config survives"
+    assert (project / "sd.json").read_text() == (FIXTURES / "remote_invert.json").read_text()
+    assert (project / "notes.txt").read_text() == "mine"
+    assert (project / "workflow.py").is_file()
+    assert any("clean build: kept" in m for _, m in res["log"]), res["log"]
+    warnings = [m for level, m in res["log"] if level == "WARNING"]
+    assert len(warnings) == 1 and "is public" in warnings[0] and "anyone with the service URL" in warnings[0]
+    assert "is public" in res["out"][1], "the node's message says so too"

@@ -29,7 +29,7 @@ pub enum Command {
     Serve(commands::handoff::Args),
     /// Submit a job to a worker and write its outputs.
     Run(commands::run::Args),
-    /// Scaffold a Modal project for a remote workflow and (optionally) deploy it.
+    /// Generate a Modal project for a remote workflow and deploy it (--no-deploy: generate and check only).
     Deploy(commands::deploy::DeployArgs),
     /// Stop (delete) a deployed Modal app.
     Stop(commands::deploy::StopArgs),

@@ -1,17 +1,25 @@
 //! `modal_config.json`: the versioned, validated deployment settings, with every default spelled out.
 //!
-//! The file a user writes may hold any subset of the keys; the scaffold writes
-//! the complete, resolved file into the project so the defaults are visible.
-//! Unknown keys are refused by name (a typo must not silently deploy an H100
-//! with defaults). The schema is documented in docs/deploy.md.
+//! The file a user writes may hold any subset of the keys (a missing key or
+//! `null` means the default); the scaffold writes the complete, resolved file
+//! into the project so the defaults are visible. Unknown keys are refused by
+//! name (a typo must not silently deploy an H100 with defaults), and every
+//! error names the key's path and the forms it accepts ([`read`]). Numeric
+//! settings have one table of allowed ranges ([`RANGES`]), checked when a file
+//! is read and again before every scaffold, so a value Modal would refuse
+//! fails before `modal deploy`. The schema is documented in docs/deploy.md.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::error::{DeployError, Result};
 use crate::stacks::TorchChoice;
+
+mod read;
+
+pub use read::invalid;
 
 /// The only schema version this build reads and writes.
 pub const CONFIG_VERSION: u32 = 1;
@@ -37,8 +45,119 @@ pub const MODAL_GPUS: &[&str] = &[
     "ANY",
 ];
 
+/// The allowed values of one numeric setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Range {
+    pub key: &'static str,
+    pub min: u32,
+    /// `None`: no upper bound of ours or Modal's.
+    pub max: Option<u32>,
+    /// `"seconds"`, or empty for a count.
+    pub unit: &'static str,
+    /// What `null` means, for settings that may be null.
+    pub null: Option<&'static str>,
+    /// Where the bound comes from, when it is not ours.
+    pub source: &'static str,
+}
+
+/// Every numeric setting and its range. Modal's bounds were read in the
+/// `modal` 1.6.4 client (`scaledown_window` 2..=3600, `max_containers` > 0,
+/// `min_containers` >= 0) and its documentation (a function's `timeout` and
+/// `startup_timeout`: 1 second to 24 hours).
+pub const RANGES: &[Range] = &[
+    Range {
+        key: "timeout_s",
+        min: 1,
+        max: Some(86_400),
+        unit: "seconds",
+        null: None,
+        source: "Modal's limit: 24 hours",
+    },
+    Range {
+        key: "startup_timeout_s",
+        min: 1,
+        max: Some(86_400),
+        unit: "seconds",
+        null: None,
+        source: "Modal's limit: 24 hours",
+    },
+    Range {
+        key: "scaledown_window_s",
+        min: 2,
+        max: Some(3600),
+        unit: "seconds",
+        null: None,
+        source: "Modal's limit",
+    },
+    Range {
+        key: "min_containers",
+        min: 0,
+        max: None,
+        unit: "",
+        null: None,
+        source: "",
+    },
+    Range {
+        key: "max_containers",
+        min: 1,
+        max: None,
+        unit: "",
+        null: Some("no limit"),
+        source: "",
+    },
+    Range {
+        key: "max_concurrent_jobs",
+        min: 1,
+        max: None,
+        unit: "",
+        null: None,
+        source: "",
+    },
+];
+
+impl Range {
+    /// The range of `key` (a key of [`RANGES`]).
+    pub fn of(key: &str) -> &'static Range {
+        RANGES
+            .iter()
+            .find(|r| r.key == key)
+            .unwrap_or_else(|| panic!("no range for {key}"))
+    }
+
+    /// The allowed values, as errors and docs/deploy.md say them:
+    /// `a whole number of seconds from 2 to 3600 (Modal's limit)`,
+    /// `null (no limit) or a whole number of 1 or more`.
+    pub fn form(&self) -> String {
+        let what = if self.unit.is_empty() {
+            "a whole number".to_string()
+        } else {
+            format!("a whole number of {}", self.unit)
+        };
+        let span = match self.max {
+            Some(max) => format!("from {} to {max}", self.min),
+            None => format!("of {} or more", self.min),
+        };
+        let mut s = match self.null {
+            Some(null) => format!("null ({null}) or {what} {span}"),
+            None => format!("{what} {span}"),
+        };
+        if !self.source.is_empty() {
+            s.push_str(&format!(" ({})", self.source));
+        }
+        s
+    }
+
+    /// Refuse a value outside the range, naming the key and the allowed values.
+    pub fn check(&self, value: u32) -> Result<()> {
+        if value >= self.min && self.max.map_or(true, |m| value <= m) {
+            return Ok(());
+        }
+        Err(invalid(self.key, &self.form(), &value.into()))
+    }
+}
+
 /// One GPU type or a fallback list tried in order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum Gpu {
     One(String),
@@ -58,52 +177,47 @@ impl Gpu {
             Gpu::Fallback(v) => v.clone(),
         }
     }
+
+    /// As written in logs: `H100`, `H100,A100-80GB`.
+    pub fn display(&self) -> String {
+        self.names().join(",")
+    }
 }
 
 /// Where ComfyUI comes from inside the image.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ComfyUiSource {
-    #[serde(default = "default_repo")]
     pub repo: String,
     /// A tag, branch or commit.
-    #[serde(default = "default_ref", rename = "ref")]
+    #[serde(rename = "ref")]
     pub git_ref: String,
 }
 
 impl Default for ComfyUiSource {
     fn default() -> Self {
         ComfyUiSource {
-            repo: default_repo(),
-            git_ref: default_ref(),
+            repo: DEFAULT_COMFYUI_REPO.into(),
+            git_ref: DEFAULT_COMFYUI_REF.into(),
         }
     }
 }
 
-fn default_repo() -> String {
-    DEFAULT_COMFYUI_REPO.into()
-}
-fn default_ref() -> String {
-    DEFAULT_COMFYUI_REF.into()
-}
-
 /// A custom node pack the image brings: a local directory or a git repository.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct CustomNodePack {
     /// Directory name under ComfyUI/custom_nodes; default: last path/URL segment.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// Local directory (relative to the config file), copied into the project.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
     /// Git URL, cloned at `ref` during the image build.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub git: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none", rename = "ref")]
+    #[serde(skip_serializing_if = "Option::is_none", rename = "ref")]
     pub git_ref: Option<String>,
     /// Node types the pack provides (needed for git packs: they cannot be read offline).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<String>,
 }
 
@@ -129,33 +243,23 @@ impl CustomNodePack {
 }
 
 /// A Modal Volume holding model weights, seen by ComfyUI through extra_model_paths.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VolumeConfig {
     pub name: String,
-    #[serde(default = "default_mount")]
     pub mount: String,
     /// Create the Volume on first deploy when missing.
-    #[serde(default = "yes")]
     pub create: bool,
 }
 
-fn default_mount() -> String {
-    "/models".into()
-}
-fn yes() -> bool {
-    true
-}
+/// Default mount point of the model Volume.
+pub const DEFAULT_VOLUME_MOUNT: &str = "/models";
 
 /// Who may call the service.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AuthConfig {
     /// Modal checks `Modal-Key`/`Modal-Secret` headers (a proxy auth token) before any request reaches us.
-    #[serde(default = "yes")]
     pub proxy_auth: bool,
     /// Name of a modal.Secret holding `COMFY_REMOTE_TOKEN`; requests must then send `Authorization: Bearer <token>`.
-    #[serde(default)]
     pub token_secret: Option<String>,
 }
 
@@ -169,70 +273,38 @@ impl Default for AuthConfig {
 }
 
 /// The complete deployment settings (`modal_config.json`, version 1).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DeployConfig {
     pub version: u32,
     /// Modal app name; default: `comfy-remote-<workflow file stem>`.
-    #[serde(default)]
     pub app_name: String,
-    #[serde(default)]
     pub gpu: Gpu,
     /// Longest a job may run on the GPU, seconds.
-    #[serde(default = "default_timeout")]
     pub timeout_s: u32,
     /// Longest ComfyUI + the worker may take to become ready, seconds.
-    #[serde(default = "default_startup")]
     pub startup_timeout_s: u32,
     /// Idle seconds before a GPU container stops (you pay for them).
-    #[serde(default = "default_scaledown")]
     pub scaledown_window_s: u32,
     /// GPU containers kept warm even when idle (billed all the time when > 0).
-    #[serde(default)]
     pub min_containers: u32,
-    #[serde(default)]
     pub max_containers: Option<u32>,
     /// Jobs one GPU container runs at once.
-    #[serde(default = "one")]
     pub max_concurrent_jobs: u32,
     /// Snapshot the container after ComfyUI is ready (faster cold starts).
-    #[serde(default)]
     pub memory_snapshot: bool,
-    #[serde(default)]
     pub comfyui: ComfyUiSource,
-    #[serde(default)]
     pub torch: TorchChoice,
     /// Extra pip requirements (installed under the torch constraints).
-    #[serde(default)]
     pub pip: Vec<String>,
     /// Extra Debian packages.
-    #[serde(default)]
     pub apt: Vec<String>,
     /// Extra environment variables of the GPU image.
-    #[serde(default)]
     pub env: BTreeMap<String, String>,
-    #[serde(default)]
     pub custom_nodes: Vec<CustomNodePack>,
-    #[serde(default)]
     pub volume: Option<VolumeConfig>,
     /// Refuse to deploy a workflow that names model files when no Volume is configured.
-    #[serde(default = "yes")]
     pub check_models: bool,
-    #[serde(default)]
     pub auth: AuthConfig,
-}
-
-fn default_timeout() -> u32 {
-    3600
-}
-fn default_startup() -> u32 {
-    600
-}
-fn default_scaledown() -> u32 {
-    300
-}
-fn one() -> u32 {
-    1
 }
 
 impl Default for DeployConfig {
@@ -241,9 +313,9 @@ impl Default for DeployConfig {
             version: CONFIG_VERSION,
             app_name: String::new(),
             gpu: Gpu::default(),
-            timeout_s: default_timeout(),
-            startup_timeout_s: default_startup(),
-            scaledown_window_s: default_scaledown(),
+            timeout_s: 3600,
+            startup_timeout_s: 600,
+            scaledown_window_s: 300,
             min_containers: 0,
             max_containers: None,
             max_concurrent_jobs: 1,
@@ -261,42 +333,14 @@ impl Default for DeployConfig {
     }
 }
 
+/// What an app name may be, in an error's words.
+pub const APP_NAME_FORM: &str = "1-63 characters of letters, digits, '-', '_' or '.'";
+
 impl DeployConfig {
-    /// Parse a config document; unknown keys and a wrong `version` are refused.
+    /// Parse a config document; unknown keys, a wrong `version` and values of
+    /// the wrong form are refused, naming the key.
     pub fn from_json(text: &str) -> Result<Self> {
-        let value: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| DeployError::Config {
-                message: format!("not valid JSON: {e}"),
-            })?;
-        match value.get("version") {
-            Some(serde_json::Value::Number(n)) if n.as_u64() == Some(u64::from(CONFIG_VERSION)) => {
-            }
-            Some(other) => {
-                return Err(DeployError::Config {
-                    message: format!(
-                        "\"version\" is {other}; this comfy-remote reads version {CONFIG_VERSION}"
-                    ),
-                })
-            }
-            None => {
-                return Err(DeployError::Config {
-                    message: format!("missing \"version\": {CONFIG_VERSION}"),
-                })
-            }
-        }
-        serde_json::from_value(value).map_err(|e| {
-            let msg = e.to_string();
-            match msg
-                .strip_prefix("unknown field `")
-                .and_then(|r| r.split_once('`'))
-            {
-                Some((key, rest)) => DeployError::UnknownKey {
-                    key: key.to_string(),
-                    hint: rest.replace(", expected", "; expected").to_string(),
-                },
-                None => DeployError::Config { message: msg },
-            }
-        })
+        read::document(text)
     }
 
     /// Read and validate a config file.
@@ -334,13 +378,40 @@ impl DeployConfig {
         s
     }
 
-    /// Check values serde cannot: names, GPU strings, ranges.
+    /// The value of a numeric setting of [`RANGES`].
+    fn number(&self, key: &str) -> Option<u32> {
+        match key {
+            "timeout_s" => Some(self.timeout_s),
+            "startup_timeout_s" => Some(self.startup_timeout_s),
+            "scaledown_window_s" => Some(self.scaledown_window_s),
+            "min_containers" => Some(self.min_containers),
+            "max_containers" => self.max_containers,
+            "max_concurrent_jobs" => Some(self.max_concurrent_jobs),
+            _ => None,
+        }
+    }
+
+    /// What a user must know about these settings before deploying (each line
+    /// starts with `warning: `). Today: a service anyone may call.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.auth.proxy_auth && self.auth.token_secret.is_none() {
+            out.push(format!(
+                "warning: app {} is public: \"auth\" has \"proxy_auth\": false and no \"token_secret\", so anyone with the service URL can run jobs on your GPU (billed to you); set \"proxy_auth\": true or a \"token_secret\" in modal_config.json",
+                self.app_name
+            ));
+        }
+        out
+    }
+
+    /// Check values the reader cannot: names, GPU strings, ranges, combinations.
     pub fn validate(&self) -> Result<()> {
         let bad = |message: String| Err(DeployError::Config { message });
         if !valid_app_name(&self.app_name) {
-            return bad(format!(
-                "\"app_name\" {:?} must be 1-63 characters of letters, digits, '-', '_' or '.'",
-                self.app_name
+            return Err(invalid(
+                "app_name",
+                APP_NAME_FORM,
+                &self.app_name.clone().into(),
             ));
         }
         let gpus = self.gpu.names();
@@ -349,22 +420,18 @@ impl DeployConfig {
         }
         for g in &gpus {
             if !valid_gpu(g) {
-                return bad(format!(
-                    "\"gpu\" {g:?} is not a Modal GPU type; use one of {} (optionally with :N for N GPUs)",
-                    MODAL_GPUS.join(", ")
-                ));
+                return Err(invalid("gpu", &gpu_form(), &g.clone().into()));
             }
         }
-        if self.timeout_s == 0 || self.timeout_s > 24 * 3600 {
-            return bad("\"timeout_s\" must be between 1 and 86400 (Modal's limit)".into());
-        }
-        if self.max_concurrent_jobs == 0 {
-            return bad("\"max_concurrent_jobs\" must be at least 1".into());
+        for range in RANGES {
+            if let Some(v) = self.number(range.key) {
+                range.check(v)?;
+            }
         }
         if let Some(max) = self.max_containers {
-            if max == 0 || max < self.min_containers {
+            if max < self.min_containers {
                 return bad(format!(
-                    "\"max_containers\" ({max}) must be at least 1 and at least \"min_containers\" ({})",
+                    "\"max_containers\" ({max}) must be at least \"min_containers\" ({})",
                     self.min_containers
                 ));
             }
@@ -374,13 +441,13 @@ impl DeployConfig {
                 (Some(_), None) | (None, Some(_)) => {}
                 _ => {
                     return bad(format!(
-                        "custom_nodes[{i}] needs exactly one of \"path\" (a local directory) or \"git\" (a URL)"
+                        "\"custom_nodes[{i}]\" needs exactly one of \"path\" (a local directory) or \"git\" (a URL)"
                     ))
                 }
             }
             if pack.git.is_some() && pack.git_ref.is_none() {
                 return bad(format!(
-                    "custom_nodes[{i}] ({}) needs a \"ref\" (tag or commit) so builds are reproducible",
+                    "\"custom_nodes[{i}]\" ({}) needs a \"ref\" (tag or commit) so builds are reproducible",
                     pack.dir_name()
                 ));
             }
@@ -391,37 +458,76 @@ impl DeployConfig {
                     .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
             {
                 return bad(format!(
-                    "custom_nodes[{i}] has an unusable directory name {name:?}; set \"name\""
+                    "\"custom_nodes[{i}]\" has an unusable directory name {name:?}; set \"name\" (letters, digits, '-', '_' or '.')"
                 ));
             }
         }
-        for pkg in self.pip.iter().chain(&self.apt) {
-            if pkg.trim().is_empty() || pkg.contains(['\n', '\'', '"', '`', '$', ';', '&', '|']) {
-                return bad(format!(
-                    "package spec {pkg:?} contains characters not allowed in a requirement"
-                ));
+        for (key, list) in [("pip", &self.pip), ("apt", &self.apt)] {
+            for (i, pkg) in list.iter().enumerate() {
+                if pkg.trim().is_empty() || pkg.contains(['\n', '\'', '"', '`', '$', ';', '&', '|'])
+                {
+                    return Err(invalid(
+                        &format!("{key}[{i}]"),
+                        "a package spec without quotes, newlines or shell characters ('\"`$;&|)",
+                        &pkg.clone().into(),
+                    ));
+                }
             }
         }
         for key in self.env.keys() {
             if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return bad(format!("\"env\" key {key:?} is not a valid variable name"));
-            }
-        }
-        if let Some(v) = &self.volume {
-            if !valid_app_name(&v.name) || !v.mount.starts_with('/') {
                 return bad(format!(
-                    "\"volume\" needs a name of letters, digits, '-', '_' or '.' and an absolute mount path (got {:?} at {:?})",
-                    v.name, v.mount
+                    "\"env\" key {key:?} is not a valid variable name (letters, digits and '_')"
                 ));
             }
         }
-        for s in [&self.comfyui.repo, &self.comfyui.git_ref] {
+        if let Some(v) = &self.volume {
+            if !valid_app_name(&v.name) {
+                return Err(invalid(
+                    "volume.name",
+                    APP_NAME_FORM,
+                    &v.name.clone().into(),
+                ));
+            }
+            if !v.mount.starts_with('/') {
+                return Err(invalid(
+                    "volume.mount",
+                    "an absolute path such as \"/models\"",
+                    &v.mount.clone().into(),
+                ));
+            }
+        }
+        if let Some(s) = &self.auth.token_secret {
+            if !valid_app_name(s) {
+                return Err(invalid(
+                    "auth.token_secret",
+                    &format!("null or a Modal Secret name ({APP_NAME_FORM})"),
+                    &s.clone().into(),
+                ));
+            }
+        }
+        for (key, s) in [
+            ("comfyui.repo", &self.comfyui.repo),
+            ("comfyui.ref", &self.comfyui.git_ref),
+        ] {
             if s.is_empty() || s.contains([' ', '\'', '"', ';', '&', '|', '$', '`']) {
-                return bad(format!("\"comfyui\" value {s:?} is not a plain URL or ref"));
+                return Err(invalid(
+                    key,
+                    "a plain git URL or ref (no spaces, quotes or shell characters)",
+                    &s.clone().into(),
+                ));
             }
         }
         Ok(())
     }
+}
+
+/// What `"gpu"` may be, in an error's words.
+pub fn gpu_form() -> String {
+    format!(
+        "a Modal GPU type ({}), optionally with \":N\" for N GPUs (1-8), or a list of them tried in order",
+        MODAL_GPUS.join(", ")
+    )
 }
 
 /// Modal app (and Volume/Secret) names.
@@ -449,6 +555,25 @@ pub fn valid_gpu(g: &str) -> bool {
 mod tests {
     use super::*;
 
+    fn err(doc: &str) -> String {
+        match DeployConfig::from_json(doc).and_then(|mut c| {
+            if c.app_name.is_empty() {
+                c.app_name = "x".into();
+            }
+            c.validate().map(|()| c)
+        }) {
+            Ok(c) => panic!("{doc} was accepted: {c:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn ok(doc: &str) -> DeployConfig {
+        let mut c = DeployConfig::from_json(doc).unwrap_or_else(|e| panic!("{doc}: {e}"));
+        c.app_name = "x".into();
+        c.validate().unwrap_or_else(|e| panic!("{doc}: {e}"));
+        c
+    }
+
     #[test]
     fn minimal_document_gets_defaults() {
         let cfg = DeployConfig::from_json(r#"{"version": 1}"#).expect("parse");
@@ -464,7 +589,11 @@ mod tests {
         assert!(err.to_string().contains("unknown key `gpus`"), "{err}");
         let err = DeployConfig::from_json(r#"{"version": 1, "volume": {"name": "m", "size": 3}}"#)
             .expect_err("nested unknown");
-        assert!(err.to_string().contains("`size`"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("unknown key `volume.size`; expected one of `name`"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -474,6 +603,10 @@ mod tests {
             .to_string()
             .contains("version"));
         assert!(DeployConfig::from_json(r#"{"version": 2}"#).is_err());
+        assert!(DeployConfig::from_json("[]")
+            .expect_err("a list")
+            .to_string()
+            .contains("must be a JSON object"));
     }
 
     #[test]
@@ -490,6 +623,121 @@ mod tests {
             .expect_err("bad gpu")
             .to_string()
             .contains("RTX4090"));
+    }
+
+    /// The forms docs/deploy.md gives for `"torch"`: a preset, a version, null, an object.
+    #[test]
+    fn torch_takes_a_preset_a_version_null_or_an_object() {
+        let stack = |doc: &str| crate::stacks::resolve(&ok(doc).torch).expect(doc).0;
+        assert_eq!(stack(r#"{"version": 1, "torch": "2.9.1"}"#), "torch-2.9");
+        assert_eq!(stack(r#"{"version": 1, "torch": "seed-2.3"}"#), "seed-2.3");
+        assert_eq!(stack(r#"{"version": 1, "torch": null}"#), "torch-2.11");
+        assert_eq!(
+            stack(r#"{"version": 1, "torch": {"stack": "torch-2.8"}}"#),
+            "torch-2.8"
+        );
+        assert_eq!(
+            stack(r#"{"version": 1, "torch": {"torch": "2.3.0", "torchvision": "0.18.0"}}"#),
+            "seed-2.3"
+        );
+        let e = err(r#"{"version": 1, "torch": "latest"}"#);
+        assert!(
+            e.starts_with("modal_config.json: \"torch\" must be a preset name (")
+                && e.contains("torch-2.11")
+                && e.ends_with("; got \"latest\""),
+            "{e}"
+        );
+        let e = err(r#"{"version": 1, "torch": {"torch": 2.9}}"#);
+        assert!(
+            e.starts_with("modal_config.json: \"torch.torch\" must be null or a version string"),
+            "{e}"
+        );
+    }
+
+    /// Modal refuses these at deploy time; we refuse them when the file is read.
+    #[test]
+    fn numbers_modal_would_refuse_are_refused_naming_the_key_and_range() {
+        for (doc, words) in [
+            (r#""scaledown_window_s": 1"#, "\"scaledown_window_s\" must be a whole number of seconds from 2 to 3600 (Modal's limit); got 1"),
+            (r#""scaledown_window_s": 3601"#, "from 2 to 3600"),
+            (r#""startup_timeout_s": 0"#, "\"startup_timeout_s\" must be a whole number of seconds from 1 to 86400 (Modal's limit: 24 hours); got 0"),
+            (r#""timeout_s": 0"#, "\"timeout_s\" must be a whole number of seconds from 1 to 86400"),
+            (r#""timeout_s": 86401"#, "got 86401"),
+            (r#""timeout_s": "600""#, "\"timeout_s\" must be a whole number of seconds from 1 to 86400 (Modal's limit: 24 hours); got \"600\""),
+            (r#""timeout_s": 60.5"#, "got 60.5"),
+            (r#""min_containers": -1"#, "\"min_containers\" must be a whole number of 0 or more; got -1"),
+            (r#""max_containers": 0"#, "\"max_containers\" must be null (no limit) or a whole number of 1 or more; got 0"),
+            (r#""min_containers": 3, "max_containers": 2"#, "\"max_containers\" (2) must be at least \"min_containers\" (3)"),
+            (r#""max_concurrent_jobs": 0"#, "\"max_concurrent_jobs\" must be a whole number of 1 or more; got 0"),
+        ] {
+            let e = err(&format!("{{\"version\": 1, {doc}}}"));
+            assert!(e.contains(words), "{doc}: {e}");
+        }
+        for doc in [
+            r#""scaledown_window_s": 2"#,
+            r#""scaledown_window_s": 3600"#,
+            r#""startup_timeout_s": 1"#,
+            r#""timeout_s": 86400"#,
+            r#""max_containers": null"#,
+        ] {
+            ok(&format!("{{\"version\": 1, {doc}}}"));
+        }
+    }
+
+    /// Every kind of wrong value is named by its path and form, never by a type of ours.
+    #[test]
+    fn errors_name_the_path_and_form_never_a_rust_type() {
+        for (doc, path) in [
+            (r#""torch": 3"#, "\"torch\""),
+            (r#""gpu": 3"#, "\"gpu\""),
+            (r#""gpu": ["H100", 3]"#, "\"gpu[1]\""),
+            (r#""comfyui": "v0.33.0""#, "\"comfyui\""),
+            (r#""comfyui": {"ref": 33}"#, "\"comfyui.ref\""),
+            (r#""pip": "einops""#, "\"pip\""),
+            (r#""pip": [1]"#, "\"pip[0]\""),
+            (r#""env": {"A": 1}"#, "\"env.A\""),
+            (
+                r#""custom_nodes": [{"git": "u", "ref": 1}]"#,
+                "\"custom_nodes[0].ref\"",
+            ),
+            (r#""custom_nodes": {"path": "x"}"#, "\"custom_nodes\""),
+            (r#""volume": "comfy-models""#, "\"volume\""),
+            (
+                r#""volume": {"name": "m", "create": "yes"}"#,
+                "\"volume.create\"",
+            ),
+            (
+                r#""volume": {"mount": "/m"}"#,
+                "\"volume\" needs a \"name\"",
+            ),
+            (
+                r#""auth": {"proxy_auth": "no"}"#,
+                "\"auth.proxy_auth\" must be true or false",
+            ),
+            (
+                r#""memory_snapshot": 1"#,
+                "\"memory_snapshot\" must be true or false",
+            ),
+            (r#""app_name": 7"#, "\"app_name\""),
+            (
+                r#""app_name": "Bad App!""#,
+                "\"app_name\" must be 1-63 characters",
+            ),
+        ] {
+            let e = err(&format!("{{\"version\": 1, {doc}}}"));
+            assert!(e.contains(path), "{doc}: {e}");
+            for word in [
+                "struct",
+                "enum",
+                "variant",
+                "u32",
+                "Choice",
+                "Config",
+                "invalid type",
+            ] {
+                assert!(!e.contains(word), "{doc}: {e}");
+            }
+        }
     }
 
     #[test]
@@ -544,5 +792,29 @@ mod tests {
         std::fs::write(&p, r#"{"version": 1, "gpus": "A10G"}"#).expect("write");
         let err = DeployConfig::load(&p).expect_err("unknown").to_string();
         assert!(err.contains("badcfg.json: unknown key `gpus`"), "{err}");
+        std::fs::write(&p, r#"{"version": 1, "scaledown_window_s": 1}"#).expect("write");
+        let err = DeployConfig::load(&p).expect_err("range").to_string();
+        assert!(
+            err.starts_with(&format!("{}: \"scaledown_window_s\" must be", p.display())),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_public_service_is_warned_about() {
+        let mut cfg = DeployConfig {
+            app_name: "svc".into(),
+            ..Default::default()
+        };
+        assert!(cfg.warnings().is_empty());
+        cfg.auth.proxy_auth = false;
+        let w = cfg.warnings();
+        assert_eq!(w.len(), 1);
+        assert!(
+            w[0].starts_with("warning: app svc is public") && w[0].contains("anyone with"),
+            "{w:?}"
+        );
+        cfg.auth.token_secret = Some("tok".into());
+        assert!(cfg.warnings().is_empty());
     }
 }

@@ -57,11 +57,11 @@ pub enum DeployError {
         code: i32,
         message: String,
     },
-    #[error("deployed, but could not read the service URL: {message}")]
+    #[error("deployed, but could not read the service URL: {message}\nthe deploy is recorded: run the same command again to only ask Modal for the URL (no new deploy)")]
     NoUrl { message: String },
-    #[error("refusing to delete {path}: it does not look like a comfy-remote project (no modal_config.json)")]
+    #[error("refusing to clean {path}: comfy-remote did not create it (no .comfy-remote/state.json); nothing was removed")]
     NotAProject { path: PathBuf },
-    #[error("refusing to write into {path}: it exists and is not a comfy-remote project (no modal_config.json); choose another --out or remove it")]
+    #[error("refusing to write into {path}: it exists and is not a comfy-remote project (no .comfy-remote/state.json); choose another --out (a new or empty directory)")]
     NotAProjectOut { path: PathBuf },
 }
 

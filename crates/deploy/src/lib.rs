@@ -5,6 +5,8 @@
 //! - [`workflow`], [`nodes`]: the pre-deploy check (node types, model files);
 //! - [`scaffold`]: renders the project (`workflow.py`, the `utils` shim,
 //!   constraints, the build-time stack check) from embedded minijinja templates;
+//! - [`layout`]: what the generator owns in a project directory, and
+//!   removal that never touches the user's files;
 //! - [`runner`]: the one place `modal` and friends are run, logged and typed;
 //! - [`lifecycle`]: deploy / force rebuild / clean build / delete / status.
 //!
@@ -14,6 +16,7 @@
 
 pub mod config;
 pub mod error;
+pub mod layout;
 pub mod lifecycle;
 pub mod nodes;
 pub mod runner;

@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::error::{DeployError, Result};
+use crate::layout::{self, ProjectState};
 use crate::runner::{Cmd, Runner, Sink};
-use crate::scaffold::{self, Project, ProjectState, ScaffoldRequest};
+use crate::scaffold::{self, Project, ScaffoldRequest};
 
 /// The lifecycle switches (the node's toggles, the CLI's flags).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -37,6 +38,8 @@ pub struct Report {
     pub unchanged: bool,
     /// `Some(true)`: the remote app was stopped; `Some(false)`: there was none.
     pub stopped: Option<bool>,
+    /// What the user must know (`warning: ...`), also logged: e.g. a public service.
+    pub warnings: Vec<String>,
 }
 
 /// One app as `modal app list --json` reports it.
@@ -56,21 +59,25 @@ pub fn run(
     runner: &Runner,
     sink: Sink<'_>,
 ) -> Result<Report> {
+    // Every path below is handed to child processes that run in the project
+    // directory: make it absolute once ([`request`] already does).
+    let mut req = req.clone();
+    req.out_dir = absolute(&req.out_dir)?;
+    req.new_nonce = opts.force_rebuild;
     let mut stopped = None;
     if opts.delete_remote {
-        let app = app_name_for(req)?;
+        let app = app_name_for(&req)?;
         stopped = Some(stop(runner, &app, sink)?);
     }
     if opts.clean {
-        clean(&req.out_dir, sink)?;
+        layout::clean(&req.out_dir, &req.keep(), sink)?;
     }
-    let mut req = req.clone();
-    req.new_nonce = opts.force_rebuild;
     let project = scaffold::scaffold(&req)?;
     sink(&format!(
-        "generated {} ({} files, torch stack {}, content {})",
+        "generated {} ({} files, gpu {}, torch stack {}, content {})",
         project.dir.display(),
         project.files.len(),
+        project.config.gpu.display(),
         project.stack_name,
         &project.content_hash[..12]
     ));
@@ -84,15 +91,26 @@ pub fn run(
             m.folder, m.file, m.used_by
         ));
     }
+    for note in &req.notes {
+        sink(note);
+    }
+    for w in &project.warnings {
+        sink(w);
+    }
+    let report = |project: Project, url: Option<String>, deployed: bool, unchanged: bool| {
+        let warnings = project.warnings.clone();
+        Report {
+            project,
+            url,
+            deployed,
+            unchanged,
+            stopped,
+            warnings,
+        }
+    };
     if !opts.deploy {
         sink("generate only: not deployed (no service URL)");
-        return Ok(Report {
-            project,
-            url: None,
-            deployed: false,
-            unchanged: false,
-            stopped,
-        });
+        return Ok(report(project, None, false, false));
     }
 
     let mut state = ProjectState::load(&project.dir).unwrap_or_default();
@@ -100,40 +118,43 @@ pub fn run(
         && stopped != Some(true)
         && state.deployed_hash.as_deref() == Some(&project.content_hash)
     {
-        if let Some(url) = state.url.clone() {
-            let st = status(runner, &project.app_name, sink)?;
-            if st.state.as_deref() == Some("deployed") {
-                sink(&format!("unchanged since the last deploy: {url}"));
-                return Ok(Report {
-                    project,
-                    url: Some(url),
-                    deployed: false,
-                    unchanged: true,
-                    stopped,
-                });
-            }
-            sink("unchanged, but the app is not deployed any more: deploying");
+        let st = status(runner, &project.app_name, sink)?;
+        if st.state.as_deref() == Some("deployed") {
+            let url = match state.url.clone() {
+                Some(url) => url,
+                None => {
+                    sink(
+                        "deployed before with these inputs: asking Modal for the service URL only",
+                    );
+                    let url = service_url(runner, &project.dir, &project.app_name, sink)?;
+                    state.url = Some(url.clone());
+                    state.save(&project.dir)?;
+                    url
+                }
+            };
+            sink(&format!("unchanged since the last deploy: {url}"));
+            return Ok(report(project, Some(url), false, true));
         }
+        sink("unchanged, but the app is not deployed any more: deploying");
     }
 
-    let mut cmd = runner.modal(&["deploy", "workflow.py"]);
+    let target = format!("{}::app", project.dir.join("workflow.py").display());
+    let mut cmd = runner.modal(&["deploy", &target]);
     cmd.cwd = Some(project.dir.clone());
     if opts.force_rebuild {
         cmd.env.push(("MODAL_IGNORE_CACHE".into(), "1".into()));
     }
     runner.run(&cmd, sink)?;
-    let url = service_url(runner, &project.dir, &project.app_name, sink)?;
+    // Record the deploy before asking for the URL: a retry after a failed
+    // URL step must not deploy (and bill) again.
     state.deployed_hash = Some(project.content_hash.clone());
+    state.url = None;
+    state.save(&project.dir)?;
+    let url = service_url(runner, &project.dir, &project.app_name, sink)?;
     state.url = Some(url.clone());
     state.save(&project.dir)?;
     sink(&format!("deployed {}: {url}", project.app_name));
-    Ok(Report {
-        project,
-        url: Some(url),
-        deployed: true,
-        unchanged: false,
-        stopped,
-    })
+    Ok(report(project, Some(url), true, false))
 }
 
 fn app_name_for(req: &ScaffoldRequest) -> Result<String> {
@@ -237,24 +258,6 @@ pub fn status(runner: &Runner, app: &str, sink: Sink<'_>) -> Result<AppStatus> {
     })
 }
 
-/// Remove a project directory (refusing anything that is not one).
-pub fn clean(dir: &Path, sink: Sink<'_>) -> Result<()> {
-    if !dir.exists() {
-        return Ok(());
-    }
-    let is_project = dir.join("modal_config.json").is_file() || dir.join(".comfy-remote").is_dir();
-    if !is_project {
-        return Err(DeployError::NotAProject {
-            path: dir.to_path_buf(),
-        });
-    }
-    sink(&format!("clean build: removing {}", dir.display()));
-    std::fs::remove_dir_all(dir).map_err(|source| DeployError::Write {
-        path: PathBuf::from(dir),
-        source,
-    })
-}
-
 /// Refuse an app name given on the command line (`--app`, `stop`, `status`), naming the flag.
 /// `what` names where it came from (`--app`, `app name`).
 pub fn check_app_flag(what: &str, app: &str) -> Result<()> {
@@ -281,7 +284,9 @@ pub struct Overrides {
 
 /// Build a request the way the CLI and the node both do: `config` if given, else the
 /// project's own `modal_config.json`, else defaults; then the overrides.
-/// `out_dir` defaults to `./modal/<app name>`.
+/// `out_dir` defaults to `./modal/<app name>`. Every path in the request is
+/// absolute (resolved here, once, against the current directory). Overrides
+/// are saved into the project's config: `notes` says which, and where.
 pub fn request(
     workflow: &Path,
     config: Option<&Path>,
@@ -290,32 +295,10 @@ pub fn request(
     wheel: Option<PathBuf>,
     comfyui_dir: Option<PathBuf>,
 ) -> Result<ScaffoldRequest> {
-    let (mut cfg, config_dir) = match config {
-        Some(p) => (
-            crate::DeployConfig::load(p)?,
-            p.parent()
-                .filter(|d| !d.as_os_str().is_empty())
-                .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
-        ),
-        None => (crate::DeployConfig::default(), PathBuf::from(".")),
-    };
+    let workflow = absolute(workflow)?;
+    let config_file = config.map(absolute).transpose()?;
     if let Some(a) = overrides.app_name.as_ref().filter(|a| !a.is_empty()) {
         check_app_flag("--app", a)?;
-    }
-    let app_name = match (&overrides.app_name, cfg.app_name.is_empty()) {
-        (Some(a), _) if !a.is_empty() => a.clone(),
-        (_, false) => cfg.app_name.clone(),
-        _ => crate::workflow::Workflow::load(workflow)?.default_app_name(),
-    };
-    let out = out_dir.map_or_else(|| Path::new("modal").join(&app_name), Path::to_path_buf);
-    if config.is_none() {
-        let own = out.join("modal_config.json");
-        if own.is_file() {
-            cfg = crate::DeployConfig::load(&own)?;
-        }
-    }
-    if let Some(a) = overrides.app_name.as_ref().filter(|a| !a.is_empty()) {
-        cfg.app_name = a.clone();
     }
     for g in &overrides.gpu {
         if !crate::config::valid_gpu(g) {
@@ -327,31 +310,190 @@ pub fn request(
             });
         }
     }
-    match overrides.gpu.len() {
-        0 => {}
-        1 => cfg.gpu = crate::config::Gpu::One(overrides.gpu[0].clone()),
-        _ => cfg.gpu = crate::config::Gpu::Fallback(overrides.gpu.clone()),
-    }
-    for p in &overrides.pip {
-        if !cfg.pip.contains(p) {
-            cfg.pip.push(p.clone());
+    let mut cfg = match &config_file {
+        Some(p) => crate::DeployConfig::load(p)?,
+        None => crate::DeployConfig::default(),
+    };
+    let derived =
+        || -> Result<String> { Ok(crate::workflow::Workflow::load(&workflow)?.default_app_name()) };
+    let app_name = match (&overrides.app_name, cfg.app_name.is_empty()) {
+        (Some(a), _) if !a.is_empty() => a.clone(),
+        (_, false) => cfg.app_name.clone(),
+        _ => derived()?,
+    };
+    let out =
+        absolute(&out_dir.map_or_else(|| Path::new("modal").join(&app_name), Path::to_path_buf))?;
+    let own = out.join("modal_config.json");
+    let (config_file, config_dir) = match config_file {
+        Some(p) => {
+            let dir = p.parent().map_or_else(|| out.clone(), Path::to_path_buf);
+            (Some(p), dir)
         }
-    }
-    for p in &overrides.apt {
-        if !cfg.apt.contains(p) {
-            cfg.apt.push(p.clone());
+        None if own.is_file() => {
+            cfg = crate::DeployConfig::load(&own)?;
+            (Some(own.clone()), out.clone())
         }
-    }
-    if let Some(s) = &overrides.torch_stack {
-        cfg.torch.stack = Some(s.clone());
-    }
+        None => (None, absolute(Path::new("."))?),
+    };
+
+    let notes = apply(overrides, &mut cfg, derived, &own)?;
     Ok(ScaffoldRequest {
-        workflow: workflow.to_path_buf(),
+        workflow,
         config: cfg,
+        config_file,
         config_dir,
         out_dir: out,
         wheel,
         comfyui_dir,
         new_nonce: false,
+        notes,
     })
+}
+
+/// `path` made absolute against the current directory (links are not resolved).
+fn absolute(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).map_err(|source| DeployError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Apply the overrides to `cfg`; returns one log line per setting that
+/// changed, naming the file it is saved in (`saved_in`, the project's config).
+fn apply(
+    overrides: &Overrides,
+    cfg: &mut crate::DeployConfig,
+    derived_app: impl Fn() -> Result<String>,
+    saved_in: &Path,
+) -> Result<Vec<String>> {
+    let mut notes = Vec::new();
+    let mut saved = |flag: String, setting: String| {
+        notes.push(format!(
+            "{flag}: saved as {setting} in {}; later runs use it (change it there, or pass the flag again)",
+            saved_in.display()
+        ));
+    };
+    if let Some(a) = overrides.app_name.as_ref().filter(|a| !a.is_empty()) {
+        let before = if cfg.app_name.is_empty() {
+            derived_app()?
+        } else {
+            cfg.app_name.clone()
+        };
+        if *a != before {
+            saved(format!("--app {a}"), format!("\"app_name\": {a:?}"));
+        }
+        cfg.app_name = a.clone();
+    }
+    let gpu = match overrides.gpu.len() {
+        0 => None,
+        1 => Some(crate::config::Gpu::One(overrides.gpu[0].clone())),
+        _ => Some(crate::config::Gpu::Fallback(overrides.gpu.clone())),
+    };
+    if let Some(gpu) = gpu {
+        if gpu != cfg.gpu {
+            let flags: Vec<String> = overrides.gpu.iter().map(|g| format!("--gpu {g}")).collect();
+            let value = serde_json::to_string(&gpu).unwrap_or_default();
+            saved(flags.join(" "), format!("\"gpu\": {value}"));
+        }
+        cfg.gpu = gpu;
+    }
+    for (flag, key, list, extra) in [
+        ("--pip", "pip", &mut cfg.pip, &overrides.pip),
+        ("--apt", "apt", &mut cfg.apt, &overrides.apt),
+    ] {
+        for p in extra {
+            if !list.contains(p) {
+                list.push(p.clone());
+                saved(format!("{flag} {p}"), format!("an entry of \"{key}\""));
+            }
+        }
+    }
+    if let Some(s) = &overrides.torch_stack {
+        // A preset replaces the version pins (they belong to its row);
+        // leaving xformers out still holds.
+        let choice = crate::stacks::TorchChoice {
+            stack: Some(s.clone()),
+            xformers: cfg.torch.xformers.clone().filter(|x| x == "none"),
+            ..Default::default()
+        };
+        if cfg.torch != choice {
+            saved(
+                format!("--torch-stack {s}"),
+                format!("\"torch\": {{\"stack\": {s:?}}}"),
+            );
+        }
+        cfg.torch = choice;
+    }
+    Ok(notes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Child processes run in the project directory: a relative path would
+    /// resolve against it (`modal/<app>/modal/<app>/build/get_url.py`).
+    #[test]
+    fn every_path_of_a_request_is_absolute() {
+        let req = request(
+            Path::new("tests/fixtures/remote_invert.json"),
+            None,
+            None,
+            &Overrides::default(),
+            None,
+            None,
+        )
+        .expect("request");
+        let cwd = std::env::current_dir().expect("cwd");
+        assert_eq!(req.out_dir, cwd.join("modal/comfy-remote-remote-invert"));
+        assert_eq!(req.workflow, cwd.join("tests/fixtures/remote_invert.json"));
+        assert!(req.config_dir.is_absolute());
+        assert!(req.notes.is_empty());
+    }
+
+    #[test]
+    fn a_flag_that_changes_a_setting_says_where_it_is_saved() {
+        let overrides = Overrides {
+            gpu: vec!["T4".into()],
+            torch_stack: Some("seed-2.3".into()),
+            ..Default::default()
+        };
+        let req = request(
+            Path::new("tests/fixtures/remote_invert.json"),
+            None,
+            Some(Path::new("somewhere")),
+            &overrides,
+            None,
+            None,
+        )
+        .expect("request");
+        let file = std::env::current_dir()
+            .expect("cwd")
+            .join("somewhere/modal_config.json");
+        assert_eq!(
+            req.notes,
+            [
+                format!("--gpu T4: saved as \"gpu\": \"T4\" in {}; later runs use it (change it there, or pass the flag again)", file.display()),
+                format!("--torch-stack seed-2.3: saved as \"torch\": {{\"stack\": \"seed-2.3\"}} in {}; later runs use it (change it there, or pass the flag again)", file.display()),
+            ]
+        );
+        let same = Overrides {
+            gpu: vec!["H100".into()],
+            ..Default::default()
+        };
+        let req = request(
+            Path::new("tests/fixtures/remote_invert.json"),
+            None,
+            None,
+            &same,
+            None,
+            None,
+        )
+        .expect("request");
+        assert!(
+            req.notes.is_empty(),
+            "the default is not news: {:?}",
+            req.notes
+        );
+    }
 }

@@ -5,17 +5,20 @@
 //! default written), the workflow file, `utils/` (the shim), `build/`
 //! (constraints, stack check, model paths), `wheels/` (comfy-remote itself),
 //! `custom_nodes/` (local packs), and `.comfy-remote/state.json` (build
-//! nonce, content hash, last deploy; not part of the hash).
+//! nonce, content hash, last deploy, the files written; not part of the
+//! hash). What the generator owns there is defined in [`crate::layout`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use minijinja::{context, Environment};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::config::DeployConfig;
 use crate::error::{DeployError, Result};
+pub use crate::layout::ProjectState;
+use crate::layout::{self, Keep, OWNED_DIRS};
 use crate::nodes::{self, CoreSource, NodeResolution};
 use crate::stacks::{self, TorchStack};
 use crate::workflow::{ModelRef, Workflow};
@@ -28,11 +31,6 @@ pub const FASTAPI_VERSION: &str = "0.165.0";
 pub const ENV_WHEEL: &str = "COMFY_REMOTE_WHEEL";
 /// Environment variable naming a ComfyUI checkout to read core node names from.
 pub const ENV_COMFYUI_DIR: &str = "COMFYUI_DIR";
-
-const STATE_DIR: &str = ".comfy-remote";
-const STATE_FILE: &str = ".comfy-remote/state.json";
-/// Subdirectories the generator owns and rewrites on every run.
-const OWNED_DIRS: &[&str] = &["build", "utils", "wheels", "custom_nodes"];
 
 const T_WORKFLOW: &str = include_str!("../templates/workflow.py.j2");
 const T_CHECK: &str = include_str!("../templates/check_stack.py.j2");
@@ -47,6 +45,8 @@ pub const GET_URL_PY: &str = include_str!("../templates/get_url.py");
 pub struct ScaffoldRequest {
     pub workflow: PathBuf,
     pub config: DeployConfig,
+    /// The config file `config` was read from, if any (never deleted by a run).
+    pub config_file: Option<PathBuf>,
     /// Directory relative custom node `path`s are resolved against.
     pub config_dir: PathBuf,
     pub out_dir: PathBuf,
@@ -56,32 +56,24 @@ pub struct ScaffoldRequest {
     pub comfyui_dir: Option<PathBuf>,
     /// Draw a new build nonce (Force Rebuild) instead of keeping the project's.
     pub new_nonce: bool,
+    /// Lines the run logs before generating (which flags were saved into the project's config).
+    pub notes: Vec<String>,
 }
 
-/// State kept in the project between runs.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProjectState {
-    pub nonce: String,
-    pub content_hash: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub deployed_hash: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub url: Option<String>,
-    #[serde(default)]
-    pub app_name: String,
-}
-
-impl ProjectState {
-    pub fn load(project: &Path) -> Option<Self> {
-        let text = std::fs::read_to_string(project.join(STATE_FILE)).ok()?;
-        serde_json::from_str(&text).ok()
-    }
-
-    pub fn save(&self, project: &Path) -> Result<()> {
-        let dir = project.join(STATE_DIR);
-        std::fs::create_dir_all(&dir).map_err(|source| DeployError::Write { path: dir, source })?;
-        let text = serde_json::to_string_pretty(self).unwrap_or_default();
-        write_file(&project.join(STATE_FILE), text.as_bytes())
+impl ScaffoldRequest {
+    /// What a run reads and so must never delete: the workflow, the config file, local packs.
+    pub fn keep(&self) -> Keep {
+        let packs = self
+            .config
+            .custom_nodes
+            .iter()
+            .filter_map(|p| p.path.as_ref().map(|p| self.config_dir.join(p)));
+        Keep::new(
+            [self.workflow.clone()]
+                .into_iter()
+                .chain(self.config_file.clone())
+                .chain(packs),
+        )
     }
 }
 
@@ -101,6 +93,8 @@ pub struct Project {
     pub content_hash: String,
     pub nonce: String,
     pub wheel: PathBuf,
+    /// What the user must know before deploying (`warning: ...` lines).
+    pub warnings: Vec<String>,
 }
 
 /// The rendered files, relative path -> bytes (before writing).
@@ -115,6 +109,8 @@ pub fn scaffold(req: &ScaffoldRequest) -> Result<Project> {
     }
     config.validate()?;
     let (stack_name, stack) = stacks::resolve(&config.torch)?;
+    // The written config names the stack it resolved to (the default included).
+    config.torch.stack = Some(stack_name.clone());
 
     // Node check: core + ours + packs, before anything is written.
     let (core, core_from) = core_nodes(req.comfyui_dir.as_deref())?;
@@ -199,11 +195,9 @@ pub fn scaffold(req: &ScaffoldRequest) -> Result<Project> {
         }
     }
 
+    let keep = req.keep();
     for d in OWNED_DIRS {
-        let p = req.out_dir.join(d);
-        if p.exists() {
-            std::fs::remove_dir_all(&p).map_err(|source| DeployError::Write { path: p, source })?;
-        }
+        layout::remove(&req.out_dir, d, &keep)?;
     }
     for (rel, bytes) in &files {
         write_file(&req.out_dir.join(rel), bytes)?;
@@ -215,9 +209,11 @@ pub fn scaffold(req: &ScaffoldRequest) -> Result<Project> {
         deployed_hash: previous.as_ref().and_then(|s| s.deployed_hash.clone()),
         url: previous.as_ref().and_then(|s| s.url.clone()),
         app_name: config.app_name.clone(),
+        files: files.keys().cloned().collect(),
     };
     state.save(&req.out_dir)?;
 
+    let warnings = config.warnings();
     Ok(Project {
         dir: req.out_dir.clone(),
         app_name: config.app_name.clone(),
@@ -234,6 +230,7 @@ pub fn scaffold(req: &ScaffoldRequest) -> Result<Project> {
         content_hash,
         nonce,
         wheel,
+        warnings,
     })
 }
 
@@ -471,7 +468,7 @@ fn prepare_out_dir(dir: &Path) -> Result<()> {
             })?
             .next()
             .is_none();
-        if !empty && !dir.join("modal_config.json").is_file() {
+        if !empty && !layout::is_project(dir) {
             return Err(DeployError::NotAProjectOut {
                 path: dir.to_path_buf(),
             });

@@ -48,24 +48,38 @@ pub fn presets() -> BTreeMap<String, TorchStack> {
 }
 
 /// A user's torch choice (`"torch"` in modal_config.json): a preset name and/or explicit versions.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// (Read by `config::read`, which also takes the string shorthand.)
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct TorchChoice {
     /// Preset name from the table; default: the table's default.
-    #[serde(default)]
     pub stack: Option<String>,
-    #[serde(default)]
     pub torch: Option<String>,
-    #[serde(default)]
     pub torchvision: Option<String>,
-    #[serde(default)]
     pub torchaudio: Option<String>,
     /// A version, or `"none"` to leave xformers out.
-    #[serde(default)]
     pub xformers: Option<String>,
     /// Wheel index (e.g. another CUDA build of the same versions).
-    #[serde(default)]
     pub index_url: Option<String>,
+}
+
+impl TorchChoice {
+    /// The string form of `"torch"`: a preset name (`"torch-2.9"`) or a torch
+    /// version (`"2.9.1"`, which picks its row). `None` for anything else.
+    pub fn shorthand(s: &str) -> Option<Self> {
+        if presets().contains_key(s) {
+            return Some(TorchChoice {
+                stack: Some(s.to_string()),
+                ..Default::default()
+            });
+        }
+        let version = s.starts_with(|c: char| c.is_ascii_digit())
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '+');
+        version.then(|| TorchChoice {
+            torch: Some(s.to_string()),
+            ..Default::default()
+        })
+    }
 }
 
 /// Resolve a choice to one coherent stack, or refuse it naming the coherent sets.

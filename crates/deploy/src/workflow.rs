@@ -137,27 +137,48 @@ impl Workflow {
             .unwrap_or_else(|| "remote_workflow.json".into())
     }
 
-    /// Default app name: `comfy-remote-<stem>`, sanitised.
+    /// Default app name: `comfy-remote-<stem>`, sanitised (see [`default_app_name`]).
     pub fn default_app_name(&self) -> String {
         let stem = self
             .path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "workflow".into());
-        let clean: String = stem
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' {
-                    c.to_ascii_lowercase()
-                } else {
-                    '-'
-                }
-            })
-            .collect();
-        let mut name = format!("comfy-remote-{}", clean.trim_matches('-'));
-        name.truncate(63);
-        name
+            .unwrap_or_default();
+        default_app_name(&stem)
     }
+}
+
+/// Prefix of every default app name.
+pub const APP_PREFIX: &str = "comfy-remote-";
+/// What the default name ends in when the file name leaves nothing usable.
+pub const APP_FALLBACK: &str = "workflow";
+
+/// The default app name for a workflow file stem (docs/deploy.md, "App names"):
+/// lowercased; every character other than an ASCII letter, digit or `-` made
+/// `-`; `-` trimmed from both ends; `workflow` when nothing is left;
+/// prefixed with `comfy-remote-` and cut to 63 characters (never ending in `-`).
+pub fn default_app_name(stem: &str) -> String {
+    let clean: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let clean = clean.trim_matches('-');
+    let mut name = format!(
+        "{APP_PREFIX}{}",
+        if clean.is_empty() {
+            APP_FALLBACK
+        } else {
+            clean
+        }
+    );
+    name.truncate(63);
+    name.trim_end_matches('-').to_string()
 }
 
 #[cfg(test)]
@@ -243,5 +264,27 @@ mod tests {
         }
         let ok = format!("{{{}, {}}}", input("1", "a"), out("2", "image"));
         wf(&ok).expect("a valid workflow");
+    }
+
+    #[test]
+    fn default_app_names_are_valid_modal_names() {
+        for (stem, name) in [
+            ("invert_blur", "comfy-remote-invert-blur"),
+            ("___", "comfy-remote-workflow"),
+            ("", "comfy-remote-workflow"),
+            ("-My Flow (v2)-", "comfy-remote-my-flow--v2"),
+            ("café", "comfy-remote-caf"),
+        ] {
+            assert_eq!(default_app_name(stem), name, "{stem:?}");
+        }
+        let long = default_app_name(&format!("{}_{}", "a".repeat(49), "b".repeat(20)));
+        assert_eq!(long, format!("comfy-remote-{}", "a".repeat(49)));
+        for stem in ["___", "x".repeat(200).as_str(), "ä-ö", "a_b_c"] {
+            let n = default_app_name(stem);
+            assert!(
+                crate::config::valid_app_name(&n) && !n.ends_with('-'),
+                "{n}"
+            );
+        }
     }
 }

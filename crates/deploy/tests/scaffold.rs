@@ -47,11 +47,13 @@ fn request(tmp: &Path, workflow: &str, config: DeployConfig) -> ScaffoldRequest 
     ScaffoldRequest {
         workflow: fixtures().join(workflow),
         config,
+        config_file: None,
         config_dir: fixtures(),
         out_dir: tmp.join("project"),
         wheel: Some(fake_wheel(tmp)),
         comfyui_dir: None,
         new_nonce: false,
+        notes: Vec::new(),
     }
 }
 
@@ -325,11 +327,31 @@ fn a_directory_that_is_not_a_project_is_never_overwritten() {
     assert!(matches!(err, DeployError::NotAProjectOut { .. }), "{err:?}");
     assert!(
         err.to_string().starts_with(&format!(
-            "refusing to write into {}: it exists and is not a comfy-remote project (no modal_config.json); choose another --out",
+            "refusing to write into {}: it exists and is not a comfy-remote project (no .comfy-remote/state.json); choose another --out",
             req.out_dir.display()
         )),
         "{err}"
     );
+    // A modal_config.json of the user's does not make a directory a project:
+    // the generator would overwrite README.md and replace utils/ there.
+    std::fs::write(req.out_dir.join("modal_config.json"), b"{\"version\": 1}").expect("write");
+    std::fs::create_dir_all(req.out_dir.join("utils")).expect("mkdir");
+    std::fs::write(req.out_dir.join("utils/mine.py"), b"mine").expect("write");
+    let err = scaffold(&req).expect_err("still not a project");
+    assert!(matches!(err, DeployError::NotAProjectOut { .. }), "{err:?}");
+    assert_eq!(read(&req.out_dir.join("utils/mine.py")), "mine");
+}
+
+#[test]
+fn the_written_config_names_the_resolved_stack_and_reads_back_the_same() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let req = request(tmp.path(), "remote_invert.json", DeployConfig::default());
+    let p = scaffold(&req).expect("scaffold");
+    let written = p.dir.join("modal_config.json");
+    let v: serde_json::Value = serde_json::from_str(&read(&written)).expect("json");
+    assert_eq!(v["torch"]["stack"], "torch-2.11");
+    let again = DeployConfig::load(&written).expect("reads back");
+    assert_eq!(again, p.config);
 }
 
 #[test]

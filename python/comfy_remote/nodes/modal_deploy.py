@@ -69,11 +69,11 @@ class ModalDeployment(io.ComfyNode):
             inputs=[
                 io.String.Input("workflow_path", default="", tooltip="The remote workflow, API format (.json)."),
                 io.String.Input("app_name", default="", tooltip="Modal app name; default comfy-remote-<file name>."),
-                io.String.Input("gpu", default="H100", tooltip="Modal GPU type, or a fallback list: H100,A100-80GB."),
+                io.String.Input("gpu", default="H100", tooltip="Modal GPU type, or a fallback list: H100,A100-80GB. Saved in the project's modal_config.json; empty: use the project's setting."),
                 io.String.Input("pip_packages", default="", multiline=True, tooltip="Extra pip requirements, one per line."),
                 io.String.Input("apt_packages", default="", multiline=True, tooltip="Extra Debian packages, one per line."),
                 io.Boolean.Input("deploy", default=False, tooltip="Run `modal deploy` (off: generate and check only)."),
-                io.Boolean.Input("clean_build", default=False, tooltip="Remove the project directory and regenerate it."),
+                io.Boolean.Input("clean_build", default=False, tooltip="Remove the files the generator wrote in the project directory (never your own files, the workflow or the config), then regenerate them."),
                 io.Boolean.Input("force_rebuild", default=False, tooltip="Rebuild every image layer (new build nonce, MODAL_IGNORE_CACHE=1)."),
                 io.Boolean.Input("delete_remote_app", default=False, tooltip="Stop the deployed app first (`modal app stop -y`)."),
                 io.String.Input("config_path", default="", optional=True, tooltip="modal_config.json (default: the project's own)."),
@@ -115,7 +115,11 @@ class ModalDeployment(io.ComfyNode):
 
         def progress(line: str) -> None:
             lines.append(line)
-            log.info("%s", line)
+            # The lifecycle marks what the user must know (a public service) with "warning: ".
+            if line.startswith("warning: "):
+                log.warning("%s", line.removeprefix("warning: "))
+            else:
+                log.info("%s", line)
             if node_id is None:
                 return
             try:
@@ -144,6 +148,7 @@ class ModalDeployment(io.ComfyNode):
             message = f"{'unchanged' if report.get('unchanged') else 'deployed'}: {url}"
         else:
             message = f"generated {report['project']['dir']} (not deployed: turn on 'deploy' to get a service URL)"
+        message = "\n".join([message, *report.get("warnings", [])])
         return io.NodeOutput(url, message, ui=ui.PreviewText(message))
 
 

@@ -12,28 +12,31 @@ use comfy_remote_deploy::{lifecycle, DeployError, Options, Runner};
 use crate::{exit, output};
 
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Settings given by flags (--app, --gpu, --pip, --apt, --torch-stack) are saved in the project's modal_config.json, and later runs use them; each one saved is logged.\n\nExit status: 0 ok, 1 Modal failed (deploy, or reading the service URL), 2 bad input (workflow, config, wheel, node check, a flag), 4 `modal` is not installed."
+)]
 pub struct DeployArgs {
     /// The remote workflow, in API format (ComfyUI: Workflow > Export (API)).
     pub workflow: PathBuf,
-    /// modal_config.json to use (default: the project's own, else all defaults).
+    /// modal_config.json to use (default: the project's own, else all defaults); its relative custom node paths are relative to it.
     #[arg(long, short = 'c')]
     pub config: Option<PathBuf>,
     /// Project directory to generate (default: ./modal/<app name>).
     #[arg(long, short = 'o')]
     pub out: Option<PathBuf>,
-    /// Modal app name (default: comfy-remote-<workflow file stem>, lowercased, every character other than a letter, digit or '-' made '-': invert_blur.json -> comfy-remote-invert-blur).
+    /// Modal app name (default: comfy-remote-<workflow file stem>, e.g. invert_blur.json -> comfy-remote-invert-blur; the rule is in docs/deploy.md).
     #[arg(long)]
     pub app: Option<String>,
-    /// GPU type; repeat for a fallback list (e.g. --gpu H100 --gpu A100-80GB). Default H100.
+    /// GPU type; repeat for a fallback list (e.g. --gpu H100 --gpu A100-80GB). Default H100. Saved in the project's config.
     #[arg(long)]
     pub gpu: Vec<String>,
-    /// Extra pip requirement for the image (repeatable).
+    /// Extra pip requirement for the image (repeatable); added to the project's config.
     #[arg(long = "pip")]
     pub pip: Vec<String>,
-    /// Extra Debian package for the image (repeatable).
+    /// Extra Debian package for the image (repeatable); added to the project's config.
     #[arg(long = "apt")]
     pub apt: Vec<String>,
-    /// Torch stack preset (see docs/deploy.md), e.g. torch-2.11 or seed-2.3.
+    /// Torch stack preset, e.g. torch-2.11 (the default) or seed-2.3 (the table is in docs/deploy.md). Saved in the project's config.
     #[arg(long)]
     pub torch_stack: Option<String>,
     /// The comfy-remote wheel to install in the image: a .whl, a directory of wheels (the one of this version for Linux x86_64 is picked) or a glob (default: $COMFY_REMOTE_WHEEL, else target/wheels of the source checkout you are in).
@@ -45,7 +48,7 @@ pub struct DeployArgs {
     /// Generate (and check) the project only; print its directory, not a URL.
     #[arg(long)]
     pub no_deploy: bool,
-    /// Remove the project directory first, then regenerate it.
+    /// Clean Build: remove the files the generator wrote in the project directory (never your own files, the workflow or the config this run reads), then regenerate them.
     #[arg(long)]
     pub clean: bool,
     /// Rebuild every image layer: a new build nonce and MODAL_IGNORE_CACHE=1.
@@ -60,6 +63,9 @@ pub struct DeployArgs {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Exit status: 0 stopped (or there was no such app), 1 `modal` failed (no token, no network), 2 a bad app name, 4 `modal` is not installed."
+)]
 pub struct StopArgs {
     /// The Modal app name.
     pub app: String,
