@@ -37,15 +37,18 @@ if [ -f fuzz/Cargo.toml ]; then
   cargo check --manifest-path fuzz/Cargo.toml --bins
 fi
 
-step "build the comfy-remote binary and wheel (release)"
+step "build the comfy-remote binary and wheels (release)"
 cargo build --release --locked -p comfy-remote-cli
 rm -rf "$TARGET/wheels"
+# The package an artist installs (nodes, native module, run/deploy) and the
+# server (comfy-remote-server, which `comfy-remote serve` hands over to).
 "$VENV/bin/maturin" build --release --locked --out "$TARGET/wheels" >&2
+"$VENV/bin/maturin" build --release --locked -m crates/server/Cargo.toml --out "$TARGET/wheels" >&2
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps --force-reinstall "$TARGET"/wheels/*.whl
 
 step "pytest"
 export COMFY_REMOTE_BIN
 COMFY_REMOTE_BIN=$(cd "$TARGET" && pwd)/release/comfy-remote
 export COMFY_REMOTE_WHEEL
-COMFY_REMOTE_WHEEL=$(ls "$(cd "$TARGET" && pwd)"/wheels/*.whl | head -n 1)
+COMFY_REMOTE_WHEEL=$(ls "$(cd "$TARGET" && pwd)"/wheels/comfy_remote-*.whl | head -n 1)
 "$VENV/bin/python" -m pytest "$@"

@@ -42,12 +42,18 @@ def version() -> str:
     return out.split()[-1]
 
 
-def make_wheel(path: Path, ver: str | None = None) -> Path:
-    """A minimal wheel (METADATA and the native module): the generator checks and copies it."""
+def make_wheel(path: Path, ver: str | None = None, server: bool = True) -> Path:
+    """A minimal wheel (METADATA and the native module), and beside it the
+    server's (METADATA and its executable): the generator checks and copies both."""
     ver = ver or version()
     with zipfile.ZipFile(path, "w") as z:
         z.writestr(f"comfy_remote-{ver}.dist-info/METADATA", f"Metadata-Version: 2.4\nName: comfy-remote\nVersion: {ver}\n")
         z.writestr("comfy_remote/_native.abi3.so", b"\x7fELF")
+    if server:
+        with zipfile.ZipFile(path.parent / f"comfy_remote_server-{ver}-py3-none-manylinux_2_17_x86_64.whl", "w") as z:
+            z.writestr(f"comfy_remote_server-{ver}.dist-info/METADATA",
+                       f"Metadata-Version: 2.4\nName: comfy-remote-server\nVersion: {ver}\n")
+            z.writestr(f"comfy_remote_server-{ver}.data/scripts/comfy-remote-server", b"\x7fELF")
     return path
 
 

@@ -104,24 +104,28 @@ impl Workflow {
                 Some(Value::String(s)) => {
                     io_name(s).map_err(|why| err(name, format!("{class} node {id} {why}")))?
                 }
-                _ => return Err(err(
-                    name,
-                    format!(
+                _ => {
+                    return Err(err(
+                        name,
+                        format!(
                         "{class} node {id} needs a non-empty `name` widget (a literal, not a link)"
                     ),
-                )),
+                    ))
+                }
             };
             if class == REMOTE_INPUT {
                 let ty = match node_inputs.get("type") {
                     None => "*".to_owned(),
                     Some(Value::String(s)) if INPUT_TYPES.contains(&s.as_str()) => s.clone(),
-                    Some(other) => return Err(err(
-                        name,
-                        format!(
+                    Some(other) => {
+                        return Err(err(
+                            name,
+                            format!(
                             "RemoteInput node {id} ({item_name}) has type {other}; use one of {}",
                             INPUT_TYPES.join(", ")
                         ),
-                    )),
+                        ))
+                    }
                 };
                 inputs.push(SignatureItem {
                     name: item_name,

@@ -7,6 +7,7 @@
 //!   constraints, the build-time stack check) from embedded minijinja templates;
 //! - [`layout`]: what the generator owns in a project directory, and
 //!   removal that never touches the user's files;
+//! - [`wheels`]: the comfy-remote wheels an image installs (the package, and the server for the GPU image);
 //! - [`runner`]: the one place `modal` and friends are run, logged and typed;
 //! - [`lifecycle`]: deploy / force rebuild / clean build / delete / status.
 //!
@@ -22,6 +23,7 @@ pub mod nodes;
 pub mod runner;
 pub mod scaffold;
 pub mod stacks;
+pub mod wheels;
 pub mod workflow;
 
 pub use config::DeployConfig;

@@ -259,7 +259,7 @@ class E(io.ComfyNode):
     /// With COMFYUI_DIR set, the scanner reproduces the embedded list (or rewrites it with UPDATE_CORE_NODES=1).
     #[test]
     fn core_node_list_matches_a_checkout() {
-        let Some(dir) = std::env::var_os("COMFYUI_DIR") else {
+        let Some(dir) = std::env::var_os(comfy_remote_protocol::env::COMFYUI_DIR) else {
             eprintln!("SKIPPED core_node_list_matches_a_checkout: set COMFYUI_DIR");
             return;
         };

@@ -11,11 +11,6 @@ use std::sync::mpsc;
 
 use crate::error::{DeployError, Result};
 
-/// Overrides the `modal` executable (default: `modal` on PATH).
-pub const ENV_MODAL: &str = "COMFY_REMOTE_MODAL";
-/// Overrides the Python that runs Modal client snippets (default: the `modal` script's interpreter).
-pub const ENV_MODAL_PYTHON: &str = "COMFY_REMOTE_MODAL_PYTHON";
-
 /// One command to run.
 #[derive(Debug, Clone)]
 pub struct Cmd {
@@ -91,11 +86,11 @@ impl Runner {
     /// `modal` from `$COMFY_REMOTE_MODAL` or PATH; its Python from `$COMFY_REMOTE_MODAL_PYTHON`.
     pub fn from_env() -> Self {
         Runner {
-            modal: std::env::var_os(ENV_MODAL)
+            modal: std::env::var_os(comfy_remote_protocol::env::MODAL)
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("modal")),
-            python: std::env::var_os(ENV_MODAL_PYTHON)
+            python: std::env::var_os(comfy_remote_protocol::env::MODAL_PYTHON)
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from),
         }

@@ -21,16 +21,13 @@ pub use crate::layout::ProjectState;
 use crate::layout::{self, Keep, OWNED_DIRS};
 use crate::nodes::{self, CoreSource, NodeResolution};
 use crate::stacks::{self, TorchStack};
+use crate::wheels;
 use crate::workflow::{ModelRef, Workflow};
 
 /// The comfy-remote version every generated project pins (client == image).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// FastAPI version of the web front's image (the one the tests run).
 pub const FASTAPI_VERSION: &str = "0.165.0";
-/// Environment variable naming the comfy-remote wheel to put in the image.
-pub const ENV_WHEEL: &str = "COMFY_REMOTE_WHEEL";
-/// Environment variable naming a ComfyUI checkout to read core node names from.
-pub const ENV_COMFYUI_DIR: &str = "COMFYUI_DIR";
 
 const T_WORKFLOW: &str = include_str!("../templates/workflow.py.j2");
 const T_CHECK: &str = include_str!("../templates/check_stack.py.j2");
@@ -162,11 +159,14 @@ pub fn scaffold(req: &ScaffoldRequest) -> Result<Project> {
         });
     }
 
-    let wheel = find_wheel(req.wheel.as_deref())?;
-    let wheel_name = wheel
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let wheel = wheels::find_wheel(req.wheel.as_deref())?;
+    let server_wheel = wheels::find_server_wheel(&wheel)?;
+    let file_name = |p: &Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let (wheel_name, server_wheel_name) = (file_name(&wheel), file_name(&server_wheel));
 
     prepare_out_dir(&req.out_dir)?;
     let previous = ProjectState::load(&req.out_dir);
@@ -182,13 +182,15 @@ pub fn scaffold(req: &ScaffoldRequest) -> Result<Project> {
         &stack,
         &models,
         &nonce,
-        &wheel_name,
+        (&wheel_name, &server_wheel_name),
     )?;
-    let wheel_bytes = std::fs::read(&wheel).map_err(|source| DeployError::Read {
-        path: wheel.clone(),
-        source,
-    })?;
-    files.insert(format!("wheels/{wheel_name}"), wheel_bytes);
+    for (path, name) in [(&wheel, &wheel_name), (&server_wheel, &server_wheel_name)] {
+        let bytes = std::fs::read(path).map_err(|source| DeployError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        files.insert(format!("wheels/{name}"), bytes);
+    }
     for pack in config.custom_nodes.iter().filter(|p| p.path.is_some()) {
         if let Some(p) = &pack.path {
             copy_tree(p, &format!("custom_nodes/{}", pack.dir_name()), &mut files)?;
@@ -237,226 +239,11 @@ pub fn scaffold(req: &ScaffoldRequest) -> Result<Project> {
 fn core_nodes(explicit: Option<&Path>) -> Result<(BTreeSet<String>, CoreSource)> {
     let dir = explicit
         .map(Path::to_path_buf)
-        .or_else(|| std::env::var_os(ENV_COMFYUI_DIR).map(PathBuf::from));
+        .or_else(|| std::env::var_os(comfy_remote_protocol::env::COMFYUI_DIR).map(PathBuf::from));
     match dir {
         Some(d) => Ok((nodes::scan_comfyui(&d)?, CoreSource::Checkout(d))),
         None => Ok((nodes::embedded_core_nodes(), CoreSource::Embedded)),
     }
-}
-
-const WHEEL_HOW: &str = "build one with `maturin build --release --out target/wheels` in a comfy-remote checkout, then pass --wheel PATH (a wheel, a directory of wheels or a glob) or set COMFY_REMOTE_WHEEL";
-
-fn wheel_err(message: String) -> DeployError {
-    DeployError::Wheel {
-        version: VERSION.into(),
-        message,
-    }
-}
-
-/// `target/wheels` of the comfy-remote source checkout the current directory is in, if any.
-fn checkout_wheels() -> Option<PathBuf> {
-    let cwd = std::env::current_dir().ok()?;
-    cwd.ancestors()
-        .find(|d| d.join("Cargo.toml").is_file() && d.join("target").join("wheels").is_dir())
-        .map(|d| d.join("target").join("wheels"))
-}
-
-/// `*` and `?` matching of one file name.
-fn glob_match(pattern: &[u8], name: &[u8]) -> bool {
-    match (pattern.first(), name.first()) {
-        (None, None) => true,
-        (Some(b'*'), _) => {
-            glob_match(&pattern[1..], name) || (!name.is_empty() && glob_match(pattern, &name[1..]))
-        }
-        (Some(b'?'), Some(_)) => glob_match(&pattern[1..], &name[1..]),
-        (Some(p), Some(n)) if p == n => glob_match(&pattern[1..], &name[1..]),
-        _ => false,
-    }
-}
-
-/// Files of `dir` whose name matches `pattern`.
-fn glob_files(dir: &Path, pattern: &str) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut out: Vec<PathBuf> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.is_file())
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| glob_match(pattern.as_bytes(), n.to_string_lossy().as_bytes()))
-        })
-        .collect();
-    out.sort();
-    out
-}
-
-/// What a wheel's file name says is wrong with it for this image, if anything.
-fn wheel_name_problem(name: &str) -> Option<String> {
-    let mut parts = name.trim_end_matches(".whl").split('-');
-    let (dist, ver) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    if !name.ends_with(".whl") || dist != "comfy_remote" {
-        return Some(format!("{name} is not a comfy_remote wheel"));
-    }
-    if ver != VERSION {
-        return Some(format!(
-            "{name} is version {ver}; the image must run the client's version {VERSION} (the protocol and nodes must match)"
-        ));
-    }
-    let platform = name.rsplit('-').next().unwrap_or("");
-    if !(platform.contains("x86_64") && platform.contains("linux")) {
-        return Some(format!(
-            "{name} is not built for Linux x86_64, which Modal runs; build it on Linux or with `maturin build --release --zig --target x86_64-unknown-linux-gnu`"
-        ));
-    }
-    None
-}
-
-/// Open the wheel as a zip: its METADATA must name comfy_remote at this
-/// version and it must carry the native module.
-fn check_wheel_contents(path: &Path) -> Result<()> {
-    let bad = |why: String| {
-        wheel_err(format!(
-            "{} is not a usable comfy_remote wheel: {why}",
-            path.display()
-        ))
-    };
-    let file = std::fs::File::open(path).map_err(|source| DeployError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let mut zip =
-        zip::ZipArchive::new(file).map_err(|e| bad(format!("not a zip archive ({e})")))?;
-    let names: Vec<String> = zip.file_names().map(String::from).collect();
-    let metadata = names
-        .iter()
-        .find(|n| {
-            n.strip_suffix("/METADATA")
-                .is_some_and(|d| d.ends_with(".dist-info") && !d.contains('/'))
-        })
-        .ok_or_else(|| bad("it has no *.dist-info/METADATA".into()))?;
-    let mut text = String::new();
-    {
-        use std::io::Read;
-        zip.by_name(metadata)
-            .map_err(|e| bad(format!("cannot read {metadata} ({e})")))?
-            .read_to_string(&mut text)
-            .map_err(|e| bad(format!("cannot read {metadata} ({e})")))?;
-    }
-    let field = |key: &str| {
-        text.lines()
-            .take_while(|l| !l.trim().is_empty())
-            .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
-    };
-    let dist = field("Name:").unwrap_or_default();
-    if dist.to_ascii_lowercase().replace(['-', '.'], "_") != "comfy_remote" {
-        return Err(bad(format!(
-            "its METADATA names the package {dist:?}, not comfy-remote"
-        )));
-    }
-    let ver = field("Version:").unwrap_or_default();
-    if ver != VERSION {
-        return Err(bad(format!(
-            "its METADATA says version {ver:?}; the image must run the client's version {VERSION}"
-        )));
-    }
-    let native = names.iter().any(|n| {
-        n.strip_prefix("comfy_remote/_native")
-            .is_some_and(|rest| rest.ends_with(".so") && !rest.contains('/'))
-    });
-    if !native {
-        return Err(bad(
-            "it has no comfy_remote/_native*.so (the Linux native module)".into(),
-        ));
-    }
-    Ok(())
-}
-
-/// Locate the comfy-remote wheel of exactly this version, for Linux x86_64.
-///
-/// `explicit` (else `$COMFY_REMOTE_WHEEL`, else `target/wheels` of the source
-/// checkout the current directory is in) is a wheel file, a directory of
-/// wheels, or a glob such as `target/wheels/comfy_remote-*.whl`; of several
-/// fitting wheels the newest is used. The wheel is opened and checked.
-pub fn find_wheel(explicit: Option<&Path>) -> Result<PathBuf> {
-    let how = WHEEL_HOW;
-    let given = explicit.map(Path::to_path_buf).or_else(|| {
-        std::env::var_os(ENV_WHEEL)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    });
-    let path = match given.or_else(checkout_wheels) {
-        Some(p) => p,
-        None => {
-            return Err(wheel_err(format!(
-                "the image installs comfy-remote from a wheel and none was given; {how}"
-            )))
-        }
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let candidates = if name.contains(['*', '?']) {
-        let dir = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let found = glob_files(dir, &name);
-        if found.is_empty() {
-            return Err(wheel_err(format!(
-                "no file matches {}; {how}",
-                path.display()
-            )));
-        }
-        found
-    } else if path.is_dir() {
-        let found = glob_files(&path, "*.whl");
-        if found.is_empty() {
-            return Err(wheel_err(format!(
-                "{} has no wheels; {how}",
-                path.display()
-            )));
-        }
-        found
-    } else if path.is_file() {
-        if let Some(problem) = wheel_name_problem(&name) {
-            return Err(wheel_err(format!("{problem}; {how}")));
-        }
-        check_wheel_contents(&path)?;
-        return Ok(path);
-    } else {
-        return Err(wheel_err(format!(
-            "{} does not exist; {how}",
-            path.display()
-        )));
-    };
-    let fitting: Vec<&PathBuf> = candidates
-        .iter()
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| wheel_name_problem(&n.to_string_lossy()).is_none())
-        })
-        .collect();
-    let newest = fitting.into_iter().max_by_key(|p| {
-        std::fs::metadata(p)
-            .and_then(|m| m.modified())
-            .unwrap_or(std::time::SystemTime::UNIX_EPOCH)
-    });
-    let Some(wheel) = newest else {
-        let seen: Vec<String> = candidates
-            .iter()
-            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .collect();
-        return Err(wheel_err(format!(
-            "{} holds no comfy_remote {VERSION} wheel for Linux x86_64 (found: {}); {how}",
-            path.display(),
-            seen.join(", ")
-        )));
-    };
-    check_wheel_contents(wheel)?;
-    Ok(wheel.clone())
 }
 
 fn prepare_out_dir(dir: &Path) -> Result<()> {
@@ -512,7 +299,7 @@ fn render(
     stack: &TorchStack,
     models: &[ModelRef],
     nonce: &str,
-    wheel_file: &str,
+    (wheel_file, server_wheel_file): (&str, &str),
 ) -> Result<Files> {
     let env = env();
     let workflow_file = workflow.file_name();
@@ -539,6 +326,7 @@ fn render(
         nonce => nonce,
         workflow_file => workflow_file,
         wheel_file => wheel_file,
+        server_wheel_file => server_wheel_file,
         gpu => gpu,
         stack => stack,
         stack_name => stack_name,

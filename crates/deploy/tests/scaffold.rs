@@ -39,7 +39,24 @@ fn wheel_at(path: &Path) -> PathBuf {
 
 const WHEEL_NAME: &str = "cp310-abi3-manylinux_2_17_x86_64.manylinux2014_x86_64.whl";
 
+/// The package wheel, and the server's beside it (both are copied into the project).
 fn fake_wheel(dir: &Path) -> PathBuf {
+    let meta = format!("Metadata-Version: 2.4\nName: comfy-remote-server\nVersion: {VERSION}\n\n");
+    write_zip(
+        &dir.join(format!(
+            "comfy_remote_server-{VERSION}-py3-none-manylinux_2_17_x86_64.whl"
+        )),
+        &[
+            (
+                &format!("comfy_remote_server-{VERSION}.dist-info/METADATA"),
+                &meta,
+            ),
+            (
+                &format!("comfy_remote_server-{VERSION}.data/scripts/comfy-remote-server"),
+                "\x7fELF",
+            ),
+        ],
+    );
     wheel_at(&dir.join(format!("comfy_remote-{VERSION}-{WHEEL_NAME}")))
 }
 
@@ -96,7 +113,22 @@ fn default_project_is_h100_with_the_default_stack() {
     ] {
         assert!(p.dir.join(f).is_file(), "{f} missing");
     }
-    assert!(p.dir.join("wheels").read_dir().expect("wheels").count() == 1);
+    let mut wheels: Vec<String> = p
+        .dir
+        .join("wheels")
+        .read_dir()
+        .expect("wheels")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    wheels.sort();
+    assert_eq!(
+        wheels,
+        [
+            format!("comfy_remote-{VERSION}-{WHEEL_NAME}"),
+            format!("comfy_remote_server-{VERSION}-py3-none-manylinux_2_17_x86_64.whl"),
+        ],
+        "the package and the server, nothing else"
+    );
     snap!("default_workflow_py", read(&p.dir.join("workflow.py")));
     snap!(
         "default_modal_config_json",
@@ -382,19 +414,19 @@ fn the_wheel_may_be_a_directory_or_a_glob_and_the_fitting_one_is_picked() {
     wheel_at(&dir.join(format!(
         "comfy_remote-{VERSION}-cp310-abi3-macosx_11_0_arm64.whl"
     )));
-    let found = comfy_remote_deploy::scaffold::find_wheel(Some(&dir)).expect("directory");
+    let found = comfy_remote_deploy::wheels::find_wheel(Some(&dir)).expect("directory");
     assert_eq!(found, good);
     let glob = dir.join("comfy_remote-*.whl");
-    let found = comfy_remote_deploy::scaffold::find_wheel(Some(&glob)).expect("glob");
+    let found = comfy_remote_deploy::wheels::find_wheel(Some(&glob)).expect("glob");
     assert_eq!(found, good);
-    let err = comfy_remote_deploy::scaffold::find_wheel(Some(&dir.join("nothing-*.whl")))
+    let err = comfy_remote_deploy::wheels::find_wheel(Some(&dir.join("nothing-*.whl")))
         .expect_err("no match")
         .to_string();
     assert!(err.contains("no file matches"), "{err}");
     let empty = tmp.path().join("empty");
     std::fs::create_dir_all(&empty).expect("mkdir");
     wheel_at(&empty.join(format!("comfy_remote-0.0.1-{WHEEL_NAME}")));
-    let err = comfy_remote_deploy::scaffold::find_wheel(Some(&empty))
+    let err = comfy_remote_deploy::wheels::find_wheel(Some(&empty))
         .expect_err("no fitting wheel")
         .to_string();
     assert!(
@@ -410,7 +442,7 @@ fn a_file_named_like_a_wheel_must_be_one() {
     let junk = tmp.path().join(&name);
     std::fs::write(&junk, b"wheel").expect("write");
     let find = |p: &Path| {
-        comfy_remote_deploy::scaffold::find_wheel(Some(p))
+        comfy_remote_deploy::wheels::find_wheel(Some(p))
             .expect_err("refused")
             .to_string()
     };

@@ -40,10 +40,10 @@ pub struct DeployArgs {
     #[arg(long)]
     pub torch_stack: Option<String>,
     /// The comfy-remote wheel to install in the image: a .whl, a directory of wheels (the one of this version for Linux x86_64 is picked) or a glob (default: $COMFY_REMOTE_WHEEL, else target/wheels of the source checkout you are in).
-    #[arg(long, env = "COMFY_REMOTE_WHEEL")]
+    #[arg(long, env = comfy_remote_protocol::env::WHEEL)]
     pub wheel: Option<PathBuf>,
     /// A ComfyUI checkout whose core node types the check uses (default: $COMFYUI_DIR, else ComfyUI 0.33.0's list).
-    #[arg(long, env = "COMFYUI_DIR")]
+    #[arg(long, env = comfy_remote_protocol::env::COMFYUI_DIR)]
     pub comfyui: Option<PathBuf>,
     /// Generate (and check) the project only; print its directory, not a URL.
     #[arg(long)]
