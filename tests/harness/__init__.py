@@ -73,13 +73,18 @@ def comfyui_python(comfyui: Path, wheel_path: Path | None = None) -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
+# Test-only nodes (CRTestSlow, CRTestFail) every test ComfyUI gets beside ours.
+TEST_NODES = REPO / "tests" / "nodes" / "comfy_remote_test_nodes"
+
+
 def comfy_home(root: Path) -> list[str]:
-    """A private ComfyUI base directory with our node pack; returns main.py args."""
+    """A private ComfyUI base directory with our node pack and the test nodes; returns main.py args."""
     for d in ("custom_nodes", "input", "output", "temp", "user", "models"):
         (root / d).mkdir(parents=True, exist_ok=True)
-    link = root / "custom_nodes" / "comfy-remote"
-    if not link.exists():
-        link.symlink_to(REPO, target_is_directory=True)
+    for name, target in (("comfy-remote", REPO), (TEST_NODES.name, TEST_NODES)):
+        link = root / "custom_nodes" / name
+        if not link.exists():
+            link.symlink_to(target, target_is_directory=True)
     return [
         "--cpu",
         "--base-directory", str(root),
