@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use bytes::Bytes;
 use comfy_remote_protocol::api::{
-    JobStatus, Phase, PreviewEvent, Progress, CONTAINER_MEDIA_TYPE, HEADER_IDEMPOTENCY_KEY,
-    JSON_FORM_FORMAT,
+    JobStatus, JobView, Phase, PreviewEvent, Progress, CONTAINER_MEDIA_TYPE,
+    HEADER_IDEMPOTENCY_KEY, JSON_FORM_FORMAT,
 };
 use futures::StreamExt as _;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
@@ -550,8 +550,10 @@ impl Client {
         let (tx, rx) = mpsc::unbounded_channel();
         let (cancel_tx, cancel_rx) = watch::channel(false);
         let client = Arc::clone(self);
+        let view = ViewSlot::default();
+        let slot = Arc::clone(&view);
         let task = tokio::spawn(async move {
-            let outcome = client.run_job(upload, &tx, cancel_rx).await;
+            let outcome = client.run_job(upload, &tx, cancel_rx, &slot).await;
             let last = match outcome {
                 Ok(bytes) => JobEvent::Done(bytes),
                 Err(e) => JobEvent::Error(e),
@@ -563,6 +565,7 @@ impl Client {
             cancel: cancel_tx,
             task,
             finished: false,
+            view,
         }
     }
 
@@ -571,10 +574,11 @@ impl Client {
         body: Upload,
         tx: &mpsc::UnboundedSender<JobEvent>,
         mut cancel: watch::Receiver<bool>,
+        view: &ViewSlot,
     ) -> Result<Vec<u8>> {
         let key = uuid::Uuid::new_v4().to_string();
         let (job_tx, mut job_rx) = watch::channel::<Option<(Url, JobDoc)>>(None);
-        let drive = self.drive(body, &key, tx, &job_tx);
+        let drive = self.drive(body, &key, tx, &job_tx, view);
         // A zero timeout means no limit.
         let limit = self.opts.job_timeout.filter(|t| !t.is_zero());
         let connect_error = ConnectSlot::default();
@@ -644,6 +648,7 @@ impl Client {
         key: &str,
         tx: &mpsc::UnboundedSender<JobEvent>,
         job_tx: &watch::Sender<Option<(Url, JobDoc)>>,
+        view: &ViewSlot,
     ) -> Result<Vec<u8>> {
         let (at, doc) = self.submit_upload(body, key).await?;
         let _ = tx.send(JobEvent::Submitted {
@@ -655,6 +660,7 @@ impl Client {
             tx,
             status: doc.status,
             last: None,
+            view,
         };
         f.observe(&doc);
         let mut at = at;
@@ -877,18 +883,27 @@ fn merge(old: JobDoc, new: JobDoc) -> JobDoc {
         result: new.result.or(old.result),
         error_code: new.error_code.or(old.error_code),
         error_message: new.error_message.or(old.error_message),
+        view: new.view.or(old.view),
     }
 }
+
+/// The latest `JobView` a native endpoint sent for a job.
+pub(crate) type ViewSlot = Arc<std::sync::Mutex<Option<Box<JobView>>>>;
 
 /// Turns documents into events: status changes and monotonic progress.
 struct Follower<'a> {
     tx: &'a mpsc::UnboundedSender<JobEvent>,
     status: Option<JobStatus>,
     last: Option<Progress>,
+    view: &'a ViewSlot,
 }
 
 impl Follower<'_> {
     fn observe(&mut self, d: &JobDoc) {
+        // Before the events, so a reader of an event sees this view or a later one.
+        if let Some(v) = &d.view {
+            *self.view.lock().unwrap_or_else(|p| p.into_inner()) = Some(v.clone());
+        }
         if let Some(s) = d.status {
             if self.status != Some(s) {
                 self.status = Some(s);
@@ -960,6 +975,7 @@ pub struct Job {
     cancel: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
     finished: bool,
+    view: ViewSlot,
 }
 
 impl Job {
@@ -984,6 +1000,23 @@ impl Job {
 
     pub fn is_finished(&self) -> bool {
         self.finished
+    }
+
+    /// The latest `JobView` the endpoint sent for this job (native endpoints
+    /// only): the submit answer, then each `status`/`done` event or poll.
+    /// Set before the events it causes, so after a `Status` or `Done` event
+    /// it is that document or a later one.
+    pub fn view(&self) -> Option<JobView> {
+        self.view
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_deref()
+            .cloned()
+    }
+
+    /// The slot behind [`Job::view`], for readers that do not hold the job.
+    pub(crate) fn view_slot(&self) -> ViewSlot {
+        Arc::clone(&self.view)
     }
 }
 
