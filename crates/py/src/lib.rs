@@ -9,6 +9,7 @@ mod cli;
 mod client;
 mod codec;
 mod deploy;
+mod front;
 mod workflow;
 
 #[pymodule]
@@ -19,6 +20,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     client::register(m)?;
     codec::register(m)?;
     deploy::register(m)?;
+    front::register(m)?;
     workflow::register(m)?;
     Ok(())
 }
