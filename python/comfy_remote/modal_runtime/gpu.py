@@ -12,6 +12,7 @@ is followed to its end; Modal cancelling the call does the same.
 from __future__ import annotations
 
 import asyncio
+import base64
 import concurrent.futures
 import contextlib
 import json
@@ -38,6 +39,8 @@ PROGRESS_INTERVAL_S = 0.05
 EVENT_WAIT_S = 0.5
 # A cancel is noticed by its doorbell; this bounds the wait when a bell is lost.
 CANCEL_POLL_S = 2.0
+# Previews (images, larger than progress) are written at most this often per job; others are dropped.
+PREVIEW_INTERVAL_S = 0.25
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +216,9 @@ class GpuRuntime:
                     await mirror.view(_view(job))
                 elif kind == "progress" and data.get("json"):
                     await mirror.progress(json.loads(data["json"]))
+                elif kind == "preview":
+                    mime, image, node = data
+                    await mirror.preview(mime, bytes(image), node)
                 elif kind == "done":
                     view = _view(job) or {}
                     view["result"] = {**(view.get("result") or {}), "bytes": len(data)}
@@ -266,10 +272,12 @@ class _Mirror:
         self._written_at = 0.0
         self._pending: dict[str, Any] | None = None
         self._flush: asyncio.Task[None] | None = None
+        self._preview_at = 0.0
 
     async def view(self, view: dict[str, Any] | None) -> None:
-        """A new JobView from the worker: written at once."""
-        if view is not None:
+        """A new JobView from the worker: written at once; a terminal one only by ``finish``
+        (with the result's size), so the job has one last record."""
+        if view is not None and view.get("status") not in state.TERMINAL:
             self._pending = None
             await self._write(view)
 
@@ -283,6 +291,20 @@ class _Mirror:
             await self._write(self._pending)
         elif self._flush is None or self._flush.done():
             self._flush = asyncio.create_task(self._flush_after(wait))
+
+    async def preview(self, mime: str, image: bytes, node: str | None) -> None:
+        """A preview image: written unless one was written less than PREVIEW_INTERVAL_S ago."""
+        if self._last.view is None or time.monotonic() - self._preview_at < PREVIEW_INTERVAL_S:
+            return
+        self._preview_at = time.monotonic()
+        preview: dict[str, Any] = {"mime": mime, "data": base64.b64encode(image).decode()}
+        if node:
+            preview["node"] = {"id": node}
+        async with self._lock:
+            rec = self._last.with_preview(preview)
+            await self._store.put(state.state_key(self._job_id), rec.to_json())
+            self._last = rec
+        await self._store.ring(self._job_id, rec.seq)
 
     async def _flush_after(self, delay: float) -> None:
         await asyncio.sleep(delay)

@@ -4,10 +4,12 @@ The GPU job writes a record each time its job changes: ``{"seq": n,
 "events": [...], "view": {...}}`` where ``view`` is the worker's JobView
 (or the part of one the web front writes for a call that ended without a
 record) and ``events`` names what changed since record ``n - 1``:
-``status``, ``progress``, and ``done`` for the terminal record. The event
-ids of record ``n`` are ``4n + slot`` (status 0, progress 1, done 2), so
-they grow with the record numbers whichever web container streams them,
-and a ``Last-Event-ID`` names the record and the slot a reader saw last.
+``status``, ``progress``, and ``done`` for the terminal record; or only
+``preview``, for a record that carries a preview image (``preview``) and
+repeats the view. The event ids of record ``n`` are ``4n + slot`` (status
+0, progress 1, done 2, preview 3), so they grow with the record numbers
+whichever web container streams them, and a ``Last-Event-ID`` names the
+record and the slot a reader saw last.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 TERMINAL = frozenset({"succeeded", "failed", "canceled", "expired"})
-SLOTS = {"status": 0, "progress": 1, "done": 2}
+SLOTS = {"status": 0, "progress": 1, "done": 2, "preview": 3}
 
 
 def now() -> str:
@@ -90,6 +92,8 @@ class Record:
     seq: int
     events: list[str] = field(default_factory=lambda: ["status"])
     view: dict[str, Any] | None = None
+    # A `preview` event's data: {"mime", "data" (base64), "node"?}.
+    preview: dict[str, Any] | None = None
 
     @property
     def status(self) -> str:
@@ -100,15 +104,22 @@ class Record:
         return self.status in TERMINAL
 
     def to_json(self) -> str:
-        return json.dumps({"seq": self.seq, "events": self.events, "view": self.view})
+        d: dict[str, Any] = {"seq": self.seq, "events": self.events, "view": self.view}
+        if self.preview is not None:
+            d["preview"] = self.preview
+        return json.dumps(d)
 
     @classmethod
     def from_json(cls, text: str | None) -> Record | None:
         if text is None:
             return None
         d = json.loads(text)
-        return cls(int(d["seq"]), list(d.get("events") or []), d.get("view"))
+        return cls(int(d["seq"]), list(d.get("events") or []), d.get("view"), d.get("preview"))
 
     def after(self, view: dict[str, Any]) -> Record:
         """The next record, holding ``view``."""
         return Record(self.seq + 1, changes(self.view, view), view)
+
+    def with_preview(self, preview: dict[str, Any]) -> Record:
+        """The next record: the same view, and a preview image."""
+        return Record(self.seq + 1, ["preview"], self.view, preview)

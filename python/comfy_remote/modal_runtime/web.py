@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from comfy_remote import _native
 from comfy_remote.modal_runtime import state
 from comfy_remote.modal_runtime.backend import Backend, CallState, ResultExpired
-from comfy_remote.modal_runtime.state import SLOTS, Record, changes, now
+from comfy_remote.modal_runtime.state import SLOTS, Record, now
 
 log = logging.getLogger(__name__)
 
@@ -362,9 +362,14 @@ def create_app(
     return app
 
 
-def _frame(seq: int, name: str, view_text: str) -> bytes:
-    data = view_text if name != "progress" else json.dumps(json.loads(view_text)["progress"])
-    return f"id: {state.event_id(seq, name)}\nevent: {name}\ndata: {data}\n\n".encode()
+def _frame(rec: Record, name: str, view_text: str) -> bytes:
+    if name == "progress":
+        data = json.dumps(json.loads(view_text)["progress"])
+    elif name == "preview":
+        data = json.dumps(rec.preview)
+    else:
+        data = view_text
+    return f"id: {state.event_id(rec.seq, name)}\nevent: {name}\ndata: {data}\n\n".encode()
 
 
 async def _events(
@@ -388,13 +393,14 @@ async def _events(
             return
         meta, rec = loaded
         resume = state.parse_event_id(last_event_id)
+        # Previews are not replayed (as the worker does).
         if resume is not None and resume[0] == rec.seq:
-            names = [n for n in rec.events if SLOTS[n] > resume[1]]
+            names = [n for n in rec.events if SLOTS[n] > resume[1] and n != "preview"]
         else:
-            names = ["status", *(n for n in rec.events if n != "status")]
+            names = ["status", *(n for n in rec.events if n not in ("status", "preview"))]
         text = await view_text(job_id, meta, rec, base)
         for name in names:
-            yield _frame(rec.seq, name, text)
+            yield _frame(rec, name, text)
         seen, last = rec.seq, rec
         quiet = time.monotonic()
         while not last.terminal:
@@ -408,9 +414,10 @@ async def _events(
                     quiet = time.monotonic()
                     yield b": keep-alive\n\n"
                 continue
-            # A reader that missed records gets what changed since the one it saw.
-            names = rec.events if rec.seq == seen + 1 else changes(last.view, rec.view or {})
+            # A reader that missed records is resynced with a `status` snapshot, then gets the rest of the
+            # latest record's events, as one that connects now would (so a resume there continues alike).
+            names = rec.events if rec.seq == seen + 1 else ["status", *(n for n in rec.events if n != "status")]
             text = await view_text(job_id, meta, rec, base)
             for name in names:
-                yield _frame(rec.seq, name, text)
+                yield _frame(rec, name, text)
             seen, last, quiet = rec.seq, rec, time.monotonic()
