@@ -187,15 +187,18 @@ def create_app(
             return nxt
         return Record.from_json(await store.get(key)) or nxt
 
-    async def load(job_id: str, *, check_call: bool) -> tuple[dict[str, Any], Record] | None:
-        """The job's metadata and its latest record. ``check_call`` also asks
-        the backend whether the call ended without a record, or its result expired."""
-        raw = await store.get(state.job_key(job_id))
-        if raw is None:
-            return None
-        meta = json.loads(raw)
+    async def load(job_id: str, *, check_call: bool, meta: dict[str, Any] | None = None,
+                   expiry: bool = True) -> tuple[dict[str, Any], Record] | None:
+        """The job's metadata (read unless given) and its latest record. ``check_call`` also asks
+        the backend whether the call ended without a record, or its result expired; without
+        ``expiry`` a succeeded job is not looked at again (an event stream has ended by then)."""
+        if meta is None:
+            raw = await store.get(state.job_key(job_id))
+            if raw is None:
+                return None
+            meta = json.loads(raw)
         call_id = meta.get("call_id")
-        expired = Record.from_json(await store.get(state.expired_key(job_id)))
+        expired = Record.from_json(await store.get(state.expired_key(job_id))) if expiry else None
         if expired is not None:
             return meta, expired
         final = Record.from_json(await store.get(state.final_key(job_id)))
@@ -213,8 +216,11 @@ def create_app(
                 rec = final or await settle(job_id, rec, state.final_key(job_id), ended(call))
         return meta, rec
 
-    async def view_text(job_id: str, meta: dict[str, Any], rec: Record, base: str) -> str:
-        canceling = not rec.terminal and await store.get(state.cancel_key(job_id)) is not None
+    async def view_text(job_id: str, meta: dict[str, Any], rec: Record, base: str,
+                        canceling: bool | None = None) -> str:
+        """The JobView; ``canceling`` (read from the store unless given): a cancel has not landed yet."""
+        if canceling is None:
+            canceling = not rec.terminal and await store.get(state.cancel_key(job_id)) is not None
         return str(front.job_view(None if rec.view is None else json.dumps(rec.view), job_id=job_id,
                                   created_at=meta["created_at"], base=base, canceling=canceling))
 
@@ -305,8 +311,8 @@ def create_app(
             raise
         await store.put(state.job_key(job_id), json.dumps(meta))
         counters["submitted"] += 1
-        rec = Record.from_json(await store.get(state.state_key(job_id))) or Record(0)
-        text = await view_text(job_id, meta, rec, base)
+        # The job as accepted (whatever a GPU container did with it since).
+        text = await view_text(job_id, meta, Record(0), base, canceling=False)
         return _json(text, 202, {"Location": json.loads(text)["poll_url"]})
 
     @app.get("/v1/jobs/{job_id}")
@@ -405,7 +411,8 @@ async def _events(
         quiet = time.monotonic()
         while not last.terminal:
             rung = await bell.wait(seen, EVENTS_RECHECK_S)
-            loaded = await load(job_id, check_call=not rung)
+            # Two reads per change (the store is remote): the metadata is known, expiry comes after `done`.
+            loaded = await load(job_id, check_call=not rung, meta=meta, expiry=False)
             if loaded is None:
                 return
             meta, rec = loaded
@@ -417,7 +424,8 @@ async def _events(
             # A reader that missed records is resynced with a `status` snapshot, then gets the rest of the
             # latest record's events, as one that connects now would (so a resume there continues alike).
             names = rec.events if rec.seq == seen + 1 else ["status", *(n for n in rec.events if n != "status")]
-            text = await view_text(job_id, meta, rec, base)
+            # Its records say when a cancel lands (the GPU side writes `canceling`).
+            text = await view_text(job_id, meta, rec, base, canceling=False)
             for name in names:
                 yield _frame(rec, name, text)
             seen, last, quiet = rec.seq, rec, time.monotonic()
