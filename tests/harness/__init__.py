@@ -354,5 +354,11 @@ def start_modal_runtime(workflow: Path, *, comfyui: Path, python: Path, home: Pa
     store = LocalStore()
     backend = LocalBackend(lambda job_id, body, ct: gpu.run_job(job_id, body, ct, store), store,
                            result_ttl_s=result_ttl_s)
-    servers = [WebServer(create_app(backend, workflow_path=str(workflow), **front_options)) for _ in range(fronts)]
-    return ModalRuntime(gpu, backend, servers)
+    rt = ModalRuntime(gpu, backend, [])
+    try:
+        for _ in range(fronts):
+            rt.fronts.append(WebServer(create_app(backend, workflow_path=str(workflow), **front_options)))
+    except BaseException:
+        rt.stop()
+        raise
+    return rt
