@@ -404,7 +404,8 @@ async def _events(
             names = [n for n in rec.events if SLOTS[n] > resume[1] and n != "preview"]
         else:
             names = ["status", *(n for n in rec.events if n not in ("status", "preview"))]
-        text = await view_text(job_id, meta, rec, base)
+        # A stream says what the job's records say: `canceling` once the GPU side has written it.
+        text = await view_text(job_id, meta, rec, base, canceling=False)
         for name in names:
             yield _frame(rec, name, text)
         seen, last = rec.seq, rec
@@ -424,7 +425,6 @@ async def _events(
             # A reader that missed records is resynced with a `status` snapshot, then gets the rest of the
             # latest record's events, as one that connects now would (so a resume there continues alike).
             names = rec.events if rec.seq == seen + 1 else ["status", *(n for n in rec.events if n != "status")]
-            # Its records say when a cancel lands (the GPU side writes `canceling`).
             text = await view_text(job_id, meta, rec, base, canceling=False)
             for name in names:
                 yield _frame(rec, name, text)
