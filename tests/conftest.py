@@ -40,6 +40,15 @@ def _fold(report: pytest.CollectReport | pytest.TestReport) -> None:
         report.longrepr = (__file__, _SKIP_LINE, f"Skipped: {COMFYUI_SKIP}")
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    # Registered here (the tests' root) so that they parse wherever pytest is pointed.
+    g = parser.getgroup("comfy-remote conformance")
+    g.addoption("--base-url", default=None, help="run tests/conformance against this server instead of starting "
+                "the worker and the Modal front (it must serve tests/conformance/workflow.json)")
+    g.addoption("--token", default=None, help="bearer token of --base-url (enables the auth cases)")
+    g.addoption("--expired-job", default=None, help="a job of --base-url whose result has expired (enables the 410 case)")
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_make_collect_report(collector: pytest.Collector):  # type: ignore[no-untyped-def]
     outcome = yield

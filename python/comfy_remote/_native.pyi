@@ -35,6 +35,12 @@ __all__ = [
     "modal_deploy",
     "modal_stop",
     "modal_status",
+    "ApiError",
+    "Front",
+    "api_error",
+    "check_idempotency_key",
+    "parse_retry_query",
+    "openapi_json",
 ]
 
 __version__: str
@@ -106,6 +112,8 @@ class RemoteError(Exception):
     """The offending input, for ``kind == "signature"``."""
     job_id: str | None
     """The remote job, for ``job_failed``, ``canceled`` and ``timeout``."""
+    code: str | None
+    """The endpoint's error code, for ``http`` (the error body's) and ``job_failed`` (the job's)."""
 
 class _SignatureItem(TypedDict):
     name: str
@@ -120,7 +128,8 @@ class _Signature(TypedDict):
     outputs: list[_SignatureItem]
 
 _JobEvent = tuple[str, Any]
-"""``(kind, data)``: ``submitted`` dict, ``status`` str, ``progress`` dict, ``preview`` (mime, bytes, node_id), ``done`` container."""
+"""``(kind, data)``: ``submitted`` dict, ``status`` str, ``progress`` dict (its ``json`` key: the
+protocol's Progress object as JSON), ``preview`` (mime, bytes, node_id), ``done`` container."""
 
 @final
 class Client:
@@ -144,6 +153,8 @@ class Client:
         """Check ``[(local_name, comfy_type | None)]`` against the signature by order; return the names to send."""
     def start(self, body: bytes | bytearray) -> Job:
         """Submit container bytes and follow the job in the background."""
+    def cancel_job(self, job_id: str) -> bool:
+        """Ask the endpoint to cancel its job ``job_id`` without following it; False when it cannot cancel."""
 
 @final
 class Job:
@@ -156,6 +167,8 @@ class Job:
     @property
     def finished(self) -> bool:
         """True after the last event was delivered."""
+    def view_json(self) -> str | None:
+        """The latest JobView (JSON) a comfy-remote endpoint sent for the job; None for simple JSON endpoints."""
 
 # --- deploy.rs ------------------------------------------------------------
 
@@ -187,6 +200,80 @@ def modal_stop(app: str, *, log: Callable[[str], object] | None = None) -> bool:
 
 def modal_status(app: str) -> str:
     """The app's state from ``modal app list --json``, as JSON (``state`` null when not listed)."""
+
+# --- front.rs -------------------------------------------------------------
+
+class ApiError(Exception):
+    """An HTTP error answer, built by the native rules."""
+
+    status: int
+    """The HTTP status (docs/protocol.md §4.6)."""
+    code: str
+    """The stable error code (``not_found``, ``invalid_input``, ...)."""
+    body: str
+    """The response body: ``{"error": {"code", "message", "details"}}`` as JSON."""
+    retry_after: int | None
+    """Seconds for a ``Retry-After`` header, when the answer has one."""
+
+def api_error(code: str, message: str, details: str | None = None) -> ApiError:
+    """An ``ApiError`` for ``code`` with its HTTP status, ``message`` and ``details`` (JSON text); ValueError for an unknown code."""
+
+def check_idempotency_key(key: str) -> None:
+    """Raise ``ApiError`` 400 unless ``key`` is 1 to 200 visible ASCII characters."""
+
+def parse_retry_query(value: str | None = None) -> bool:
+    """The ``retry`` query of a submit (``true``/``1``, ``false``/``0``, absent); ``ApiError`` 400 otherwise."""
+
+def openapi_json() -> str:
+    """The OpenAPI 3.1 document the worker serves, as JSON."""
+
+@final
+class Front:
+    """The protocol rules of a web front serving one workflow (the Modal web front)."""
+
+    def __new__(
+        cls,
+        name: str,
+        text: str,
+        *,
+        max_body_bytes: int | None = None,
+        token: str | None = None,
+        public_url: str | None = None,
+        trust_forwarded: bool = False,
+    ) -> Front:
+        """Parse the workflow as the worker does (ValueError for one it would refuse)."""
+    def info_json(self, published: str | None = None) -> str:
+        """The ``GET /v1/info`` document as JSON; ``published``: a GPU worker's info for the same workflow (its output types)."""
+    def outputs_json(self) -> str:
+        """The workflow's outputs as ``[{"name", "type"}]`` JSON."""
+    def check_auth(self, authorization: str | None = None) -> None:
+        """Raise ``ApiError`` 401 unless the ``Authorization`` header carries the token (when one is set)."""
+    def base_url(
+        self,
+        host: str | None = None,
+        forwarded_host: str | None = None,
+        forwarded_proto: str | None = None,
+        scheme: str = "http",
+    ) -> str:
+        """The base of job URLs for a request; "" (relative URLs) when the host is not a plain ``host[:port]``."""
+    def media_kind(self, content_type: str | None = None) -> str:
+        """``"container"`` or ``"json"`` for a submit's Content-Type; ``ApiError`` 415 otherwise."""
+    def body_limit(self, kind: str) -> int:
+        """The largest submit body of ``kind``."""
+    def too_large(self, kind: str) -> ApiError:
+        """The 413 answer for a body of ``kind`` over its limit."""
+    def check_content_length(self, kind: str, content_length: str | None = None) -> None:
+        """Raise ``ApiError`` 400/413 for a declared Content-Length that is not a number or too large."""
+    def check_submit(self, kind: str, body: bytes) -> tuple[bytes | None, str]:
+        """Decode and check a submit body against the signature (``ApiError`` 400/413/422);
+        returns ``(container or None when the body is one, sha256 of the body)``."""
+    def job_view(
+        self, state: str | None, *, job_id: str, created_at: str, base: str, canceling: bool = False
+    ) -> str:
+        """The JobView (JSON) of a job from its stored state (None: not picked up yet), URLs under ``base``."""
+    def json_form(self, container: bytes) -> str:
+        """The base64 JSON form of a container."""
+
 
 # --- contract.rs ----------------------------------------------------------
 

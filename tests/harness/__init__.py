@@ -73,13 +73,18 @@ def comfyui_python(comfyui: Path, wheel_path: Path | None = None) -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
+# Test-only nodes (CRTestSlow, CRTestFail) every test ComfyUI gets beside ours.
+TEST_NODES = REPO / "tests" / "nodes" / "comfy_remote_test_nodes"
+
+
 def comfy_home(root: Path) -> list[str]:
-    """A private ComfyUI base directory with our node pack; returns main.py args."""
+    """A private ComfyUI base directory with our node pack and the test nodes; returns main.py args."""
     for d in ("custom_nodes", "input", "output", "temp", "user", "models"):
         (root / d).mkdir(parents=True, exist_ok=True)
-    link = root / "custom_nodes" / "comfy-remote"
-    if not link.exists():
-        link.symlink_to(REPO, target_is_directory=True)
+    for name, target in (("comfy-remote", REPO), (TEST_NODES.name, TEST_NODES)):
+        link = root / "custom_nodes" / name
+        if not link.exists():
+            link.symlink_to(target, target_is_directory=True)
     return [
         "--cpu",
         "--base-directory", str(root),
@@ -293,3 +298,68 @@ def start_worker(workflow: dict | Path, *, comfyui: Path, python: Path, home: Pa
     if wait_ready:
         wait_answers(proc, f"{w.url}/readyz", log_path, "the worker")
     return w
+
+
+class WebServer:
+    """An ASGI app served by uvicorn on a free loopback port, in a thread (the Modal web front, run here)."""
+
+    def __init__(self, app: Any) -> None:
+        import threading
+
+        import uvicorn
+
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, name=f"web-{self.port}", daemon=True)
+        self.thread.start()
+        wait_until(lambda: self.server.started, "the web front to start", deadline=30)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@dataclass
+class ModalRuntime:
+    """The code a deployed Modal app runs, run here: the GPU runtime (`comfy-remote serve` + ComfyUI) behind
+    the web front(s), with only Modal's spawn/FunctionCall/Dict replaced by the in-process stand-in."""
+
+    gpu: Any
+    backend: Any
+    fronts: list[WebServer]
+
+    @property
+    def url(self) -> str:
+        return self.fronts[0].url
+
+    def stop(self) -> None:
+        for f in self.fronts:
+            f.stop()
+        self.backend.close()
+        self.gpu.stop()
+
+
+def start_modal_runtime(workflow: Path, *, comfyui: Path, python: Path, home: Path, fronts: int = 1,
+                        result_ttl_s: float | None = None, **front_options: Any) -> ModalRuntime:
+    """GpuRuntime.start (as the GPU class's enter does), a LocalBackend whose calls run its jobs, and
+    `fronts` web fronts sharing that backend (as web containers share Modal's state)."""
+    from comfy_remote.modal_runtime.gpu import GpuRuntime
+    from comfy_remote.modal_runtime.local import LocalBackend, LocalStore
+    from comfy_remote.modal_runtime.web import create_app
+
+    home.mkdir(parents=True, exist_ok=True)
+    extra = [f"--comfyui-arg={a}" for a in comfy_home(home / "comfy")]
+    gpu = GpuRuntime.start(comfyui_dir=str(comfyui), workflow=str(workflow), command=[str(binary())],
+                           python=str(python), extra_args=extra, home=str(home / "gpu"), startup_timeout_s=DEADLINE)
+    store = LocalStore()
+    backend = LocalBackend(lambda job_id, body, ct: gpu.run_job(job_id, body, ct, store), store,
+                           result_ttl_s=result_ttl_s)
+    rt = ModalRuntime(gpu, backend, [])
+    try:
+        for _ in range(fronts):
+            rt.fronts.append(WebServer(create_app(backend, workflow_path=str(workflow), **front_options)))
+    except BaseException:
+        rt.stop()
+        raise
+    return rt

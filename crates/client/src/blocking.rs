@@ -7,9 +7,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::runtime::Runtime;
 
-use crate::client::{Client, ClientOptions, Job, JobEvent};
+use comfy_remote_protocol::api::JobView;
+
+use crate::client::{Client, ClientOptions, Job, JobEvent, ViewSlot};
 use crate::error::{ClientError, Result};
 use crate::signature::{LocalInput, Signature};
+use crate::status::JobDoc;
 
 fn runtime() -> Result<&'static Runtime> {
     static RT: OnceLock<std::result::Result<Runtime, String>> = OnceLock::new();
@@ -46,12 +49,31 @@ impl BlockingClient {
         runtime()?.block_on(self.inner.plan_inputs(local))
     }
 
+    /// Ask the endpoint to cancel job `id` (a native endpoint's job id),
+    /// without following it: whoever follows the job sees how it ends.
+    /// `Ok(false)` when the endpoint has no way to cancel.
+    pub fn cancel_job(&self, id: &str) -> Result<bool> {
+        let doc = JobDoc {
+            id: Some(id.to_owned()),
+            ..JobDoc::default()
+        };
+        let at = reqwest::Url::parse(self.inner.options().endpoint.trim()).map_err(|e| {
+            ClientError::InvalidUrl {
+                url: self.inner.options().endpoint.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        runtime()?.block_on(self.inner.cancel(&at, &doc))
+    }
+
     /// Start a job; it runs in the background until its last event.
     pub fn start(&self, body: Bytes) -> Result<BlockingJob> {
         let rt = runtime()?;
         let _guard = rt.enter();
+        let job = self.inner.spawn_job(body);
         Ok(BlockingJob {
-            job: Mutex::new(self.inner.spawn_job(body)),
+            view: job.view_slot(),
+            job: Mutex::new(job),
         })
     }
 }
@@ -61,6 +83,8 @@ impl BlockingClient {
 #[derive(Debug)]
 pub struct BlockingJob {
     job: Mutex<Job>,
+    /// Shared with the job, so it can be read while `next_event` waits.
+    view: ViewSlot,
 }
 
 impl BlockingJob {
@@ -95,5 +119,15 @@ impl BlockingJob {
             Ok(j) => j.is_finished(),
             Err(poisoned) => poisoned.into_inner().is_finished(),
         }
+    }
+
+    /// The latest `JobView` the endpoint sent (see [`Job::view`]). Does not
+    /// wait for a `next_event` in progress.
+    pub fn view(&self) -> Option<JobView> {
+        self.view
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_deref()
+            .cloned()
     }
 }

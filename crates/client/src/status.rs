@@ -2,7 +2,10 @@
 //! simple `status`/`progress`/`poll_url`/`result` shape, with its synonyms.
 
 use base64::Engine as _;
-use comfy_remote_protocol::api::{JobStatus, NodeRef, Phase, Progress, Step, JSON_FORM_FORMAT};
+use comfy_remote_protocol::api::{
+    JobStatus, JobView, NodeRef, Phase, Progress, Step, JSON_FORM_FORMAT,
+};
+use serde::Deserialize as _;
 use serde_json::{Map, Value as Json};
 
 /// Map a status word of any common API to a [`JobStatus`]. Case, `-` and
@@ -58,6 +61,9 @@ pub struct JobDoc {
     pub result: Option<ResultRef>,
     pub error_code: Option<String>,
     pub error_message: Option<String>,
+    /// The whole document, when it is a native `JobView` (a comfy-remote
+    /// server's status, `status`/`done` event or submit answer).
+    pub view: Option<Box<JobView>>,
 }
 
 impl JobDoc {
@@ -124,6 +130,7 @@ impl JobDoc {
         if out.status.is_none() && out.result.is_some() {
             out.status = Some(JobStatus::Succeeded);
         }
+        out.view = JobView::deserialize(doc).ok().map(Box::new);
         Ok(out)
     }
 }

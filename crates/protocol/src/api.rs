@@ -114,6 +114,22 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// The progress of a job that ended `status` (§4.2): phase `done`, no
+    /// node, step or queue position, the status as text, and `fraction` 1
+    /// for `succeeded` and `expired` (the last value otherwise).
+    pub fn settle(&mut self, status: JobStatus) {
+        self.phase = Phase::Done;
+        self.node = None;
+        self.step = None;
+        self.queue_position = None;
+        self.text = status.as_str().to_owned();
+        self.max = 1.0;
+        if matches!(status, JobStatus::Succeeded | JobStatus::Expired) {
+            self.fraction = 1.0;
+        }
+        self.value = self.fraction;
+    }
+
     /// A fresh progress snapshot at `fraction` 0 in `phase`.
     pub fn start(phase: Phase) -> Self {
         Progress {

@@ -10,6 +10,9 @@
 //!   errors, workflow signature) and the header names;
 //! - [`types`]: which values a declared Comfy type takes (the one rule the
 //!   client, the worker, the CLI and the nodes share);
+//! - [`http`]: the HTTP rules every server applies (error statuses,
+//!   media types, limits, idempotency keys, URLs, the bearer token);
+//! - [`openapi`]: the OpenAPI document of the jobs API;
 //! - [`env`]: every environment variable comfy-remote reads.
 //!
 //! `docs/protocol.md` is the normative description; this crate implements it.
@@ -18,7 +21,9 @@ pub mod api;
 pub mod container;
 pub mod env;
 mod error;
+pub mod http;
 pub mod json;
+pub mod openapi;
 pub mod tree;
 pub mod types;
 pub mod value;

@@ -32,9 +32,14 @@ fn to_py_err(py: Python<'_>, e: ClientError) -> PyErr {
         | ClientError::Timeout { job_id, .. } => (None, None, Some(job_id.clone())),
         _ => (None, None, None),
     };
+    let code = match &e {
+        ClientError::Http { code, .. } | ClientError::JobFailed { code, .. } => code.clone(),
+        _ => None,
+    };
     let _ = value.setattr("status", status);
     let _ = value.setattr("input", input);
     let _ = value.setattr("job_id", job_id);
+    let _ = value.setattr("code", code);
     err
 }
 
@@ -127,6 +132,14 @@ impl PyClient {
             .map_err(|e| to_py_err(py, e))
     }
 
+    /// Ask the endpoint to cancel its job `job_id` without following it
+    /// (whoever follows the job sees how it ends). False when the endpoint
+    /// has no way to cancel.
+    fn cancel_job(&self, py: Python<'_>, job_id: &str) -> PyResult<bool> {
+        py.detach(|| self.inner.cancel_job(job_id))
+            .map_err(|e| to_py_err(py, e))
+    }
+
     /// Submit container bytes and follow the job in the background. A
     /// `bytes` body is sent from its own memory (no copy).
     fn start(&self, py: Python<'_>, body: PyBackedBytes) -> PyResult<PyJob> {
@@ -181,6 +194,7 @@ impl PyJob {
             }
             JobEvent::Progress(p) => {
                 let d = PyDict::new(py);
+                d.set_item("json", serde_json::to_string(&p).ok())?;
                 d.set_item("fraction", p.fraction)?;
                 d.set_item("value", p.value)?;
                 d.set_item("max", p.max)?;
@@ -223,6 +237,16 @@ impl PyJob {
     #[getter]
     fn finished(&self) -> bool {
         self.inner.is_finished()
+    }
+
+    /// The latest JobView (JSON) a comfy-remote endpoint sent for this job:
+    /// the submit answer, then each `status`/`done` event or poll; None for
+    /// endpoints of the simple JSON shape. After a `status` or `done` event
+    /// it is that document or a later one.
+    fn view_json(&self) -> Option<String> {
+        self.inner
+            .view()
+            .and_then(|v| serde_json::to_string(&v).ok())
     }
 }
 

@@ -10,6 +10,7 @@ mod client;
 mod codec;
 mod contract;
 mod deploy;
+mod front;
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -20,5 +21,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     codec::register(m)?;
     deploy::register(m)?;
     contract::register(m)?;
+    front::register(m)?;
     Ok(())
 }

@@ -19,12 +19,11 @@ use comfy_remote_protocol::api::{
     ErrorCode, Info, JobStatus, LimitsInfo, WorkflowInfo, CONTAINER_MEDIA_TYPE,
     HEADER_IDEMPOTENCY_KEY, HEADER_PROTOCOL,
 };
+use comfy_remote_protocol::http::{self, BearerToken, SubmitMedia};
 use comfy_remote_protocol::PROTOCOL_VERSION;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use crate::error::{ApiError, Path, Query};
-use crate::jobs::{BodyKind, Engine, SubmitError, SubmitRequest, Submitted};
+use crate::jobs::{Engine, SubmitError, SubmitRequest, Submitted};
 use crate::live::EventData;
 use crate::store::JobRow;
 
@@ -32,8 +31,8 @@ use crate::store::JobRow;
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub engine: Arc<Engine>,
-    /// SHA-256 of the bearer token, when one is required.
-    pub token_sha256: Option<[u8; 32]>,
+    /// The bearer token, when one is required.
+    pub token: Option<BearerToken>,
     /// Base of the URLs in job views; derived from `Host` when `None`.
     pub public_url: Option<String>,
 }
@@ -42,7 +41,7 @@ impl AppState {
     pub fn new(engine: Arc<Engine>, token: Option<&str>, public_url: Option<String>) -> Self {
         AppState {
             engine,
-            token_sha256: token.map(|t| Sha256::digest(t.as_bytes()).into()),
+            token: token.and_then(BearerToken::new),
             public_url: public_url.map(|u| u.trim_end_matches('/').to_owned()),
         }
     }
@@ -67,7 +66,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route(
             "/openapi.json",
-            get(|| async { Json(crate::openapi::document()) }),
+            get(|| async { Json(comfy_remote_protocol::openapi::document()) }),
         )
         .merge(v1)
         .fallback(|| async { ApiError::not_found("route") })
@@ -98,15 +97,12 @@ async fn common_headers(State(st): State<AppState>, req: Request, next: Next) ->
 }
 
 async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    if let Some(expected) = &st.token_sha256 {
+    if let Some(token) = &st.token {
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(|t| Sha256::digest(t.trim().as_bytes()));
-        let ok = given.is_some_and(|g| bool::from(g.as_slice().ct_eq(expected.as_slice())));
-        if !ok {
+            .and_then(|v| v.to_str().ok());
+        if !token.admits(given) {
             return ApiError::unauthorized().into_response();
         }
     }
@@ -114,29 +110,12 @@ async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response 
 }
 
 fn base_url(st: &AppState, headers: &HeaderMap) -> String {
-    if let Some(u) = &st.public_url {
-        return u.clone();
-    }
     let h = |k: &str| headers.get(k).and_then(|v| v.to_str().ok());
-    // Without a host (an HTTP/1.0 client), URLs are paths: the client
-    // resolves them against the URL it called, port included.
-    let Some(host) = h("x-forwarded-host")
-        .or(h("host"))
-        .filter(|h| !h.is_empty())
-    else {
-        return String::new();
-    };
-    let proto = h("x-forwarded-proto").unwrap_or("http");
-    // Only plain host[:port] values: a header must not inject a URL.
-    if host
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || "-.:[]".contains(c))
-        && (proto == "http" || proto == "https")
-    {
-        format!("{proto}://{host}")
-    } else {
-        String::new()
-    }
+    http::base_url(
+        st.public_url.as_deref(),
+        h("x-forwarded-host").or(h("host")),
+        h("x-forwarded-proto"),
+    )
 }
 
 async fn readyz(State(st): State<AppState>) -> Response {
@@ -154,9 +133,8 @@ async fn readyz(State(st): State<AppState>) -> Response {
     if ready {
         Json(body).into_response()
     } else {
-        let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::NotReady, reason)
+        let e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::NotReady, reason)
             .with_details(body);
-        e.retry_after = Some(1);
         e.into_response()
     }
 }
@@ -203,56 +181,6 @@ async fn info(State(st): State<AppState>) -> Json<Info> {
     Json(info_document(&st.engine))
 }
 
-/// Map a refused submit onto its status, code and details.
-fn submit_error(e: SubmitError) -> ApiError {
-    let message = e.to_string();
-    match e {
-        SubmitError::TooManyJobs { .. } => {
-            let mut err = ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                ErrorCode::TooManyRequests,
-                message,
-            );
-            err.retry_after = Some(5);
-            err
-        }
-        SubmitError::TooLarge { limit, .. } => {
-            let mut err = ApiError::too_large(limit);
-            err.message = message;
-            err
-        }
-        SubmitError::BadBody(_) => ApiError::bad_request(message),
-        SubmitError::InvalidJson(c) => {
-            ApiError::bad_request(message).with_details(serde_json::json!({"kind": c.kind()}))
-        }
-        SubmitError::InvalidPayload(c) => {
-            ApiError::invalid_payload(message).with_details(serde_json::json!({"kind": c.kind()}))
-        }
-        SubmitError::InvalidInput(i) => {
-            ApiError::invalid_input(message).with_details(serde_json::json!({"input": i.input}))
-        }
-        SubmitError::KeyReused { job_id } => {
-            ApiError::new(StatusCode::CONFLICT, ErrorCode::Conflict, message)
-                .with_details(serde_json::json!({"job_id": job_id}))
-        }
-        SubmitError::Internal(internal) => ApiError::internal(internal),
-    }
-}
-
-/// `Idempotency-Key`: 1 to 200 visible ASCII characters (no spaces).
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(v) = headers.get(HEADER_IDEMPOTENCY_KEY) else {
-        return Ok(None);
-    };
-    let k = v.as_bytes();
-    if k.is_empty() || k.len() > 200 || !k.iter().all(|b| (0x21..=0x7e).contains(b)) {
-        return Err(ApiError::bad_request(
-            "Idempotency-Key must be 1 to 200 visible ASCII characters (no spaces)",
-        ));
-    }
-    Ok(Some(String::from_utf8_lossy(k).into_owned()))
-}
-
 async fn submit(
     State(st): State<AppState>,
     headers: HeaderMap,
@@ -260,56 +188,26 @@ async fn submit(
     body: Body,
 ) -> Result<Response, ApiError> {
     let engine = &st.engine;
-    let ctype = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let mime = ctype
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    let kind = match mime.as_str() {
-        CONTAINER_MEDIA_TYPE | "application/octet-stream" => BodyKind::Container,
-        "application/json" => BodyKind::Json,
-        _ => {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                ErrorCode::UnsupportedMediaType,
-                format!("send the inputs as `{CONTAINER_MEDIA_TYPE}` (binary container) or `application/json` (JSON form); got {:?}", ctype),
-            ))
-        }
-    };
-    let declared_len = match headers.get(header::CONTENT_LENGTH) {
-        None => None,
-        Some(len) => Some(
-            len.to_str()
-                .ok()
-                .and_then(|s| s.parse::<u64>().ok())
-                .ok_or_else(|| ApiError::bad_request("Content-Length is not a number"))?,
-        ),
-    };
-    let retryable = match query.get("retry").map(String::as_str) {
-        None | Some("false") | Some("0") => false,
-        Some("true") | Some("1") => true,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "retry must be true or false, not {other:?}"
-            )))
-        }
-    };
-    let idempotency_key = idempotency_key(&headers)?;
+    let header = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let media = SubmitMedia::of(header(header::CONTENT_TYPE))?;
+    media.check_length(header(header::CONTENT_LENGTH), engine.config.max_body_bytes)?;
+    let retryable = http::retry_query(query.get("retry").map(String::as_str))?;
+    let idempotency_key = headers
+        .get(HEADER_IDEMPOTENCY_KEY)
+        .map(|v| http::idempotency_key(v.as_bytes()))
+        .transpose()?;
     let submitted = engine
         .submit(SubmitRequest {
-            kind,
-            declared_len,
+            media,
             retryable,
             idempotency_key,
             body: body.into_data_stream(),
         })
         .await
-        .map_err(submit_error)?;
+        .map_err(|e| match e {
+            SubmitError::Refused(r) => ApiError::from(r),
+            SubmitError::Internal(internal) => ApiError::internal(internal),
+        })?;
     let base = base_url(&st, &headers);
     match submitted {
         Submitted::New(row) => {

@@ -5,6 +5,7 @@ use axum::extract::FromRequestParts;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use comfy_remote_protocol::api::{ErrorBody, ErrorCode, ErrorInfo};
+use comfy_remote_protocol::http::Refusal;
 
 /// Why the worker could not start or an internal operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +66,7 @@ impl ApiError {
             code,
             message: message.into(),
             details: Box::new(serde_json::Value::Null),
-            retry_after: None,
+            retry_after: code.retry_after(),
             internal: None,
         }
     }
@@ -99,21 +100,8 @@ impl ApiError {
         )
     }
 
-    pub fn too_large(limit: u64) -> Self {
-        Self::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::PayloadTooLarge,
-            format!("request body is larger than this worker's limit of {limit} bytes"),
-        )
-        .with_details(serde_json::json!({ "max_body_bytes": limit }))
-    }
-
     pub fn unauthorized() -> Self {
-        Self::new(
-            StatusCode::UNAUTHORIZED,
-            ErrorCode::Unauthorized,
-            "missing or wrong bearer token: send `Authorization: Bearer <token>`",
-        )
+        Refusal::unauthorized().into()
     }
 
     pub fn internal(err: impl std::fmt::Display) -> Self {
@@ -124,6 +112,14 @@ impl ApiError {
         );
         e.internal = Some(err.to_string());
         e
+    }
+}
+
+/// The protocol's error answers, with the status its table gives the code.
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        let status = StatusCode::from_u16(r.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        ApiError::new(status, r.code, r.message).with_details(r.details)
     }
 }
 

@@ -17,7 +17,6 @@ mod fsutil;
 pub mod jobs;
 pub mod live;
 pub mod metrics;
-pub mod openapi;
 mod process;
 pub mod store;
 

@@ -581,5 +581,5 @@ async fn event_ids_keep_growing_across_a_restart() {
 
 #[test]
 fn openapi_document_snapshot() {
-    insta::assert_json_snapshot!("openapi", comfy_remote_worker::openapi::document());
+    insta::assert_json_snapshot!("openapi", comfy_remote_protocol::openapi::document());
 }

@@ -1,15 +1,22 @@
 """The GPU container: starts ComfyUI behind ``comfy-remote serve`` once, then runs one job per call over loopback.
 
-Progress from the worker's event stream is mirrored into the job store, so
-the web front (any container) can report it; a cancel flag in the store, or
-Modal cancelling the call, cancels the job on the worker (one job, not a
-global interrupt).
+Each job goes to the local worker through the native client
+(``comfy_remote._native.Client``: submit, follow its events, fetch the
+result). Every change of the job (its JobView, then each progress snapshot)
+becomes a numbered record in the job store and rings the job's doorbell, so
+the web front (any container) reports it at once. A cancel in the store
+cancels the job on the worker (one job, not a global interrupt) and the job
+is followed to its end; Modal cancelling the call does the same.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import concurrent.futures
+import contextlib
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -17,20 +24,25 @@ import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
+from comfy_remote.modal_runtime import state
 from comfy_remote.modal_runtime.backend import JobCanceled, JobFailed, JobStore
+from comfy_remote.modal_runtime.state import Record
 
 CONTAINER = "application/vnd.comfy-remote.container"
-# At most this many progress writes per second per job (the store is remote).
-PROGRESS_WRITES_PER_S = 10
-CANCEL_CHECK_S = 0.5
+# Progress-only records are written at most this often per job (the store is
+# remote); a snapshot that comes sooner is written when the interval ends.
+PROGRESS_INTERVAL_S = 0.05
+# How long one wait for the local job's next event lasts (then cancellation is checked).
+EVENT_WAIT_S = 0.5
+# A cancel is noticed by its doorbell; this bounds the wait when a bell is lost.
+CANCEL_POLL_S = 2.0
+# Previews (images, larger than progress) are written at most this often per job; others are dropped.
+PREVIEW_INTERVAL_S = 0.25
 
-
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+log = logging.getLogger(__name__)
 
 
 def purge_preloaded_utils(comfyui_dir: str | os.PathLike[str]) -> list[str]:
@@ -72,7 +84,15 @@ class GpuRuntime:
     proc: subprocess.Popen[bytes]
     url: str
     log_path: Path
+    # The worker's GET /v1/info: its signature has the output types it read from ComfyUI.
     info: dict[str, Any] = field(default_factory=dict)
+    published: bool = False
+    # The native client of the local worker, shared by every job of this container.
+    client: Any = None
+    # Threads that wait on the native client (one per running job at most), apart
+    # from the event loop's default pool so a busy container never queues them.
+    waiters: concurrent.futures.ThreadPoolExecutor = field(
+        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(64, thread_name_prefix="job-events"))
 
     @classmethod
     def start(
@@ -105,8 +125,8 @@ class GpuRuntime:
             [comfyui_dir, *filter(None, [os.environ.get("PYTHONPATH")])])}
         env.pop("COMFY_REMOTE_TOKEN", None)  # loopback only: the public token guards the web front
         log_path = base / "worker.log"
-        log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        log_file = open(log_path, "ab")  # noqa: SIM115 - handed to the child
+        proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         rt = cls(proc, f"http://127.0.0.1:{port}", log_path)
         deadline = time.monotonic() + startup_timeout_s
         while True:
@@ -124,6 +144,9 @@ class GpuRuntime:
             time.sleep(0.25)
         with urllib.request.urlopen(rt.url + "/v1/info", timeout=10) as r:
             rt.info = json.loads(r.read())
+        from comfy_remote import _native
+
+        rt.client = _native.Client(rt.url, mode="native", max_attempts=3)
         return rt
 
     def log_tail(self, n: int = 4000) -> str:
@@ -133,6 +156,7 @@ class GpuRuntime:
             return ""
 
     def stop(self) -> None:
+        self.waiters.shutdown(wait=False, cancel_futures=True)
         if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, 15)
@@ -147,108 +171,167 @@ class GpuRuntime:
     async def run_job(self, job_id: str, body: bytes, content_type: str, store: JobStore) -> bytes:
         """Run one job on the local worker; returns the outputs container.
 
-        Raises ``JobFailed`` / ``JobCanceled``; the final state is written to the store first.
+        ``body`` is a container the web front already checked. Raises
+        ``JobFailed`` / ``JobCanceled``; the final record is written first.
         """
-        import aiohttp
-
-        if self.info:
-            await store.put("info", self.info)
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
-        async with aiohttp.ClientSession(self.url, timeout=timeout) as http:
-            async with http.post(
-                "/v1/jobs", data=body,
-                headers={"Content-Type": content_type or CONTAINER, "Idempotency-Key": job_id},
-            ) as r:
-                submitted = await r.json(content_type=None)
-                if r.status >= 400:
-                    err = submitted.get("error", {}) if isinstance(submitted, dict) else {}
-                    await store.put(f"final:{job_id}", {
-                        "status": "failed", "updated_at": now(),
-                        "error": {"code": err.get("code", "invalid_input"),
-                                  "message": err.get("message", f"the worker refused the job (HTTP {r.status})")},
-                    })
-                    raise JobFailed(err.get("message", f"HTTP {r.status}"))
-            local = submitted["id"]
-            watcher = asyncio.create_task(self._watch_cancel(http, local, job_id, store))
-            try:
-                view = await self._follow(http, local, job_id, store)
-            except asyncio.CancelledError:
-                # Modal (or the stand-in) cancelled this call: stop the job on the GPU.
-                await asyncio.shield(self._cancel_local(http, local, job_id, store))
-                raise
-            finally:
-                watcher.cancel()
-            status = view["status"]
-            if status == "succeeded":
-                async with http.get(f"/v1/jobs/{local}/result") as r:
-                    data = await r.read()
-                result = view.get("result") or {}
-                await store.put(f"final:{job_id}", {
-                    "status": "succeeded", "updated_at": now(), "progress": view.get("progress"),
-                    "result": {"outputs": result.get("outputs", []), "bytes": len(data)},
-                })
-                return data
-            error = view.get("error") or {"code": "execution_failed", "message": f"the job ended {status}"}
-            await store.put(f"final:{job_id}", {
-                "status": status, "updated_at": now(), "progress": view.get("progress"), "error": error,
-            })
-            if status == "canceled":
-                raise JobCanceled(error.get("message", "canceled"))
-            raise JobFailed(error.get("message", status))
-
-    async def _cancel_local(self, http: Any, local: str, job_id: str, store: JobStore) -> None:
+        mirror = _Mirror(store, job_id)
+        if not self.published:
+            # For the web front's /v1/info: the output types only a ComfyUI knows.
+            await store.put(state.INFO_KEY, json.dumps(self.info))
+            self.published = True
+        if await store.get(state.final_key(job_id)) is not None:
+            raise JobCanceled("the job ended before a GPU container picked it up")
+        if await store.get(state.cancel_key(job_id)) is not None:
+            await mirror.finish(_ended("canceled", "canceled", "the job was canceled"))
+            raise JobCanceled("the job was canceled before it started")
+        job = self.client.start(body)
+        local: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        watcher = asyncio.create_task(self._watch_cancel(job_id, store, local))
         try:
-            async with http.post(f"/v1/jobs/{local}/cancel") as r:
-                await r.read()
+            return await self._follow(job, mirror, local)
+        except asyncio.CancelledError:
+            # Modal (or the stand-in) cancelled this call: stop the job on the GPU.
+            job.cancel()
+            await asyncio.shield(mirror.finish(_ended("canceled", "canceled", "the job was canceled")))
+            raise
         finally:
-            await store.put(f"final:{job_id}", {
-                "status": "canceled", "updated_at": now(),
-                "error": {"code": "canceled", "message": "the job was canceled"},
-            })
+            watcher.cancel()
 
-    async def _watch_cancel(self, http: Any, local: str, job_id: str, store: JobStore) -> None:
+    async def _follow(self, job: Any, mirror: _Mirror, local: asyncio.Future[str]) -> bytes:
+        from comfy_remote._native import RemoteError
+
+        try:
+            while True:
+                ev = await asyncio.get_running_loop().run_in_executor(self.waiters, job.next_event, EVENT_WAIT_S)
+                if ev is None:
+                    if job.finished:
+                        raise JobFailed("the local job ended without a result")
+                    continue
+                kind, data = ev
+                if kind == "submitted":
+                    if not local.done():
+                        local.set_result(str(data["id"]))
+                    await mirror.view(_view(job))
+                elif kind == "status":
+                    await mirror.view(_view(job))
+                elif kind == "progress" and data.get("json"):
+                    await mirror.progress(json.loads(data["json"]))
+                elif kind == "preview":
+                    mime, image, node = data
+                    await mirror.preview(mime, bytes(image), node)
+                elif kind == "done":
+                    view = _view(job) or {}
+                    view["result"] = {**(view.get("result") or {}), "bytes": len(data)}
+                    await mirror.finish({**view, "status": "succeeded"})
+                    return bytes(data)
+        except RemoteError as e:
+            view = _view(job)
+            if e.kind == "canceled":
+                if view is None or view.get("status") != "canceled":
+                    view = _ended("canceled", "canceled", "the job was canceled")
+                await mirror.finish(view)
+                raise JobCanceled(str(e)) from None
+            if view is None or view.get("status") not in state.TERMINAL:
+                # The worker refused the job or could not be reached: not the workflow's failure.
+                code = "comfyui_unavailable" if e.kind == "unreachable" else "internal"
+                view = _ended("failed", code, f"the GPU container's worker failed the job: {e}")
+            await mirror.finish(view)
+            raise JobFailed(str((view.get("error") or {}).get("message") or e)) from None
+
+    async def _watch_cancel(self, job_id: str, store: JobStore, local: asyncio.Future[str]) -> None:
         """Cancel the local job when the web front sets ``cancel:<id>`` (a cancel landing on any container)."""
-        while not await store.get(f"cancel:{job_id}"):
-            await asyncio.sleep(CANCEL_CHECK_S)
-        async with http.post(f"/v1/jobs/{local}/cancel") as r:
-            await r.read()
+        async with store.watch(state.cancel_channel(job_id)) as bell:
+            while await store.get(state.cancel_key(job_id)) is None:
+                await bell.wait(0, CANCEL_POLL_S)
+        local_id = await local
+        from comfy_remote._native import RemoteError
 
-    async def _follow(self, http: Any, local: str, job_id: str, store: JobStore) -> dict[str, Any]:
-        """Follow the worker's SSE stream to the end, mirroring progress; returns the final view."""
-        last_write = 0.0
-        status = "queued"
-        async with http.get(f"/v1/jobs/{local}/events", headers={"Accept": "text/event-stream"}) as r:
-            event, data = "", []
-            async for raw in r.content:
-                line = raw.decode("utf-8").rstrip("\r\n")
-                t = time.monotonic()
-                if line.startswith(":"):
-                    continue
-                if line:
-                    key, _, value = line.partition(":")
-                    value = value[1:] if value.startswith(" ") else value
-                    if key == "event":
-                        event = value
-                    elif key == "data":
-                        data.append(value)
-                    continue
-                if not data:
-                    continue
-                payload = json.loads("\n".join(data))
-                name, event, data = event, "", []
-                if name in ("status", "done"):
-                    status = payload.get("status", status)
-                    progress = payload.get("progress")
-                elif name == "progress":
-                    progress = payload
-                else:
-                    continue  # previews stay on the GPU side
-                if name == "done":
-                    return payload
-                changed = name == "status"
-                if changed or t - last_write >= 1.0 / PROGRESS_WRITES_PER_S:
-                    last_write = t
-                    await store.put(f"progress:{job_id}", {"status": status, "progress": progress, "updated_at": now()})
-        # The stream ended without `done` (worker restarted?): ask once.
-        async with http.get(f"/v1/jobs/{local}") as r:
-            return dict(await r.json(content_type=None))
+        try:
+            await asyncio.to_thread(self.client.cancel_job, local_id)
+        except RemoteError as e:  # the job may have ended meanwhile; its follower reports how
+            log.warning("cancelling local job %s: %s", local_id, e)
+
+
+def _view(job: Any) -> dict[str, Any] | None:
+    text = job.view_json()
+    return json.loads(text) if text else None
+
+
+def _ended(status: str, code: str, message: str) -> dict[str, Any]:
+    return {"status": status, "updated_at": state.now(), "error": {"code": code, "message": message}}
+
+
+class _Mirror:
+    """Writes a job's changes as numbered records (``state``) and rings its doorbell."""
+
+    def __init__(self, store: JobStore, job_id: str) -> None:
+        self._store = store
+        self._job_id = job_id
+        self._last = Record(0)
+        self._lock = asyncio.Lock()
+        self._written_at = 0.0
+        self._pending: dict[str, Any] | None = None
+        self._flush: asyncio.Task[None] | None = None
+        self._preview_at = 0.0
+
+    async def view(self, view: dict[str, Any] | None) -> None:
+        """A new JobView from the worker: written at once; a terminal one only by ``finish``
+        (with the result's size), so the job has one last record."""
+        if view is not None and view.get("status") not in state.TERMINAL:
+            self._pending = None
+            await self._write(view)
+
+    async def progress(self, progress: dict[str, Any]) -> None:
+        """A progress snapshot: written at once, or at the end of the current interval."""
+        if self._last.view is None:
+            return
+        self._pending = {**self._last.view, "progress": progress}
+        wait = self._written_at + PROGRESS_INTERVAL_S - time.monotonic()
+        if wait <= 0:
+            await self._write(self._pending)
+        elif self._flush is None or self._flush.done():
+            self._flush = asyncio.create_task(self._flush_after(wait))
+
+    async def preview(self, mime: str, image: bytes, node: str | None) -> None:
+        """A preview image: written unless one was written less than PREVIEW_INTERVAL_S ago."""
+        if self._last.view is None or time.monotonic() - self._preview_at < PREVIEW_INTERVAL_S:
+            return
+        self._preview_at = time.monotonic()
+        preview: dict[str, Any] = {"mime": mime, "data": base64.b64encode(image).decode()}
+        if node:
+            preview["node"] = {"id": node}
+        async with self._lock:
+            rec = self._last.with_preview(preview)
+            await self._store.put(state.state_key(self._job_id), rec.to_json())
+            self._last = rec
+        await self._store.ring(self._job_id, rec.seq)
+
+    async def _flush_after(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if self._pending is not None:
+            await self._write(self._pending)
+
+    async def _write(self, view: dict[str, Any]) -> None:
+        async with self._lock:
+            if view is self._pending:
+                self._pending = None
+            rec = self._last.after(view)
+            if not rec.events:
+                return
+            await self._store.put(state.state_key(self._job_id), rec.to_json())
+            self._last = rec
+            self._written_at = time.monotonic()
+        await self._store.ring(self._job_id, rec.seq)
+
+    async def finish(self, view: dict[str, Any]) -> None:
+        """The terminal record (``final:<id>``, first writer wins)."""
+        if self._flush is not None:
+            self._flush.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flush
+        async with self._lock:
+            self._pending = None
+            rec = self._last.after(view)
+            await self._store.put_if_absent(state.final_key(self._job_id), rec.to_json())
+            self._last = rec
+        await self._store.ring(self._job_id, rec.seq)

@@ -11,7 +11,7 @@ use serde_json::Value as Json;
 use tokio::sync::{mpsc, watch};
 
 use super::job::{JobEvent, Start};
-use super::{join, Client};
+use super::{join, Client, ViewSlot};
 use crate::error::{ClientError, Result};
 use crate::http::http_error;
 use crate::sse::SseParser;
@@ -23,6 +23,7 @@ impl Client {
         start: Start,
         tx: &mpsc::UnboundedSender<JobEvent>,
         job_tx: &watch::Sender<Option<(Url, JobDoc)>>,
+        view: &ViewSlot,
     ) -> Result<Vec<u8>> {
         let (at, doc) = match start {
             // One idempotency key for every retry of this submit.
@@ -53,6 +54,7 @@ impl Client {
             tx,
             status: doc.status,
             last: None,
+            view,
         };
         f.observe(&doc);
         let mut at = at;
@@ -208,6 +210,7 @@ pub(super) fn merge(old: JobDoc, new: JobDoc) -> JobDoc {
         result: new.result.or(old.result),
         error_code: new.error_code.or(old.error_code),
         error_message: new.error_message.or(old.error_message),
+        view: new.view.or(old.view),
     }
 }
 
@@ -216,10 +219,15 @@ pub(super) struct Follower<'a> {
     tx: &'a mpsc::UnboundedSender<JobEvent>,
     status: Option<JobStatus>,
     last: Option<Progress>,
+    view: &'a ViewSlot,
 }
 
 impl Follower<'_> {
     fn observe(&mut self, d: &JobDoc) {
+        // Before the events, so a reader of an event sees this view or a later one.
+        if let Some(v) = &d.view {
+            *self.view.lock().unwrap_or_else(|p| p.into_inner()) = Some(v.clone());
+        }
         if let Some(s) = d.status {
             if self.status != Some(s) {
                 self.status = Some(s);

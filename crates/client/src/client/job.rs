@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use comfy_remote_protocol::api::{JobStatus, Progress, CONTAINER_MEDIA_TYPE};
+use comfy_remote_protocol::api::{JobStatus, JobView, Progress, CONTAINER_MEDIA_TYPE};
 use reqwest::header::ACCEPT;
 use reqwest::Url;
 use tokio::sync::{mpsc, watch};
 
 use super::upload::Upload;
-use super::{join, Client, ConnectSlot, LAST_CONNECT_ERROR};
+use super::{join, Client, ConnectSlot, ViewSlot, LAST_CONNECT_ERROR};
 use crate::error::{ClientError, Result};
 use crate::http::read_body;
 use crate::status::{JobDoc, ResultRef};
@@ -71,8 +71,10 @@ impl Client {
         let (tx, rx) = mpsc::unbounded_channel();
         let (cancel_tx, cancel_rx) = watch::channel(false);
         let client = Arc::clone(self);
+        let view = ViewSlot::default();
+        let slot = Arc::clone(&view);
         let task = tokio::spawn(async move {
-            let outcome = client.run_job(start, &tx, cancel_rx).await;
+            let outcome = client.run_job(start, &tx, cancel_rx, &slot).await;
             let last = match outcome {
                 Ok(bytes) => JobEvent::Done(bytes),
                 Err(e) => JobEvent::Error(e),
@@ -84,6 +86,7 @@ impl Client {
             cancel: cancel_tx,
             task,
             finished: false,
+            view,
         }
     }
 
@@ -92,9 +95,10 @@ impl Client {
         start: Start,
         tx: &mpsc::UnboundedSender<JobEvent>,
         mut cancel: watch::Receiver<bool>,
+        view: &ViewSlot,
     ) -> Result<Vec<u8>> {
         let (job_tx, mut job_rx) = watch::channel::<Option<(Url, JobDoc)>>(None);
-        let drive = self.drive(start, tx, &job_tx);
+        let drive = self.drive(start, tx, &job_tx, view);
         // A zero timeout means no limit.
         let limit = self.opts.job_timeout.filter(|t| !t.is_zero());
         let connect_error = ConnectSlot::default();
@@ -240,6 +244,7 @@ pub struct Job {
     cancel: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
     finished: bool,
+    view: ViewSlot,
 }
 
 impl Job {
@@ -264,6 +269,23 @@ impl Job {
 
     pub fn is_finished(&self) -> bool {
         self.finished
+    }
+
+    /// The latest `JobView` the endpoint sent for this job (native endpoints
+    /// only): the submit answer, then each `status`/`done` event or poll.
+    /// Set before the events it causes, so after a `Status` or `Done` event
+    /// it is that document or a later one.
+    pub fn view(&self) -> Option<JobView> {
+        self.view
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_deref()
+            .cloned()
+    }
+
+    /// The slot behind [`Job::view`], for readers that do not hold the job.
+    pub(crate) fn view_slot(&self) -> ViewSlot {
+        Arc::clone(&self.view)
     }
 }
 

@@ -110,6 +110,9 @@ pub struct Client {
 
 type ConnectSlot = Arc<std::sync::Mutex<Option<ClientError>>>;
 
+/// The latest `JobView` a native endpoint sent for a job.
+pub(crate) type ViewSlot = Arc<std::sync::Mutex<Option<Box<comfy_remote_protocol::api::JobView>>>>;
+
 tokio::task_local! {
     /// The last connection failure while driving a job, so a job that runs
     /// out of time before anything was submitted reports why.

@@ -11,8 +11,9 @@ use std::fmt;
 use std::path::PathBuf;
 
 use bytes::Bytes;
-use comfy_remote_contract::{check_inputs, layout, InputError};
-use comfy_remote_protocol::{CodecError, JsonBody, Limits};
+use comfy_remote_contract::{check_inputs, layout};
+use comfy_remote_protocol::api::ErrorCode;
+use comfy_remote_protocol::http::{json_body_container, Refusal, SubmitMedia};
 use futures::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
@@ -21,24 +22,10 @@ use super::Engine;
 use crate::live::EventData;
 use crate::store::{Inserted, JobRow, NewJob};
 
-/// Largest JSON request body (the binary container has no such cliff).
-pub const MAX_JSON_BODY: u64 = 64 << 20;
-
-/// How the body is encoded (from its media type).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyKind {
-    /// The binary container (`application/vnd.comfy-remote.container`).
-    Container,
-    /// The base64 or plain inputs JSON form.
-    Json,
-}
-
 /// A submit, as the HTTP layer parsed its headers and query.
 #[derive(Debug)]
 pub struct SubmitRequest<S> {
-    pub kind: BodyKind,
-    /// `Content-Length`, when declared.
-    pub declared_len: Option<u64>,
+    pub media: SubmitMedia,
     /// `?retry=true`: run again from the start after a worker restart.
     pub retryable: bool,
     pub idempotency_key: Option<String>,
@@ -54,52 +41,18 @@ pub enum Submitted {
     Replayed(JobRow),
 }
 
-/// Why a submit was refused; each maps to one status and error code.
+/// Why a submit was not admitted.
 #[derive(Debug)]
 pub enum SubmitError {
-    /// The worker holds `limit` unfinished jobs.
-    TooManyJobs { limit: u64 },
-    /// The body is over `limit` bytes; `json` when the JSON cap applied.
-    TooLarge { limit: u64, json: bool },
-    /// The body could not be read.
-    BadBody(String),
-    /// A JSON body is not JSON, or neither JSON form (`invalid_json_body`).
-    InvalidJson(CodecError),
-    /// The container (or a JSON form's value tree) failed decoding.
-    InvalidPayload(CodecError),
-    /// The inputs do not fit the signature.
-    InvalidInput(InputError),
-    /// The idempotency key was used with another body, by `job_id`.
-    KeyReused { job_id: String },
+    /// An answer of the protocol (413, 400, 422, 409, 429, ...).
+    Refused(Refusal),
     /// A failure of ours (logged, not sent).
     Internal(String),
 }
 
-impl fmt::Display for SubmitError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SubmitError::TooManyJobs { limit } => write!(
-                f,
-                "this worker already holds {limit} unfinished jobs; retry later"
-            ),
-            SubmitError::TooLarge { limit, json: false } => write!(
-                f,
-                "request body is larger than this worker's limit of {limit} bytes"
-            ),
-            SubmitError::TooLarge { limit, json: true } => write!(
-                f,
-                "JSON bodies are limited to {limit} bytes; send large inputs as `{}`",
-                comfy_remote_protocol::api::CONTAINER_MEDIA_TYPE
-            ),
-            SubmitError::BadBody(m) => f.write_str(m),
-            SubmitError::InvalidJson(e) => write!(f, "the JSON body is invalid: {e}"),
-            SubmitError::InvalidPayload(e) => write!(f, "the inputs are invalid: {e}"),
-            SubmitError::InvalidInput(e) => write!(f, "{e}"),
-            SubmitError::KeyReused { .. } => f.write_str(
-                "this Idempotency-Key was used for a different request body; use a new key for a new job",
-            ),
-            SubmitError::Internal(_) => f.write_str("internal error; see the worker's log"),
-        }
+impl From<Refusal> for SubmitError {
+    fn from(r: Refusal) -> Self {
+        SubmitError::Refused(r)
     }
 }
 
@@ -118,6 +71,14 @@ fn internal(e: impl fmt::Display) -> SubmitError {
     SubmitError::Internal(e.to_string())
 }
 
+fn read_error(e: impl fmt::Display) -> SubmitError {
+    Refusal::new(
+        ErrorCode::BadRequest,
+        format!("reading the request body failed: {e}"),
+    )
+    .into()
+}
+
 impl Engine {
     /// Admit a job: limits, body, decoding, signature, idempotency, in that
     /// order. Only a replay of a known key may pass the job limit.
@@ -127,17 +88,7 @@ impl Engine {
         E: fmt::Display,
     {
         let max = self.config.max_body_bytes;
-        let cap = match req.kind {
-            BodyKind::Container => max,
-            BodyKind::Json => max.min(MAX_JSON_BODY),
-        };
-        let too_large = SubmitError::TooLarge {
-            limit: cap,
-            json: req.kind == BodyKind::Json && cap < max,
-        };
-        if req.declared_len.is_some_and(|n| n > cap) {
-            return Err(too_large);
-        }
+        let cap = req.media.limit(max);
         let known_key = match req.idempotency_key.clone() {
             Some(k) => self
                 .store
@@ -154,9 +105,14 @@ impl Engine {
                 .await
                 .map_err(internal)?;
             if active >= self.config.max_active_jobs {
-                return Err(SubmitError::TooManyJobs {
-                    limit: self.config.max_active_jobs,
-                });
+                return Err(Refusal::new(
+                    ErrorCode::TooManyRequests,
+                    format!(
+                        "this worker already holds {} unfinished jobs; retry later",
+                        self.config.max_active_jobs
+                    ),
+                )
+                .into());
             }
         }
 
@@ -164,17 +120,20 @@ impl Engine {
             .tmp_dir()
             .join(format!("{}.part", uuid::Uuid::new_v4()));
         let mut spooled = Spooled(Some(tmp.clone()));
-        let (total, body_sha256) = match req.kind {
-            BodyKind::Container => spool(req.body, &tmp, cap).await?,
-            BodyKind::Json => {
+        let (total, body_sha256) = match req.media {
+            SubmitMedia::Container => spool(req.body, &tmp, cap).await?,
+            SubmitMedia::Json => {
                 let (buf, total, sha) = read_all(req.body, cap).await?;
-                let data = json_form_bytes(&buf, &self.config.limits)?;
-                drop(buf);
-                tokio::fs::write(&tmp, data).await.map_err(internal)?;
+                if total.is_some() {
+                    let data = json_body_container(&buf, &self.config.limits)
+                        .map_err(|e| Refusal::bad_payload(&e))?;
+                    drop(buf);
+                    tokio::fs::write(&tmp, data).await.map_err(internal)?;
+                }
                 (total, sha)
             }
         };
-        let total = total.ok_or(too_large)?;
+        let total = total.ok_or_else(|| req.media.too_large(max))?;
 
         // Decode with the limits and check against the signature before anything runs.
         let limits = self.config.limits.clone();
@@ -184,8 +143,12 @@ impl Engine {
             let map = crate::fsutil::map(&path).map_err(internal)?;
             let payload = std::panic::catch_unwind(|| comfy_remote_protocol::decode(&map, &limits))
                 .map_err(|_| internal("the container decoder panicked"))?
-                .map_err(SubmitError::InvalidPayload)?;
-            check_inputs(&sig, &payload).map_err(SubmitError::InvalidInput)
+                .map_err(|e| Refusal::bad_payload(&e))?;
+            check_inputs(&sig, &payload).map_err(|e| {
+                Refusal::new(ErrorCode::InvalidInput, e.message)
+                    .with_details(serde_json::json!({"input": e.input}))
+                    .into()
+            })
         })
         .await
         .map_err(internal)??;
@@ -220,7 +183,12 @@ impl Engine {
             }
             Ok(Inserted::Conflict(row)) => {
                 drop_dir().await;
-                Err(SubmitError::KeyReused { job_id: row.id })
+                Err(Refusal::new(
+                    ErrorCode::Conflict,
+                    "this Idempotency-Key was used for a different request body; use a new key for a new job",
+                )
+                .with_details(serde_json::json!({"job_id": row.id}))
+                .into())
             }
             Err(e) => {
                 drop_dir().await;
@@ -259,8 +227,7 @@ where
     let mut hasher = Sha256::new();
     let mut total: u64 = 0;
     while let Some(chunk) = body.next().await {
-        let chunk = chunk
-            .map_err(|e| SubmitError::BadBody(format!("reading the request body failed: {e}")))?;
+        let chunk = chunk.map_err(read_error)?;
         total += chunk.len() as u64;
         if total > cap {
             return Ok((None, String::new()));
@@ -284,8 +251,7 @@ where
     let mut hasher = Sha256::new();
     let mut buf = Vec::new();
     while let Some(chunk) = body.next().await {
-        let chunk = chunk
-            .map_err(|e| SubmitError::BadBody(format!("reading the request body failed: {e}")))?;
+        let chunk = chunk.map_err(read_error)?;
         if (buf.len() + chunk.len()) as u64 > cap {
             return Ok((Vec::new(), None, String::new()));
         }
@@ -294,24 +260,4 @@ where
     }
     let total = buf.len() as u64;
     Ok((buf, Some(total), hex::encode(hasher.finalize())))
-}
-
-/// The container bytes of a JSON body: the base64 form, or the plain
-/// `{"inputs": {...}}` form encoded as a container.
-fn json_form_bytes(buf: &[u8], limits: &Limits) -> Result<Vec<u8>, SubmitError> {
-    let body = comfy_remote_protocol::parse_json_body(buf, limits).map_err(|e| {
-        // Not JSON, or neither form: a malformed request. A value tree
-        // that breaks the rules: the same error as in a container.
-        if e.kind() == "invalid_json_body" {
-            SubmitError::InvalidJson(e)
-        } else {
-            SubmitError::InvalidPayload(e)
-        }
-    })?;
-    match body {
-        JsonBody::Container(bytes) => Ok(bytes),
-        JsonBody::Inputs(payload) => {
-            comfy_remote_protocol::encode(&payload).map_err(SubmitError::InvalidPayload)
-        }
-    }
 }

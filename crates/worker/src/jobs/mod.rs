@@ -44,7 +44,7 @@ use crate::metrics::Metrics;
 use crate::store::{now_ms, JobRow, Store};
 use comfy_remote_contract::Workflow;
 
-pub use admission::{BodyKind, SubmitError, SubmitRequest, Submitted};
+pub use admission::{SubmitError, SubmitRequest, Submitted};
 
 /// Limits and policies of the engine.
 #[derive(Debug, Clone)]
@@ -289,15 +289,7 @@ impl Engine {
                 Some(n) => format!("queued ({n} ahead)"),
             };
         } else if row.status.is_terminal() {
-            progress.phase = Phase::Done;
-            progress.step = None;
-            progress.node = None;
-            progress.queue_position = None;
-            progress.text = row.status.as_str().to_owned();
-            if row.status == JobStatus::Succeeded || row.status == JobStatus::Expired {
-                progress.fraction = 1.0;
-                progress.value = 1.0;
-            }
+            progress.settle(row.status);
         } else if progress.phase == Phase::Queued {
             // Executing, before ComfyUI's first node event: starting, never
             // `running` with a queued phase.
@@ -347,11 +339,7 @@ impl Engine {
         };
         let view = self.view(&row, "").await;
         if row.status.is_terminal() {
-            let mut p = view.progress.clone();
-            p.phase = Phase::Done;
-            p.node = None;
-            p.text = row.status.as_str().to_owned();
-            live.publish(EventData::Progress(p));
+            live.publish(EventData::Progress(view.progress.clone()));
             live.publish(EventData::Status(Box::new(view.clone())));
             live.publish(EventData::Done(Box::new(view)));
         } else {

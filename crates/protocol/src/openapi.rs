@@ -1,7 +1,7 @@
 //! The OpenAPI 3.1 document of the jobs API, built by one function so it
 //! cannot drift from the routes without the snapshot test noticing.
 
-use comfy_remote_protocol::api::CONTAINER_MEDIA_TYPE;
+use crate::api::CONTAINER_MEDIA_TYPE;
 use serde_json::{json, Value};
 
 fn err_resp(desc: &str) -> Value {
@@ -18,9 +18,9 @@ pub fn document() -> Value {
     json!({
       "openapi": "3.1.0",
       "info": {
-        "title": "comfy-remote worker",
+        "title": "comfy-remote",
         "version": env!("CARGO_PKG_VERSION"),
-        "description": "Jobs API (protocol comfy-remote/1) of a worker in front of ComfyUI. See docs/protocol.md."
+        "description": "Jobs API (protocol comfy-remote/1) of a comfy-remote server in front of ComfyUI. See docs/protocol.md."
       },
       "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -96,16 +96,16 @@ pub fn document() -> Value {
             "415": err_resp("unsupported Content-Type"), "422": err_resp("inputs do not match the signature (invalid_input)"),
             "429": err_resp("too many unfinished jobs; see Retry-After")}}},
         "/v1/jobs/{id}": {"get": {"summary": "Job status and progress.", "parameters": [id_param.clone()],
-          "responses": {"200": job_resp("the job"), "404": err_resp("unknown job")}}},
+          "responses": {"200": job_resp("the job"), "401": err_resp("bad token"), "404": err_resp("unknown job")}}},
         "/v1/jobs/{id}/events": {"get": {
           "summary": "Server-sent events: status, progress, preview, done. Each has an `id:`; send Last-Event-ID to resume.",
           "parameters": [id_param.clone(), {"name": "Last-Event-ID", "in": "header", "schema": {"type": "integer"}}],
-          "responses": {"200": {"description": "text/event-stream", "content": {"text/event-stream": {}}}, "404": err_resp("unknown job")}}},
+          "responses": {"200": {"description": "text/event-stream", "content": {"text/event-stream": {}}}, "401": err_resp("bad token"), "404": err_resp("unknown job")}}},
         "/v1/jobs/{id}/result": {"get": {"summary": "The outputs container of a succeeded job.", "parameters": [id_param.clone()],
           "responses": {"200": {"description": "container", "content": {CONTAINER_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}},
-            "404": err_resp("unknown job"), "409": err_resp("not finished, failed or canceled"), "410": err_resp("expired")}}},
+            "401": err_resp("bad token"), "404": err_resp("unknown job"), "409": err_resp("not finished, failed or canceled"), "410": err_resp("expired")}}},
         "/v1/jobs/{id}/cancel": {"post": {"summary": "Cancel: a queued job at once; a running one is interrupted in ComfyUI (only that prompt).",
-          "parameters": [id_param], "responses": {"202": job_resp("cancel accepted; the job ends canceled"), "404": err_resp("unknown job")}}}
+          "parameters": [id_param], "responses": {"202": job_resp("cancel accepted; the job ends canceled"), "401": err_resp("bad token"), "404": err_resp("unknown job")}}}
       }
     })
 }
