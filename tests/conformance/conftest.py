@@ -21,7 +21,6 @@ from protocol_client import MAX_BODY, RESULT_TTL_S, TOKEN, WORKFLOW, Server
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "worker_xfail(reason): the worker is known to break this rule (strict xfail)")
     config.addinivalue_line("markers", "local_only: needs one of the suite's own servers (sends its own Host, "
                                        "or needs its limits)")
     config.addinivalue_line("markers", "late: runs after the other cases (retention has had time to drop results)")
@@ -35,13 +34,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.hookimpl(trylast=True)  # after pytest groups the cases by server, so `late` ones stay last
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        callspec = getattr(item, "callspec", None)
-        if callspec is None or "server" not in callspec.params:
-            continue
-        if callspec.params["server"] == "worker":
-            for m in item.iter_markers("worker_xfail"):
-                item.add_marker(pytest.mark.xfail(strict=True, reason=m.args[0]))
     items.sort(key=lambda i: i.get_closest_marker("late") is not None)
 
 
