@@ -264,7 +264,7 @@ class E(io.ComfyNode):
             return;
         };
         let scanned = scan_comfyui(Path::new(&dir)).expect("scan");
-        if std::env::var_os("UPDATE_CORE_NODES").is_some() {
+        if std::env::var_os(comfy_remote_protocol::env::UPDATE_CORE_NODES).is_some() {
             let mut text = EMBEDDED_CORE
                 .lines()
                 .take_while(|l| l.starts_with('#'))

@@ -44,6 +44,19 @@ pub const NO_COLOR: &str = "NO_COLOR";
 /// `1` when `deploy --force-rebuild` runs `modal deploy`: rebuild every image layer.
 pub const MODAL_IGNORE_CACHE: &str = "MODAL_IGNORE_CACHE";
 
+/// The test command's virtualenv (default `.venv`; `.ci/run` keeps it in the cache).
+pub const VENV: &str = "COMFY_REMOTE_VENV";
+/// The `comfy-remote` binary the end-to-end tests run (`scripts/test.sh` sets it).
+pub const BIN: &str = "COMFY_REMOTE_BIN";
+/// Seconds an end-to-end test waits for anything before it fails (default 600).
+pub const TEST_DEADLINE: &str = "COMFY_REMOTE_TEST_DEADLINE";
+/// Set: the golden-vector test rewrites `tests/vectors/` instead of comparing.
+pub const WRITE_VECTORS: &str = "COMFY_REMOTE_WRITE_VECTORS";
+/// Set: the core-node test rewrites the embedded ComfyUI node list from `COMFYUI_DIR`.
+pub const UPDATE_CORE_NODES: &str = "UPDATE_CORE_NODES";
+/// A file the test node pack appends its step times to (the Modal-path benchmark).
+pub const TEST_NODES_TRACE: &str = "CR_TEST_NODES_TRACE";
+
 /// The table, in the order the README lists it.
 pub const ALL: &[EnvVar] = &[
     EnvVar {
@@ -130,11 +143,65 @@ pub const ALL: &[EnvVar] = &[
         read_by: "modal (set by deploy)",
         meaning: "Set to `1` by `deploy --force-rebuild` for `modal deploy`: every image layer is rebuilt",
     },
+    EnvVar {
+        key: "VENV",
+        name: VENV,
+        read_by: "scripts",
+        meaning: "The virtualenv `scripts/test.sh` and `scripts/demo.sh` install into (default `.venv`)",
+    },
+    EnvVar {
+        key: "BIN",
+        name: BIN,
+        read_by: "tests",
+        meaning: "The `comfy-remote` binary the end-to-end tests run (`scripts/test.sh` sets it)",
+    },
+    EnvVar {
+        key: "TEST_DEADLINE",
+        name: TEST_DEADLINE,
+        read_by: "tests",
+        meaning: "Seconds an end-to-end test waits for anything before it fails (default 600)",
+    },
+    EnvVar {
+        key: "WRITE_VECTORS",
+        name: WRITE_VECTORS,
+        read_by: "tests",
+        meaning: "Set: the golden-vector test rewrites `tests/vectors/` instead of comparing",
+    },
+    EnvVar {
+        key: "UPDATE_CORE_NODES",
+        name: UPDATE_CORE_NODES,
+        read_by: "tests",
+        meaning: "Set: the core-node test rewrites the embedded ComfyUI node list from `COMFYUI_DIR`",
+    },
+    EnvVar {
+        key: "TEST_NODES_TRACE",
+        name: TEST_NODES_TRACE,
+        read_by: "tests, scripts",
+        meaning: "A file the test node pack appends its step times to (the Modal-path benchmark)",
+    },
 ];
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The README's table lists exactly these variables, in this order.
+    #[test]
+    fn the_readme_table_is_this_table() {
+        let readme = include_str!("../../../README.md");
+        let section = readme
+            .split("## Environment variables")
+            .nth(1)
+            .and_then(|s| s.split("\n## ").next())
+            .expect("README has an Environment variables section");
+        let listed: Vec<&str> = section
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split('`').next())
+            .collect();
+        let ours: Vec<&str> = ALL.iter().map(|v| v.name).collect();
+        assert_eq!(listed, ours);
+    }
 
     #[test]
     fn names_are_unique_and_upper_case() {

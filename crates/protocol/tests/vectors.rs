@@ -210,7 +210,7 @@ fn manifest(vectors: &[(&str, &str, Payload<'static>)]) -> serde_json::Value {
 #[test]
 fn golden_vectors_decode_and_reencode_byte_identically() {
     let vectors = vectors();
-    let write = std::env::var_os("COMFY_REMOTE_WRITE_VECTORS").is_some();
+    let write = std::env::var_os(comfy_remote_protocol::env::WRITE_VECTORS).is_some();
     if write {
         std::fs::create_dir_all(dir()).expect("mkdir");
         for (stem, _, p) in &vectors {

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from comfy_remote import _native
 from comfy_remote.modal_runtime import state
 from comfy_remote.modal_runtime.backend import JobCanceled, JobFailed, JobStore
 from comfy_remote.modal_runtime.state import Record
@@ -109,7 +110,7 @@ class GpuRuntime:
         """Purge ``utils``, start the worker (which starts ComfyUI) and wait until it is ready."""
         purge_preloaded_utils(comfyui_dir)
         port = _free_port()
-        base = Path(home or os.environ.get("COMFY_REMOTE_HOME", "/tmp/comfy-remote"))
+        base = Path(home or os.environ.get(_native.ENV["HOME"], "/tmp/comfy-remote"))
         base.mkdir(parents=True, exist_ok=True)
         argv = [
             *(command or [sys.executable, "-m", "comfy_remote"]),
