@@ -32,13 +32,23 @@ print(json.dumps({"gen": [gen_url, gen_msg], "dep": list(out.args)}))
 """
 
 
+def make_wheels(wheel: Path, version: str) -> None:
+    """The package wheel and, beside it, the server's: the generator checks and copies both."""
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr(f"comfy_remote-{version}.dist-info/METADATA", f"Name: comfy-remote\nVersion: {version}\n")
+        z.writestr("comfy_remote/_native.abi3.so", b"")
+    server = wheel.parent / f"comfy_remote_server-{version}-py3-none-manylinux_2_17_x86_64.whl"
+    with zipfile.ZipFile(server, "w") as z:
+        z.writestr(f"comfy_remote_server-{version}.dist-info/METADATA",
+                   f"Name: comfy-remote-server\nVersion: {version}\n")
+        z.writestr(f"comfy_remote_server-{version}.data/scripts/comfy-remote-server", b"")
+
+
 def test_modal_deployment_node(tmp_path, comfyui_dir, comfy_python):
     version = subprocess.run([str(comfy_python), "-c", "import comfy_remote; print(comfy_remote.__version__)"],
                              capture_output=True, text=True, check=True).stdout.strip()
     wheel = tmp_path / f"comfy_remote-{version}-cp310-abi3-manylinux_2_17_x86_64.whl"
-    with zipfile.ZipFile(wheel, "w") as z:
-        z.writestr(f"comfy_remote-{version}.dist-info/METADATA", f"Name: comfy-remote\nVersion: {version}\n")
-        z.writestr("comfy_remote/_native.abi3.so", b"")
+    make_wheels(wheel, version)
     log = tmp_path / "modal.log"
     env = {**os.environ, "PATH": f"{FAKE}{os.pathsep}{os.environ['PATH']}", "FAKE_MODAL_LOG": str(log),
            "COMFY_REMOTE_MODAL_PYTHON": str(FAKE / "modal-python")}
@@ -83,9 +93,7 @@ def test_clean_build_from_the_node_keeps_what_it_reads_and_warns_of_a_public_ser
     version = subprocess.run([str(comfy_python), "-c", "import comfy_remote; print(comfy_remote.__version__)"],
                              capture_output=True, text=True, check=True).stdout.strip()
     wheel = tmp_path / f"comfy_remote-{version}-cp310-abi3-manylinux_2_17_x86_64.whl"
-    with zipfile.ZipFile(wheel, "w") as z:
-        z.writestr(f"comfy_remote-{version}.dist-info/METADATA", f"Name: comfy-remote\nVersion: {version}\n")
-        z.writestr("comfy_remote/_native.abi3.so", b"")
+    make_wheels(wheel, version)
     env = {**os.environ, "PATH": f"{FAKE}{os.pathsep}{os.environ['PATH']}", "FAKE_MODAL_LOG": str(tmp_path / "log"),
            "COMFY_REMOTE_MODAL_PYTHON": str(FAKE / "modal-python")}
     env.pop("COMFYUI_DIR", None)

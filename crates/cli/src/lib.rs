@@ -26,6 +26,7 @@ pub enum Command {
     Serve(commands::serve::Args),
     /// Serve a remote workflow (runs `comfy-remote-server serve`, the worker gateway).
     #[cfg(not(feature = "serve"))]
+    #[command(disable_help_flag = true)]
     Serve(commands::handoff::Args),
     /// Submit a job to a worker and write its outputs.
     Run(commands::run::Args),

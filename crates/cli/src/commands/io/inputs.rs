@@ -15,7 +15,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
-use comfy_remote_protocol::{types, ComfyType, DType, Entry, Limits, Tensor, Value};
+use comfy_remote_protocol::{types, CodecError, ComfyType, DType, Entry, Limits, Tensor, Value};
 
 use super::{dtype_from_st, f32_tensor};
 
@@ -58,7 +58,15 @@ pub fn parse_spec(spec: &str) -> anyhow::Result<InputSpec> {
     };
     let source = if let Some(json) = raw.strip_prefix("json:") {
         let value = comfy_remote_protocol::parse_value(json.as_bytes(), &Limits::default())
-            .with_context(|| format!("--input {name}: json:{json} is not a JSON value"))?;
+            .map_err(|e| match e {
+                CodecError::InvalidJsonBody { reason } => anyhow::anyhow!(
+                    "--input {name}: json:{json} is not valid JSON ({})",
+                    reason.trim_start_matches("JSON value: ")
+                ),
+                other => anyhow::anyhow!(
+                    "--input {name}: json:{json} is not a value comfy-remote carries: {other}"
+                ),
+            })?;
         Source::Json(value)
     } else if let Some(text) = raw.strip_prefix("text:") {
         Source::Text(text.to_owned())
@@ -338,7 +346,9 @@ mod tests {
             Value::Float(3.0)
         );
         let e = parse_spec("n=json:[1,").expect_err("syntax");
-        assert!(format!("{e:#}").contains("not a JSON value"), "{e:#}");
+        assert!(format!("{e:#}").contains("is not valid JSON (EOF"), "{e:#}");
+        let e = parse_spec(r#"n=json:{"$set": [1]}"#).expect_err("unknown tag");
+        assert!(format!("{e:#}").contains("unknown tag `$set`"), "{e:#}");
     }
 
     #[test]
