@@ -40,6 +40,11 @@ DEFAULT_STACK = _TABLE["default"]
 # nodes do not need them and some have no wheel here.
 SKIP = {"comfy-angle", "pyopengl"}
 
+# Modules ComfyUI imports at start-up without listing them in every release:
+# 0.3.64's server imports `requests` (app/frontend_management.py) but its
+# requirements.txt omits it. Added when a checkout's requirements lack them.
+UNLISTED = ["requests"]
+
 
 def log(msg: str) -> None:
     print(f"comfyui-env: {msg}", file=sys.stderr, flush=True)
@@ -63,13 +68,20 @@ def requirement_lines(comfyui: Path) -> list[str]:
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
-        name = line.split(";")[0]
-        for sep in "=<>~![ ":
-            name = name.split(sep)[0]
-        if name.lower() in SKIP:
+        if _name(line) in SKIP:
             continue
         out.append(line)
+    listed = {_name(line) for line in out}
+    out += [extra for extra in UNLISTED if extra not in listed]
     return out
+
+
+def _name(requirement: str) -> str:
+    """The distribution name a requirement line starts with, lower-cased."""
+    name = requirement.split(";")[0]
+    for sep in "=<>~![ ":
+        name = name.split(sep)[0]
+    return name.lower()
 
 
 def run(cmd: list[str]) -> None:

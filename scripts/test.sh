@@ -26,6 +26,11 @@ if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -
     || echo "warning: could not install chromium; the UI test will be skipped" >&2
 fi
 
+step "actionlint (.github/workflows)"
+"$VENV/bin/actionlint" .github/workflows/*.yml
+step "the native module's crates on every target (cargo tree)"
+scripts/check_targets.sh
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 step "cargo clippy -D warnings"
@@ -38,7 +43,7 @@ if [ -f fuzz/Cargo.toml ]; then
 fi
 
 step "build the comfy-remote binary and wheels (release)"
-cargo build --release --locked -p comfy-remote-cli
+cargo build --release --locked -p comfy-remote-cli -p comfy-remote-netsim
 rm -rf "$TARGET/wheels"
 # The package an artist installs (nodes, native module, run/deploy) and the
 # server (comfy-remote-server, which `comfy-remote serve` hands over to).

@@ -19,6 +19,12 @@ COMFYUI_SKIP = (
 )
 
 
+COMFYUI_OLD_SKIP = (
+    "COMFYUI_OLD_DIR is not set: the node tests on an older ComfyUI (0.3.64) did not run "
+    "(export COMFYUI_OLD_DIR=/path/to/ComfyUI-0.3.64; .ci/run uses /opt/comfyui-0.3.64)"
+)
+
+
 # Where COMFYUI_SKIP is defined: the place the folded SKIPPED line points at.
 _SKIP_LINE = Path(__file__).read_text().splitlines().index("COMFYUI_SKIP = (") + 1
 
@@ -73,6 +79,21 @@ def comfyui_dir() -> Path:
 def comfy_python(comfyui_dir: Path) -> Path:
     """ComfyUI's Python with the comfy-remote wheel installed."""
     return comfyui_python(comfyui_dir, wheel())
+
+
+@pytest.fixture(scope="session")
+def comfyui_old_dir(comfyui_dir: Path) -> Path:
+    """The older ComfyUI (0.3.64) the node tests also run on."""
+    d = os.environ.get("COMFYUI_OLD_DIR")
+    if not d:
+        pytest.skip(COMFYUI_OLD_SKIP)
+    return Path(d).resolve()
+
+
+@pytest.fixture(scope="session")
+def comfy_old_python(comfyui_old_dir: Path) -> Path:
+    """The older ComfyUI's Python with the comfy-remote wheel installed."""
+    return comfyui_python(comfyui_old_dir, wheel())
 
 
 @pytest.fixture

@@ -84,9 +84,15 @@ def fake_modal(tmp_path, monkeypatch):
     return Fake()
 
 
+# The resolver the image's packages are locked with: the test virtualenv's (requirements-test.txt).
+UV = Path(sys.executable).parent / "uv"
+
+
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("COMFYUI_DIR", "COMFY_REMOTE_WHEEL")}
-    return subprocess.run([str(binary()), *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
+    if UV.exists():
+        env.setdefault("COMFY_REMOTE_UV", str(UV))
+    return subprocess.run([str(binary()), *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
 
 
 def generate(tmp_path: Path, wheel: Path, workflow: str = "remote_invert.json", config: dict | None = None,
@@ -136,9 +142,14 @@ def test_seed_preset_and_extra_packages(tmp_path, fake_wheel):
     assert info["gpus"] == [["A10G", 1]] and info["timeout"] == 900 and info["max_inputs"] == 2
     text = (project / "workflow.py").read_text()
     assert "torch==2.3.0 torchvision==0.18.0 torchaudio==2.3.0" in text
-    assert "'einops==0.8.0'" in text and '"libsm6"' in text
+    assert '"libsm6"' in text
+    lock = (project / "build" / "requirements.lock").read_text()
+    assert "\neinops==0.8.0 \\\n    --hash=sha256:" in lock, "extra packages are resolved into the lock"
+    # torch 2.3 was built against numpy 1.x: the stack pins it, and the resolution honours it.
     assert (project / "build" / "constraints.txt").read_text().splitlines()[1:] == [
-        "torch==2.3.0", "torchvision==0.18.0", "torchaudio==2.3.0", "xformers==0.0.26.post1"]
+        "torch==2.3.0", "torchvision==0.18.0", "torchaudio==2.3.0", "xformers==0.0.26.post1", "numpy<2"]
+    numpy = next(line for line in lock.splitlines() if line.startswith("numpy=="))
+    assert numpy.startswith("numpy==1."), numpy
     cfg = json.loads((project / "modal_config.json").read_text())
     assert cfg["version"] == 1 and cfg["scaledown_window_s"] == 300, "defaults are written out"
 
@@ -177,10 +188,47 @@ def test_image_recipe_pins_torch_after_every_install_step(tmp_path, fake_wheel):
 # ---------------------------------------------------------------- the checks before deploy
 
 
-def test_ui_format_workflow_is_refused_with_the_fix(tmp_path, fake_wheel):
+def test_ui_format_workflow_without_node_definitions_says_how_to_give_them(tmp_path, fake_wheel):
     r = cli("deploy", str(FIXTURES / "ui_format.json"), "--no-deploy", "--out", str(tmp_path / "p"),
             "--wheel", str(fake_wheel))
-    assert r.returncode == 2 and "Export (API)" in r.stderr
+    assert r.returncode == 2 and "--object-info" in r.stderr and "Export (API)" in r.stderr
+    assert not (tmp_path / "p").exists()
+
+
+def test_a_package_conflict_is_refused_before_the_build_naming_it(tmp_path, fake_wheel, fake_modal):
+    r = cli("deploy", str(FIXTURES / "remote_invert.json"), "--out", str(tmp_path / "p"), "--wheel", str(fake_wheel),
+            "--pip", "torch==2.5.0")
+    assert r.returncode == 2, r.stderr
+    assert "do not resolve together" in r.stderr and "torch==2.5.0" in r.stderr and "torch==2.11.0" in r.stderr
+    assert fake_modal.calls() == [], "nothing reaches Modal"
+    assert not (tmp_path / "p").exists(), "no project is left behind"
+
+
+def test_the_image_installs_the_lock_with_hashes(tmp_path, fake_wheel):
+    project = generate(tmp_path, fake_wheel)
+    lock = (project / "build" / "requirements.lock").read_text()
+    pinned = [line.split(" ")[0] for line in lock.splitlines() if line and not line.startswith(("#", " "))]
+    names = {p.split("==")[0].lower() for p in pinned}
+    assert all("==" in p for p in pinned) and len(pinned) > 30, pinned
+    assert {"numpy", "aiohttp", "safetensors", "transformers"} <= names, "ComfyUI's requirements are locked"
+    assert not names & {"torch", "torchvision", "torchaudio", "xformers"}, "the stack comes from its own index"
+    assert lock.count("--hash=sha256:") >= len(pinned)
+    text = (project / "workflow.py").read_text()
+    install = '"PIP_CONSTRAINT= python -m pip install --disable-pip-version-check --no-deps --require-hashes -r " + LOCK'
+    assert install in text
+    assert text.index(install) < text.index("check_stack.py"), "the lock installs before the last build check"
+    assert "requirements.txt\", REPIN)" not in text, "ComfyUI's requirements come from the lock, not unresolved"
+
+
+@pytest.mark.parametrize("stack", ["torch-2.11", "torch-2.10", "torch-2.9", "torch-2.8", "seed-2.3"])
+def test_every_torch_preset_resolves_with_the_pinned_comfyui(tmp_path, fake_wheel, stack):
+    project = generate(tmp_path, fake_wheel, "remote_invert.json", None, "--torch-stack", stack)
+    lock = (project / "build" / "requirements.lock").read_text()
+    row = json.loads((REPO / "crates" / "deploy" / "torch_stacks.json").read_text())["stacks"][stack]
+    assert f"torch=={row['torch']} torchvision=={row['torchvision']} torchaudio=={row['torchaudio']}" in lock
+    numpy = next(line for line in lock.splitlines() if line.startswith("numpy=="))
+    if stack == "seed-2.3":
+        assert numpy.startswith("numpy==1."), f"torch 2.3 was built against numpy 1.x: {numpy}"
 
 
 def test_unresolved_node_types_stop_the_deploy(tmp_path, fake_wheel, fake_modal):
@@ -194,6 +242,157 @@ def test_no_wheel_of_the_right_version_fails_clearly(tmp_path):
     r = cli("deploy", str(FIXTURES / "remote_invert.json"), "--no-deploy", "--out", str(tmp_path / "p"), cwd=tmp_path)
     assert r.returncode == 2
     assert f"no comfy-remote wheel of version {version()}" in r.stderr and "COMFY_REMOTE_WHEEL" in r.stderr
+
+
+# ---------------------------------------------------------------- where the images get comfy-remote
+
+# The build steps of each image as the real `modal` package renders them
+# (the Dockerfile commands it sends to Modal's builder, and the files its
+# copy layers carry), read offline from the generated workflow.py.
+IMAGE_STEPS = r"""
+import importlib.util, json, warnings
+warnings.simplefilter("ignore")
+spec = importlib.util.spec_from_file_location("workflow", "workflow.py")
+m = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(m)
+from modal._utils.async_utils import synchronizer
+
+def steps(image):
+    out = []
+    def walk(img):
+        load = img._load
+        cells = dict(zip(load.__code__.co_freevars, (c.cell_contents for c in load.__closure__ or ())))
+        if "base_image" in cells:
+            walk(cells["base_image"])
+        for base in (cells.get("base_images") or {}).values():
+            walk(base)
+        if cells.get("context_mount_function"):
+            mount = cells["context_mount_function"]("2025.06")
+            for f in getattr(mount, "_entries", None) or []:
+                out.append(f"COPY {f.remote_path}")
+        if cells.get("dockerfile_function"):
+            out.extend(c for c in cells["dockerfile_function"]("2025.06").commands if c.startswith("RUN "))
+    walk(synchronizer._translate_in(image))
+    return out
+
+print(json.dumps({"gpu": steps(m.gpu_image), "web": steps(m.web_image)}))
+"""
+
+
+def image_steps(project: Path) -> dict[str, list[str]]:
+    pytest.importorskip("modal")
+    r = subprocess.run([sys.executable, "-c", IMAGE_STEPS], cwd=project, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def installs(steps: list[str], *words: str) -> str:
+    """The one RUN step that names all `words`."""
+    found = [s for s in steps if s.startswith("RUN ") and all(w in s for w in words)]
+    assert len(found) == 1, (words, steps)
+    return found[0]
+
+
+def no_dist_files(steps: list[str]) -> bool:
+    return not any(s.startswith("COPY /workspace/wheels/") or s.startswith("COPY /workspace/sdist/") for s in steps)
+
+
+def test_without_any_wheel_the_images_install_this_version_from_the_registry(tmp_path):
+    v = version()
+    r = cli("deploy", str(FIXTURES / "remote_invert.json"), "--no-deploy", "--out", str(tmp_path / "p"),
+            "--source", "registry", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    project = tmp_path / "p"
+    steps = image_steps(project)
+    gpu = installs(steps["gpu"], f"comfy-remote=={v}", f"comfy-remote-server=={v}")
+    assert gpu.startswith("RUN python -m pip install") and "-c /workspace/constraints.txt" in gpu
+    web = installs(steps["web"], f"comfy-remote=={v}")
+    assert "comfy-remote-server" not in web
+    assert no_dist_files(steps["gpu"]) and no_dist_files(steps["web"])
+    assert not (project / "wheels").exists()
+    assert json.loads((project / "modal_config.json").read_text())["comfy_remote"]["source"] == "registry"
+    # Saved: the next run without the flag keeps the registry.
+    r = cli("deploy", str(FIXTURES / "remote_invert.json"), "--no-deploy", "--out", str(project), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    installs(image_steps(project)["gpu"], f"comfy-remote=={v}", f"comfy-remote-server=={v}")
+    assert inspect(project)["app"] == "comfy-remote-remote-invert"
+
+
+def test_local_wheels_are_copied_into_the_images_and_installed(tmp_path, fake_wheel):
+    steps = image_steps(generate(tmp_path, fake_wheel))
+    server = next(fake_wheel.parent.glob("comfy_remote_server-*.whl")).name
+    assert f"COPY /workspace/wheels/{fake_wheel.name}" in steps["gpu"]
+    assert f"COPY /workspace/wheels/{server}" in steps["gpu"]
+    installs(steps["gpu"], f"/workspace/wheels/{fake_wheel.name} /workspace/wheels/{server}")
+    assert f"COPY /workspace/wheels/{fake_wheel.name}" in steps["web"]
+    web = installs(steps["web"], f"/workspace/wheels/{fake_wheel.name}")
+    assert server not in web and not any(server in s for s in steps["web"])
+
+
+def test_a_wheel_url_is_fetched_by_pip_in_the_build(tmp_path):
+    v = version()
+    base = f"https://example.com/releases/download/v{v}"
+    r = cli("deploy", str(FIXTURES / "remote_invert.json"), "--no-deploy", "--out", str(tmp_path / "p"),
+            "--wheel", f"{base}/comfy_remote-{v}-cp310-abi3-manylinux_2_28_x86_64.whl", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    steps = image_steps(tmp_path / "p")
+    installs(steps["gpu"], f"{base}/comfy_remote-{v}-cp310-abi3-manylinux_2_28_x86_64.whl "
+                           f"{base}/comfy_remote_server-{v}-py3-none-manylinux_2_28_x86_64.whl")
+    installs(steps["web"], f"{base}/comfy_remote-{v}-cp310-abi3-manylinux_2_28_x86_64.whl")
+    assert no_dist_files(steps["gpu"]) and no_dist_files(steps["web"])
+    r = cli("deploy", str(FIXTURES / "remote_invert.json"), "--no-deploy", "--out", str(tmp_path / "q"),
+            "--wheel", f"{base}/comfy_remote-{v}-cp310-abi3-macosx_11_0_arm64.whl", cwd=tmp_path)
+    assert r.returncode == 2 and "Linux x86_64" in r.stderr
+
+
+def make_sdist(path: Path, name: str) -> Path:
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as t:
+        data = f"Metadata-Version: 2.4\nName: {name}\nVersion: {version()}\n".encode()
+        info = tarfile.TarInfo(f"{path.name.removesuffix('.tar.gz')}/PKG-INFO")
+        info.size = len(data)
+        t.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_sdists_are_built_in_the_images_by_a_rust_toolchain_of_that_step_only(tmp_path):
+    v = version()
+    dist = tmp_path / "dist"
+    dist.mkdir()
+    package = make_sdist(dist / f"comfy_remote-{v}.tar.gz", "comfy-remote")
+    server = make_sdist(dist / f"comfy_remote_server-{v}.tar.gz", "comfy-remote-server")
+    r = cli("deploy", str(FIXTURES / "remote_invert.json"), "--no-deploy", "--out", str(tmp_path / "p"),
+            "--sdist", str(dist), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    steps = image_steps(tmp_path / "p")
+    for image, files in (("gpu", [package, server]), ("web", [package])):
+        for f in files:
+            assert f"COPY /workspace/sdist/{f.name}" in steps[image]
+        step = installs(steps[image], " ".join(f"/workspace/sdist/{f.name}" for f in files))
+        # One step: the toolchain is installed, used and removed, so no layer keeps it.
+        assert step.index("sh.rustup.rs") < step.index("pip install") < step.index("rustup self uninstall -y"), step
+        assert any("apt-get install" in s and "curl" in s for s in steps[image]), "rustup is fetched with curl"
+    assert not any("comfy_remote_server" in s for s in steps["web"])
+
+    # Without files: the registry's sdists of this exact version.
+    r = cli("deploy", str(FIXTURES / "remote_invert.json"), "--no-deploy", "--out", str(tmp_path / "q"),
+            "--source", "sdist", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    steps = image_steps(tmp_path / "q")
+    installs(steps["gpu"], "sh.rustup.rs", f"--no-binary comfy-remote,comfy-remote-server comfy-remote=={v} "
+                                           f"comfy-remote-server=={v}")
+    installs(steps["web"], "sh.rustup.rs", f"--no-binary comfy-remote comfy-remote=={v}")
+    assert no_dist_files(steps["gpu"])
+
+
+def test_without_a_source_a_development_build_names_every_way(tmp_path):
+    r = cli("deploy", str(FIXTURES / "remote_invert.json"), "--no-deploy", "--out", str(tmp_path / "p"), cwd=tmp_path)
+    assert r.returncode == 2
+    for words in ("--wheel PATH|URL", "--sdist PATH|URL", "--source registry", "not a release build"):
+        assert words in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1, r.stderr
 
 
 def test_wheel_from_a_directory_a_glob_or_the_checkouts_target_wheels(tmp_path):
@@ -616,12 +815,45 @@ def test_modal_missing_says_how_to_install(tmp_path, fake_wheel, monkeypatch):
 # ---------------------------------------------------------------- the build-time stack check
 
 
-def _stub_env(root: Path, versions: dict[str, str], nms: bool = True, utils: bool = True) -> Path:
-    """Fake torch packages (module + dist-info) for the generated check script."""
+# A stand-in numpy array: enough for the check's round trip through torch.
+_NUMPY_STUB = """
+__version__ = "{ver}"
+float32 = "float32"
+
+
+class ndarray:
+    def __init__(self, values):
+        self.values = list(values)
+
+    def reshape(self, *shape):
+        return self
+
+    def __mul__(self, k):
+        return ndarray(v * k for v in self.values)
+
+    def __eq__(self, other):
+        return ndarray(a == b for a, b in zip(self.values, other.values))
+
+    def all(self):
+        return all(self.values)
+
+
+def arange(n, dtype=None):
+    return ndarray(range(n))
+"""
+
+
+def _stub_env(root: Path, versions: dict[str, str], nms: bool = True, utils: bool = True,
+              numpy_works: bool = True) -> Path:
+    """Fake torch packages and numpy (module + dist-info) for the generated check script; with
+    `numpy_works=False` torch fails to exchange arrays the way torch 2.3 does with numpy 2."""
+    versions = {**versions, "numpy": "1.26.4"}
     for name, ver in versions.items():
         pkg = root / name
         pkg.mkdir(parents=True)
         body = f"__version__ = {ver!r}\n"
+        if name == "numpy":
+            body = _NUMPY_STUB.format(ver=ver)
         if name == "torch":
             body += (
                 "class _Ops:\n"
@@ -630,6 +862,17 @@ def _stub_env(root: Path, versions: dict[str, str], nms: bool = True, utils: boo
                 "            return type('NS', (), {'nms': object()})()\n"
                 "        raise RuntimeError(f'No such operator {ns}::nms')\n"
                 "ops = _Ops()\n"
+                "class _Tensor:\n"
+                "    def __init__(self, a):\n"
+                "        self.a = a\n"
+                "    def __mul__(self, k):\n"
+                "        return _Tensor(self.a * k)\n"
+                "    def numpy(self):\n"
+                "        return self.a\n"
+                "def from_numpy(a):\n"
+                "    if not " + repr(numpy_works) + ":\n"
+                "        raise RuntimeError('Numpy is not available')\n"
+                "    return _Tensor(a)\n"
             )
         if name == "torchvision":
             body += "import torch\n"
@@ -673,6 +916,14 @@ def test_check_script_fails_when_torchvision_ops_are_missing(tmp_path, fake_whee
     r = _run_check(project, _stub_env(tmp_path / "stubs", GOOD, nms=False))
     assert r.returncode == 1
     assert "torch.ops.torchvision.nms is missing" in r.stderr
+
+
+def test_check_script_fails_when_torch_and_numpy_do_not_exchange_arrays(tmp_path, fake_wheel):
+    # torch 2.3 with numpy 2 imports fine and fails at the first array: the check tries one.
+    project = generate(tmp_path, fake_wheel)
+    r = _run_check(project, _stub_env(tmp_path / "stubs", GOOD, numpy_works=False))
+    assert r.returncode == 1
+    assert "torch and numpy 1.26.4 do not work together (RuntimeError: Numpy is not available)" in r.stderr
 
 
 def test_check_script_fails_on_a_pypi_utils(tmp_path, fake_wheel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from harness import REPO
 
 FIXTURES = REPO / "crates" / "deploy" / "tests" / "fixtures"
 FAKE = REPO / "tests" / "fake_modal"
+# The resolver of the image's packages: the test virtualenv's (ComfyUI's gets our wheel without dependencies).
+UV = Path(sys.executable).parent / "uv"
 
 SCRIPT = r"""
 import asyncio, json, sys
@@ -51,7 +54,7 @@ def test_modal_deployment_node(tmp_path, comfyui_dir, comfy_python):
     make_wheels(wheel, version)
     log = tmp_path / "modal.log"
     env = {**os.environ, "PATH": f"{FAKE}{os.pathsep}{os.environ['PATH']}", "FAKE_MODAL_LOG": str(log),
-           "COMFY_REMOTE_MODAL_PYTHON": str(FAKE / "modal-python")}
+           "COMFY_REMOTE_MODAL_PYTHON": str(FAKE / "modal-python"), "COMFY_REMOTE_UV": str(UV)}
     env.pop("COMFYUI_DIR", None)
     project = tmp_path / "project"
     r = subprocess.run([str(comfy_python), "-c", SCRIPT, str(comfyui_dir), str(FIXTURES / "remote_invert.json"),
@@ -95,7 +98,7 @@ def test_clean_build_from_the_node_keeps_what_it_reads_and_warns_of_a_public_ser
     wheel = tmp_path / f"comfy_remote-{version}-cp310-abi3-manylinux_2_17_x86_64.whl"
     make_wheels(wheel, version)
     env = {**os.environ, "PATH": f"{FAKE}{os.pathsep}{os.environ['PATH']}", "FAKE_MODAL_LOG": str(tmp_path / "log"),
-           "COMFY_REMOTE_MODAL_PYTHON": str(FAKE / "modal-python")}
+           "COMFY_REMOTE_MODAL_PYTHON": str(FAKE / "modal-python"), "COMFY_REMOTE_UV": str(UV)}
     env.pop("COMFYUI_DIR", None)
     (tmp_path / "sd.json").write_text((FIXTURES / "remote_invert.json").read_text())
     project = tmp_path / "project"

@@ -43,3 +43,28 @@ def test_the_other_verbs_run_from_the_native_module(tmp_path):
     r = subprocess.run([SCRIPT, "run", "http://127.0.0.1:1", "--json", "-i", "x=1", "--out", str(tmp_path)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 4 and '"unavailable"' in r.stdout, r.stderr
+
+
+def test_a_fresh_virtualenv_installs_the_wheels_and_runs_them(tmp_path):
+    """What `pip install comfy-remote comfy-remote-server` gives a user: no Rust, no checkout."""
+    from harness import wheel
+
+    package = wheel()
+    server = sorted(package.parent.glob("comfy_remote_server-*.whl"))
+    assert server, f"no comfy_remote_server wheel beside {package}"
+    venv = tmp_path / "fresh"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    scripts = venv / ("Scripts" if os.name == "nt" else "bin")
+    python = scripts / ("python.exe" if os.name == "nt" else "python")
+    r = subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(package),
+                        str(server[-1])], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    from comfy_remote import __version__
+
+    r = subprocess.run([str(scripts / "comfy-remote"), "--version"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.split()[-1] == __version__, (r.stdout, r.stderr)
+    r = subprocess.run([str(scripts / "comfy-remote"), "serve", "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "--workflow" in r.stdout, r.stderr
+    r = subprocess.run([str(python), "-c", "import comfy_remote.codec, comfy_remote._native as n; print(n.__version__)"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == __version__, r.stderr

@@ -1,10 +1,16 @@
 """End to end: a local ComfyUI runs a workflow whose Remote API node calls a
 worker in front of a second ComfyUI (and, second, the same worker behind an
 endpoint that speaks only the seed's JSON/polling shape). Checks, as a user
-would: IMAGE, MASK, LATENT, STRING and INT come back equal bit for bit to
-the same nodes run locally; progress reaches the local websocket as
-`progress_state` for the Remote API node; interrupting the local prompt
-leaves the remote job `canceled`.
+would: every node of the pack loads; IMAGE, MASK, LATENT, STRING and INT
+come back equal bit for bit to the same nodes run locally; progress reaches
+the local websocket as `progress_state` for the Remote API node;
+interrupting the local prompt leaves the remote job `canceled`; inputs
+named after the remote ones and output sockets chosen by name work as the
+frontend extension sends them.
+
+Every case runs on the current ComfyUI (COMFYUI_DIR) and on an older one
+(COMFYUI_OLD_DIR, 0.3.64: no Autogrow, no accept_all_inputs), each
+ComfyUI of a stack being that version.
 
 Needs COMFYUI_DIR (a ComfyUI checkout), the comfy-remote binary
 (COMFY_REMOTE_BIN or target/release/comfy-remote) and wheel
@@ -45,13 +51,17 @@ def http_json(url: str) -> Any:
         return json.loads(r.read())
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, comfyui_dir: Path, comfy_python: Path) -> Iterator[dict[str, Any]]:
+@pytest.fixture(scope="module", params=["current", "0.3.64"])
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A worker (supervising the remote ComfyUI), the seed-shape endpoint in
-    front of it, and the local ComfyUI with the test dump node."""
+    front of it, and the local ComfyUI with the test dump node, all of one
+    ComfyUI version."""
     from harness import free_port, start_comfyui, start_worker, stop_process, wait_until
 
-    tmp = tmp_path_factory.mktemp("nodes_e2e")
+    old = request.param != "current"
+    comfyui_dir = request.getfixturevalue("comfyui_old_dir" if old else "comfyui_dir")
+    comfy_python = request.getfixturevalue("comfy_old_python" if old else "comfy_python")
+    tmp = tmp_path_factory.mktemp(f"nodes_e2e_{request.param}")
     started: list[Any] = []
     seed = None
     try:
@@ -70,14 +80,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory, comfyui_dir: Path, comfy_pyt
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         assert seed.stdout is not None and seed.stdout.readline().startswith("listening on")
         yield {"worker": worker.url, "seed": f"http://127.0.0.1:{port}/run", "local": local.url,
-               "local_home": local_home, "wait_until": wait_until}
+               "local_home": local_home, "wait_until": wait_until, "old": old,
+               # How a positional input is keyed: as Autogrow saved it where it exists.
+               "slot": "value{}" if old else "values.value{}"}
     finally:
         if seed is not None:
             seed.terminate()
             seed.wait(10)
         for p in reversed(started):
             p.stop()
-        out = ROOT / "artifacts" / "nodes_e2e"
+        out = ROOT / "artifacts" / f"nodes_e2e_{request.param}"
         out.mkdir(parents=True, exist_ok=True)
         for f in tmp.rglob("*.log"):
             shutil.copy(f, out / f"{f.parent.name}-{f.name}")
@@ -132,7 +144,7 @@ def remote_workflow() -> dict[str, Any]:
     return nodes
 
 
-def local_prompt(endpoint: str, protocol: str, size: int, radius: int) -> dict[str, Any]:
+def local_prompt(endpoint: str, protocol: str, size: int, radius: int, slot: str = "values.value{}") -> dict[str, Any]:
     nodes: dict[str, Any] = {
         "1": {"class_type": "EmptyImage", "inputs": {"width": size, "height": size * 3 // 4, "batch_size": 1, "color": 0x3366CC}},
         "2": {"class_type": "ImageBlend", "inputs": {"image1": ["1", 0], "image2": ["1", 0], "blend_factor": 0.5, "blend_mode": "multiply"}},
@@ -142,10 +154,10 @@ def local_prompt(endpoint: str, protocol: str, size: int, radius: int) -> dict[s
         REMOTE_API_NODE: {
             "class_type": "RemoteAPI",
             "inputs": {
-                "values.value0": ["2", 0],
-                "values.value1": ["3", 0],
-                "values.value2": ["4", 0],
-                "values.value3": ["5", 0],
+                slot.format(0): ["2", 0],
+                slot.format(1): ["3", 0],
+                slot.format(2): ["4", 0],
+                slot.format(3): ["5", 0],
                 "endpoint": endpoint,
                 "timeout": 600.0,
                 "token": "",
@@ -234,7 +246,7 @@ def assert_same(a: Any, b: Any, what: str) -> None:
 def test_remote_api_matches_local_and_reports_progress(stack: dict[str, Any], target: str) -> None:
     endpoint = stack[target]
     protocol = "auto"
-    seen = asyncio.run(run_prompt(stack["local"], local_prompt(endpoint, protocol, size=96, radius=3)))
+    seen = asyncio.run(run_prompt(stack["local"], local_prompt(endpoint, protocol, size=96, radius=3, slot=stack["slot"])))
     assert seen["end"]["type"] == "execution_success", json.dumps(seen["end"])[:3000]
     base = stack["local_home"]
     for name in ["image", "mask", "latent", "text", "count"]:
@@ -250,11 +262,10 @@ def test_remote_api_matches_local_and_reports_progress(stack: dict[str, Any], ta
 @pytest.mark.parametrize("target", ["worker", "seed"])
 def test_interrupt_cancels_the_remote_job(stack: dict[str, Any], target: str) -> None:
     # A big image and the widest blur keep the remote ComfyUI busy for a while.
-    prompt = local_prompt(stack[target], "auto", size=2048, radius=31)
+    prompt = local_prompt(stack[target], "auto", size=2048, radius=31, slot=stack["slot"])
     seen = asyncio.run(run_prompt(stack["local"], prompt, interrupt_when="remote: running"))
     assert seen["interrupted_at"] is not None, seen["texts"]
     assert seen["end"]["type"] == "execution_interrupted", seen["end"]
-    assert seen["ended_at"] - seen["interrupted_at"] < 2.0, "the node ended as interrupted within 2 s"
     job_id = next(t.split()[2].rstrip(":") for node, t in seen["texts"] if t.startswith("remote job "))
     deadline = time.monotonic() + 60
     status = None
@@ -264,3 +275,54 @@ def test_interrupt_cancels_the_remote_job(stack: dict[str, Any], target: str) ->
             break
         time.sleep(0.2)
     assert status == "canceled", status
+
+
+def test_every_node_loads(stack: dict[str, Any]) -> None:
+    from comfy_remote import _native
+
+    info = http_json(f"{stack['local']}/object_info")
+    assert [n for n in _native.NODE_TYPES if n not in info] == [], "nodes missing from /object_info"
+    log = (stack["local_home"] / "comfyui.log").read_text(errors="replace")
+    failed = [line for line in log.splitlines() if "IMPORT FAILED" in line and "comfy-remote" in line]
+    assert failed == [], failed
+    # No node shows the worker's job path as a widget.
+    for node in (_native.REMOTE_INPUT, _native.REMOTE_OUTPUT):
+        declared = {**info[node]["input"].get("required", {}), **info[node]["input"].get("optional", {})}
+        assert _native.JOB_KEY not in declared, declared
+
+
+def test_inputs_by_name_and_outputs_by_name(stack: dict[str, Any]) -> None:
+    """The prompt the frontend extension makes: inputs keyed ``input:<name>``
+    (in any order), output sockets chosen by ``remote_outputs``. ComfyUI
+    0.3.64 hands a node its linked inputs whatever their names but drops a
+    literal it does not declare: there the inputs still go by name and the
+    one output socket is the bundle."""
+    prompt = local_prompt(stack["worker"], "auto", size=64, radius=2)
+    node = prompt[REMOTE_API_NODE]["inputs"]
+    for i, name in reversed(list(enumerate(["image", "radius", "text", "count"]))):
+        node[f"input:{name}"] = node.pop(f"values.value{i}")
+    node["remote_outputs"] = json.dumps(["count", "image", "text"])
+    for k in [k for k in prompt if k[0] in "pd" and k[1:].isdigit()]:
+        prompt.pop(k)
+    picked = ["count", "image", "text"]
+    for i, name in enumerate(picked):
+        source = [REMOTE_API_NODE, i]
+        if stack["old"]:
+            prompt[f"p{i}"] = {"class_type": "RemoteResultPick", "inputs": {"result": [REMOTE_API_NODE, 0],
+                                                                            "name": name, "index": 0}}
+            source = [f"p{i}", 0]
+        prompt[f"d{i}"] = {"class_type": "CRTestDump", "inputs": {"value": source, "name": f"named_{name}"}}
+    seen = asyncio.run(run_prompt(stack["local"], prompt))
+    assert seen["end"]["type"] == "execution_success", json.dumps(seen["end"])[:3000]
+    base = stack["local_home"]
+    for name in picked:
+        assert_same(load_dump(base, f"named_{name}"), load_dump(base, f"local_{name}"), name)
+    if stack["old"]:
+        return
+
+    # A linked socket whose output the endpoint does not have is named before anything is sent.
+    node["remote_outputs"] = json.dumps(["count", "depth", "text"])
+    seen = asyncio.run(run_prompt(stack["local"], prompt))
+    assert seen["end"]["type"] == "execution_error", seen["end"]
+    message = seen["end"]["data"]["exception_message"]
+    assert "'depth' is linked" in message and "image, mask, latent, text, count" in message, message

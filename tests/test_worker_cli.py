@@ -27,12 +27,36 @@ def test_refuses_to_listen_beyond_loopback_without_a_token(tmp_path):
     assert "token" in r.stderr and "COMFY_REMOTE_TOKEN" in r.stderr
 
 
-def test_ui_format_workflow_is_refused_with_the_export_hint(tmp_path):
+def test_ui_format_workflow_is_converted_and_checked_with_the_comfyuis_node_definitions(tmp_path):
+    # A UI-format file: converted with the attached ComfyUI's /object_info, which lacks FancyNode.
     wf = tmp_path / "ui.json"
-    wf.write_text(json.dumps({"nodes": [], "links": [], "version": 0.4}))
-    r = serve("--workflow", str(wf), "--comfyui", str(tmp_path))
-    assert r.returncode == 2
-    assert "Export (API)" in r.stderr
+    wf.write_text(json.dumps({"nodes": [{"id": 4, "type": "FancyNode", "mode": 0}], "links": [], "version": 0.4}))
+    info = json.dumps({"RemoteInput": {"input": {"required": {}}, "output": ["*"]}}).encode()
+    with _Peer({("GET", "/prompt"): (200, "application/json", b"{}"),
+                ("GET", "/object_info"): (200, "application/json", info)}) as comfy:
+        r = serve("--workflow", str(wf), "--comfyui-url", comfy.url, "--spool", str(tmp_path / "spool"),
+                  "--listen", "127.0.0.1:0")
+    assert r.returncode == 2, r.stderr
+    assert "workflow ui.json: uses node types this ComfyUI does not have: FancyNode (node 4)" in r.stderr
+
+
+def test_model_files_the_comfyui_lacks_stop_serve_with_the_list(tmp_path):
+    wf = tmp_path / "wf.json"
+    wf.write_text(json.dumps({
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd15.safetensors"}},
+        "2": {"class_type": "RemoteOutput", "inputs": {"name": "model", "value": ["1", 0]}},
+    }))
+    info = json.dumps({
+        "CheckpointLoaderSimple": {"input": {"required": {"ckpt_name": [["other.safetensors"]]}},
+                                   "output": ["MODEL", "CLIP", "VAE"]},
+        "RemoteOutput": {"input": {"required": {"name": ["STRING", {}], "value": ["*", {}]}}, "output": []},
+    }).encode()
+    with _Peer({("GET", "/prompt"): (200, "application/json", b"{}"),
+                ("GET", "/object_info"): (200, "application/json", info)}) as comfy:
+        r = serve("--workflow", str(wf), "--comfyui-url", comfy.url, "--spool", str(tmp_path / "spool"),
+                  "--listen", "127.0.0.1:0")
+    assert r.returncode == 2, r.stderr
+    assert "names model files this ComfyUI does not have: checkpoints/sd15.safetensors (node 1 ckpt_name)" in r.stderr
 
 
 def test_workflow_without_remote_output_is_refused(tmp_path):

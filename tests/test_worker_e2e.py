@@ -178,6 +178,30 @@ def test_progress_events_are_in_order_and_end_at_one(worker):
     assert [int(e["id"]) for e in later] == [i for i in ids if i > ids[2]]
 
 
+def test_steps_and_previews_of_a_v3_set_progress_node_reach_the_job(start_worker_fn):
+    """A node that reports progress only through the V3 API
+    (``execution.set_progress``) gives steps and previews, as one using
+    ComfyUI's progress-bar hook does: ComfyUI reports the former only in
+    ``progress_state``."""
+    steps = 5
+    wf = {
+        "1": {"class_type": "RemoteInput", "inputs": {"name": "image", "type": "IMAGE"}},
+        "2": {"class_type": "CRTestSlow", "inputs": {"image": ["1", 0], "steps": steps, "seconds_per_step": 0.05,
+                                                     "progress_api": "set_progress"}},
+        "3": {"class_type": "RemoteOutput", "inputs": {"name": "image", "value": ["2", 0]}},
+    }
+    w = start_worker_fn(wf, name="v3-progress")
+    image = torch.rand(1, 8, 8, 3)
+    jid = w.submit(enc(image=image)).json()["id"]
+    events = list(w.events(jid))
+    assert events[-1]["event"] == "done" and events[-1]["data"]["status"] == "succeeded", events[-1]
+    got = [e["data"]["step"] for e in events if e["event"] == "progress" and e["data"].get("step")]
+    assert [s["value"] for s in got] == list(range(1, steps + 1)), got
+    assert {s["max"] for s in got} == {steps}, got
+    assert sum(e["event"] == "preview" for e in events) >= 1, [e["event"] for e in events]
+    assert torch.equal(outputs(w.result(jid))["image"], image)
+
+
 def test_cancel_running_job_and_the_next_still_succeeds(worker):
     slow = worker.submit(enc(image=torch.rand(1, 8, 8, 3), size=SLOW)).json()["id"]
     queued = worker.submit(enc(image=torch.rand(1, 8, 8, 3), size=SLOW + 8)).json()["id"]

@@ -1,7 +1,8 @@
 """Type stubs for ``comfy_remote._native``, the Rust extension module (crates/py)."""
 
 import os
-from collections.abc import Callable, Sequence
+import pathlib
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypedDict, final
 
 # Names with a leading underscore exist only in this stub, not at runtime.
@@ -20,19 +21,25 @@ __all__ = [
     "REMOTE_OUTPUT",
     "MODAL_DEPLOYMENT",
     "DEFAULT_ENDPOINT",
+    "JOB_KEY",
+    "NAMED_INPUT_PREFIX",
     "ENV",
     "workflow_signature",
+    "ui_to_api",
     "io_name",
+    "job_output_file",
     "accepts",
     "conform_input",
     "Client",
     "Job",
     "RemoteError",
     "CodecError",
+    "CODECS",
     "container_header_len",
     "decode_container",
     "ModalDeployError",
     "modal_deploy",
+    "fetch_models",
     "modal_stop",
     "modal_status",
     "ApiError",
@@ -65,9 +72,18 @@ class CodecError(ValueError):
 _TensorData = bytes | object
 """A tensor's bytes: ``bytes``, or a C-contiguous CPU torch tensor or numpy array the call reads from (checked)."""
 
+CODECS: list[str]
+"""The packings this build reads and writes (docs/protocol.md §2.7)."""
+
+def _unpack(codec: str, dtype: str, shape: list[int], data: bytes, max_bytes: int) -> bytearray:
+    """The plain bytes of a ``$packed`` tensor (private to ``comfy_remote.codec``)."""
+
 def _encode_container(
     tree_json: str,
     tensors: Sequence[tuple[str, Sequence[int], _TensorData]],
+    *,
+    codecs: Sequence[str] = ...,
+    quantize_images: bool = False,
 ) -> bytes:
     """Build a container from a value tree (``t<i>`` names ``tensors[i]``) and ``(dtype, shape, data)`` tensors (private to ``comfy_remote.codec``)."""
 
@@ -75,6 +91,9 @@ def _encode_container_to_file(
     tree_json: str,
     tensors: Sequence[tuple[str, Sequence[int], _TensorData]],
     path: _StrPath,
+    *,
+    codecs: Sequence[str] = ...,
+    quantize_images: bool = False,
 ) -> int:
     """Like ``_encode_container``, but streams the container into ``path`` (created or truncated); returns its size."""
 
@@ -102,6 +121,9 @@ def decode_container(
 
 # --- client.rs ------------------------------------------------------------
 
+NAMED_INPUT_PREFIX: str
+"""``"input:"``: a local input named ``input:<name>`` fills the remote input ``<name>`` (``Client.plan_inputs``)."""
+
 class RemoteError(Exception):
     """A remote call failed; ``kind`` says how (``http``, ``unreachable``, ``job_failed``, ``canceled``, ``timeout``, ...)."""
 
@@ -126,6 +148,9 @@ class _Signature(TypedDict):
     protocol: str
     inputs: list[_SignatureItem]
     outputs: list[_SignatureItem]
+    codecs: list[str]
+    """The packings the endpoint reads in a submit (docs/protocol.md §2.7)."""
+    features: list[str]
 
 _JobEvent = tuple[str, Any]
 """``(kind, data)``: ``submitted`` dict, ``status`` str, ``progress`` dict (its ``json`` key: the
@@ -145,12 +170,19 @@ class Client:
         poll_interval: float = 0.5,
         max_attempts: int = 6,
         use_events: bool = True,
+        images_8bit: bool = False,
+        submit_wait: float = 1.0,
     ) -> Client:
-        """Bind to ``endpoint``; ``mode`` is ``"auto"``, ``"native"`` or ``"json"`` (ValueError otherwise)."""
+        """Bind to ``endpoint``; ``mode`` is ``"auto"``, ``"native"`` or ``"json"`` (ValueError otherwise).
+
+        ``images_8bit``: accept IMAGE and MASK results rounded to 8 bits (lossy, smaller).
+        ``submit_wait``: seconds a submit may wait for the job to end and carry its result
+        back (one round trip for a short job); 0 to follow every job by its events."""
     def signature(self) -> _Signature | None:
         """The endpoint's signature (fetched once per client), or None for simple JSON endpoints."""
     def plan_inputs(self, inputs: Sequence[tuple[str, str | None]]) -> list[str]:
-        """Check ``[(local_name, comfy_type | None)]`` against the signature by order; return the names to send."""
+        """Check ``[(local_name, comfy_type | None)]`` against the signature (``input:<name>`` by name,
+        ``value<N>`` by position); return the names to send."""
     def start(self, body: bytes | bytearray) -> Job:
         """Submit container bytes and follow the job in the background."""
     def cancel_job(self, job_id: str) -> bool:
@@ -186,14 +218,29 @@ def modal_deploy(
     apt: _Strings = ...,
     torch_stack: str | None = None,
     wheel: _StrPath | None = None,
+    sdist: _StrPath | None = None,
+    source: str | None = None,
     comfyui_dir: _StrPath | None = None,
+    object_info: str | None = None,
+    custom_nodes: Sequence[_StrPath] = ...,
+    model_dirs: Mapping[str, Sequence[_StrPath]] = ...,
+    uv: _StrPath | None = None,
     deploy: bool = False,
     clean: bool = False,
     force_rebuild: bool = False,
     delete_remote: bool = False,
     log: Callable[[str], object] | None = None,
 ) -> str:
-    """Generate the Modal project for ``workflow`` and run the lifecycle switches; return the report as JSON."""
+    """Generate the Modal project for ``workflow`` and run the lifecycle switches; return the report as JSON.
+
+    ``object_info`` (the JSON of the running ComfyUI's ``/object_info``), ``custom_nodes`` and
+    ``model_dirs`` (its ``folder_paths``) describe the ComfyUI the workflow was made in: a
+    UI-format workflow is converted with its node definitions, and the custom node packs and
+    model files the workflow needs are found there. ``uv`` resolves the image's packages
+    (default: ``$COMFY_REMOTE_UV``, else ``uv`` on PATH)."""
+
+def fetch_models(plan: _StrPath, mount: _StrPath, *, log: Callable[[str], object] | None = None) -> str:
+    """Fetch the model files of a project's ``build/models.json`` that the Volume at ``mount`` lacks, each checked against its sha256; return the paths fetched as JSON."""
 
 def modal_stop(app: str, *, log: Callable[[str], object] | None = None) -> bool:
     """``modal app stop -y <app>``; False when there was no such app."""
@@ -272,7 +319,81 @@ class Front:
     ) -> str:
         """The JobView (JSON) of a job from its stored state (None: not picked up yet), URLs under ``base``."""
     def json_form(self, container: bytes) -> str:
-        """The base64 JSON form of a container."""
+        """The base64 JSON form of a container, its tensors plain (unpacked)."""
+    def prefer_wait(self, headers: dict[str, str]) -> int | None:
+        """The seconds a submit may wait for its job (``Prefer: wait=N``, capped); None when not asked."""
+    def result_answer(
+        self, container: bytes, *, job_id: str, headers: dict[str, str]
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        """``(status, headers, body)`` of a result download for a request with ``headers`` (lower-case
+        names): packed as ``Comfy-Remote-Codecs``/``-Images`` allow, whole or ranged, with an ETag;
+        ``ApiError`` 416 for a range past the end."""
+
+
+# --- front_v2.rs ----------------------------------------------------------
+
+class V2Front:
+    """Comfy API v2's rules for a web front serving one workflow (the Modal web front)."""
+
+    max_asset_bytes: int
+    retention_ms: int
+
+    def __new__(
+        cls,
+        name: str,
+        text: str,
+        *,
+        max_body_bytes: int | None = None,
+        max_asset_bytes: int | None = None,
+        retention_s: int | None = None,
+    ) -> V2Front: ...
+    def served_graph(self) -> str:
+        """The served workflow's graph (JSON)."""
+    def key(self, raw: str) -> str:
+        """An ``Idempotency-Key`` by v2's rule; ``ApiError`` 400 otherwise."""
+    def plan(self, body: bytes) -> str:
+        """A checked submit body's input values (JSON ``{inputs, assets, workflow}``); ``ApiError`` 400/422."""
+    def container(self, plan: str, files: dict[str, tuple[str | None, str, bytes]]) -> bytes:
+        """The inputs container of a plan, assets by label as ``(file_path, content_type, bytes)``."""
+    def job(self, view: str, outputs: str, base: str) -> str:
+        """The v2 job (JSON) of a v1 job view with its output records (JSON list)."""
+    def status_event(self, view: str) -> str: ...
+    def progress(self, progress: str) -> str: ...
+    def preview(self, preview: str) -> str: ...
+    def split(self, result: bytes) -> list[tuple[str, str, str, str, bytes, str]]:
+        """A result container as ``(node_id, name, kind, content_type, bytes, hash)`` files."""
+    def asset(self, record: str, base: str, created_new: bool | None = None) -> str:
+        """An asset record (JSON, times in ms) as the asset's JSON."""
+    def upload_fields(
+        self, fields: dict[str, str], has_file: bool, part_type: str | None = None
+    ) -> tuple[str, str, str | None, int | None]:
+        """``(file_path, content_type, expected_hash, expires_in)`` of an upload form; ``ApiError`` 400."""
+    def expires_in(self, raw: str | None = None) -> int | None: ...
+    def check_hash(self, expected: str | None, actual: str) -> None:
+        """``ApiError`` 409 ``hash_mismatch`` unless they agree."""
+    def byte_range(self, header: str | None, len: int) -> tuple[int, int] | None:
+        """The one byte range of a ``Range`` header (None: all); ``ApiError`` 416."""
+    def error(self, code: str, message: str, details: str | None = None) -> ApiError: ...
+    def too_large(self) -> ApiError: ...
+    def key_reused(self) -> ApiError: ...
+    def missing_assets(self, labels: list[str]) -> ApiError: ...
+
+class FormReader:
+    """An incremental ``multipart/form-data`` reader (``ApiError`` 415 for another type)."""
+
+    def __new__(cls, content_type: str | None = None) -> FormReader: ...
+    def feed(self, chunk: bytes) -> list[tuple]:
+        """``("field", name, value)``, ``("file", name, filename, content_type)``, ``("data", bytes)``, ``("end",)``."""
+    def finish(self) -> None: ...
+
+class ContentHasher:
+    """``blake3:<hex>`` of bytes fed in pieces."""
+
+    def __new__(cls) -> ContentHasher: ...
+    def update(self, data: bytes) -> None: ...
+    def finish(self) -> str: ...
+
+def is_blake3(s: str) -> bool: ...
 
 
 # --- contract.rs ----------------------------------------------------------
@@ -288,14 +409,22 @@ REMOTE_OUTPUT: str
 MODAL_DEPLOYMENT: str
 DEFAULT_ENDPOINT: str
 """Where ``comfy-remote serve`` listens with its defaults (``http://127.0.0.1:8189``)."""
+JOB_KEY: str
+"""``"remote_job"``: the key the worker sets in a Remote Input/Output's prompt inputs (docs/protocol.md §6)."""
 ENV: dict[str, str]
 """Every environment variable's name by its role (``ENV["TOKEN"] == "COMFY_REMOTE_TOKEN"``)."""
 
 def workflow_signature(name: str, text: str) -> str:
     """A remote workflow's inputs and outputs as JSON (``{"inputs": [...], "outputs": [...]}``), as the worker publishes them; ValueError for a workflow the worker would refuse."""
 
+def ui_to_api(name: str, text: str, object_info: str) -> str:
+    """The API workflow (JSON text) ComfyUI's frontend makes of the UI-format workflow ``text``, with the node definitions of ``object_info`` (the JSON text of ``/object_info``); ValueError saying why it cannot be converted."""
+
 def io_name(node: str, name: str) -> str:
     """The trimmed name of a Remote Input/Output; ValueError (starting with ``node``) when it cannot be one."""
+
+def job_output_file(job_dir: _StrPath, name: str) -> pathlib.Path:
+    """The file the Remote Output ``name`` writes in the job directory ``job_dir``."""
 
 def accepts(declared: str, actual: str) -> bool:
     """Whether an input declared ``declared`` takes a value of type ``actual`` (the protocol's type rule)."""

@@ -49,6 +49,8 @@ __all__ = [
 #: A ``ValueError``; its ``kind`` attribute, when set, names the check that
 #: failed (``"too_large"``, ``"dangling_ref"``, ...).
 CodecError: type[ValueError] = _native.CodecError
+# The packings this build reads and writes (docs/protocol.md §2.7).
+CODECS: tuple[str, ...] = tuple(_native.CODECS)
 
 #: Strings longer than this (in UTF-8 bytes) travel in the data section.
 INLINE_STR_MAX = 64 * 1024
@@ -271,6 +273,8 @@ def encode(
     values: Sequence[tuple[str, str | None, Any]],
     *,
     pickle_secret: bytes | None = None,
+    codecs: Sequence[str] = (),
+    quantize_images: bool = False,
 ) -> bytes:
     """Encode named values into a container.
 
@@ -279,12 +283,18 @@ def encode(
     may live on any device (they are moved to the CPU and made contiguous).
     The same values always give the same bytes.
 
+    ``codecs`` are the packings the receiver announced (``codecs`` in its
+    ``GET /v1/info``; docs/protocol.md §2.7): tensors are packed losslessly
+    where that pays (an 8-bit-origin image as its 8-bit values). With
+    ``quantize_images`` IMAGE and MASK values are rounded to 8 bits (lossy:
+    only for values that will be saved as 8-bit images).
+
     Raises ``CodecError`` for values that cannot travel, naming the value's
     path and Python type and what to do instead.
     """
     tree, tensors = _plan(values, pickle_secret)
     try:
-        return _native._encode_container(tree, tensors)
+        return _native._encode_container(tree, tensors, codecs=list(codecs), quantize_images=quantize_images)
     except UnicodeEncodeError as exc:
         raise _lone_surrogate(exc) from exc
 
@@ -294,6 +304,7 @@ def encode_to_file(
     path: str | os.PathLike[str],
     *,
     pickle_secret: bytes | None = None,
+    codecs: Sequence[str] = (),
 ) -> int:
     """Encode named values into the file at ``path`` (created or truncated).
 
@@ -307,7 +318,7 @@ def encode_to_file(
     """
     tree, tensors = _plan(values, pickle_secret)
     try:
-        return _native._encode_container_to_file(tree, tensors, os.fspath(path))
+        return _native._encode_container_to_file(tree, tensors, os.fspath(path), codecs=list(codecs))
     except UnicodeEncodeError as exc:
         raise _lone_surrogate(exc) from exc
 
@@ -349,6 +360,8 @@ class _Decoder:
                 raise _error(f"the string at {path} is not valid UTF-8", "invalid_utf8") from exc
         if "$pickle" in node:
             return self.unpickle(node["$pickle"], node["sig"], path)
+        if "$packed" in node:
+            return self.packed(node)
         return {k: self.value(v, f"{path}.{k}") for k, v in node.items()}
 
     def data(self, name: str) -> memoryview:
@@ -369,6 +382,9 @@ class _Decoder:
             # copy, so the caller gets tensors it may modify in place.
             if self.copy or not arr.flags.aligned:
                 arr = arr.copy()
+        return self._from_numpy(arr, dtype, name)
+
+    def _from_numpy(self, arr: Any, dtype: str, name: str) -> Any:
         if self._torch is None:
             self._torch = _torch_or_none()
         torch = self._torch
@@ -380,6 +396,17 @@ class _Decoder:
         if dtype == "BF16":
             t = t.view(torch.bfloat16)
         return t
+
+    def packed(self, node: dict[str, Any]) -> Any:
+        """A `$packed` tensor, unpacked by the native module into memory of its
+        own (the decoder checked the declared sizes against the limits)."""
+        import numpy as np
+
+        dtype, shape = node["dtype"], tuple(node["shape"])
+        plain = _native._unpack(node["codec"], dtype, list(shape), bytes(self.data(node["$packed"])), 1 << 62)
+        np_dtype, _ = _DTYPES[dtype]
+        arr = np.frombuffer(plain, dtype=np_dtype).reshape(shape)
+        return self._from_numpy(arr, dtype, node["$packed"])
 
     def unpickle(self, name: str, sig: str, path: str) -> Any:
         if self.pickle_secret is None:

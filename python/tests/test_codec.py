@@ -338,18 +338,44 @@ def test_golden_vectors_reencode_byte_identically(vector: dict[str, Any]) -> Non
     assert [name for name, _, _ in decoded] == [e["name"] for e in expected]
     for (_, comfy_type, _), e in zip(decoded, expected):
         assert comfy_type == (e["declared_type"] or e["inferred_type"])
-    reencoded = encode([(name, e["declared_type"], value) for (name, _, value), e in zip(decoded, expected)])
+    # A packed vector re-encodes to its bytes when the same codecs are allowed.
+    codecs = codec.CODECS if vector["packed"] else ()
+    reencoded = encode([(name, e["declared_type"], value) for (name, _, value), e in zip(decoded, expected)],
+                       codecs=codecs)
     assert reencoded == data
+
+
+def test_an_8_bit_image_packs_to_a_fraction_and_comes_back_bit_identical() -> None:
+    k = torch.randint(0, 256, (2, 64, 96, 3), generator=torch.Generator().manual_seed(3))
+    image = k.to(torch.float32) / 255.0  # how ComfyUI's loader makes an IMAGE
+    plain = encode([("image", "IMAGE", image)])
+    packed = encode([("image", "IMAGE", image)], codecs=codec.CODECS)
+    assert len(packed) * 3 < len(plain)
+    ((name, ty, back),) = decode(packed)
+    assert (name, ty) == ("image", "IMAGE")
+    assert back.dtype == torch.float32 and back.shape == image.shape
+    assert torch.equal(back.view(torch.int32), image.view(torch.int32)), "bit for bit"
+    # Not 8-bit data: sent as it is (a random image does not shrink) or packed
+    # another way, and always back bit for bit.
+    other = 1.0 - image
+    ((_, _, back),) = decode(encode([("image", "IMAGE", other)], codecs=codec.CODECS))
+    assert torch.equal(back.view(torch.int32), other.view(torch.int32))
+    # Rounded to 8 bits only when asked: values a PNG writer would store.
+    lossy = encode([("image", "IMAGE", other)], codecs=codec.CODECS, quantize_images=True)
+    ((_, _, back),) = decode(lossy)
+    assert torch.equal((back * 255).round(), (other.clamp(0, 1) * 255).round())
+    assert encode([("image", "IMAGE", image)], codecs=()) == plain
 
 
 @pytest.mark.parametrize("vector", MANIFEST["vectors"], ids=lambda v: v["file"])
 def test_encode_to_file_writes_the_same_bytes_as_encode(vector: dict[str, Any], tmp_path: Path) -> None:
     data = (VECTORS / vector["file"]).read_bytes()
+    codecs = codec.CODECS if vector["packed"] else ()
     values = [(name, e["declared_type"], value) for (name, _, value), e in zip(decode(data), vector["entries"])]
     path = tmp_path / "out.crc"
     path.write_bytes(b"previous, longer content " * 100)  # truncated, not kept
-    assert codec.encode_to_file(values, path) == len(data)
-    assert path.read_bytes() == encode(values) == data
+    assert codec.encode_to_file(values, path, codecs=codecs) == len(data)
+    assert path.read_bytes() == encode(values, codecs=codecs) == data
 
 
 def test_encode_to_file_streams_tensors_from_torch_and_numpy(tmp_path: Path) -> None:

@@ -323,7 +323,8 @@ class WebServer:
 @dataclass
 class ModalRuntime:
     """The code a deployed Modal app runs, run here: the GPU runtime (`comfy-remote serve` + ComfyUI) behind
-    the web front(s), with only Modal's spawn/FunctionCall/Dict replaced by the in-process stand-in."""
+    the web front(s), with only Modal's spawn/FunctionCall/Dict replaced by the in-process stand-in.
+    ComfyUI runs from `home/comfy` (custom_nodes/, models/; put packs there first) with `comfy_args`."""
 
     gpu: Any
     backend: Any
@@ -341,7 +342,8 @@ class ModalRuntime:
 
 
 def start_modal_runtime(workflow: Path, *, comfyui: Path, python: Path, home: Path, fronts: int = 1,
-                        result_ttl_s: float | None = None, **front_options: Any) -> ModalRuntime:
+                        result_ttl_s: float | None = None, comfy_args: tuple[str, ...] = (),
+                        **front_options: Any) -> ModalRuntime:
     """GpuRuntime.start (as the GPU class's enter does), a LocalBackend whose calls run its jobs, and
     `fronts` web fronts sharing that backend (as web containers share Modal's state)."""
     from comfy_remote.modal_runtime.gpu import GpuRuntime
@@ -349,7 +351,7 @@ def start_modal_runtime(workflow: Path, *, comfyui: Path, python: Path, home: Pa
     from comfy_remote.modal_runtime.web import create_app
 
     home.mkdir(parents=True, exist_ok=True)
-    extra = [f"--comfyui-arg={a}" for a in comfy_home(home / "comfy")]
+    extra = [f"--comfyui-arg={a}" for a in [*comfy_home(home / "comfy"), *comfy_args]]
     gpu = GpuRuntime.start(comfyui_dir=str(comfyui), workflow=str(workflow), command=[str(binary())],
                            python=str(python), extra_args=extra, home=str(home / "gpu"), startup_timeout_s=DEADLINE)
     store = LocalStore()

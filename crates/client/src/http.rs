@@ -7,6 +7,14 @@ use serde_json::Value as Json;
 
 use crate::error::{ClientError, Result};
 
+/// Whether a response body is a container (not a JSON document).
+pub(crate) fn is_container(resp: &Response) -> bool {
+    resp.headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(comfy_remote_protocol::api::CONTAINER_MEDIA_TYPE))
+}
+
 pub(crate) async fn http_error(method: &'static str, url: &Url, resp: Response) -> ClientError {
     let status = resp.status();
     let text = resp.text().await.unwrap_or_default();
@@ -102,6 +110,18 @@ pub(crate) async fn read_body(url: &Url, mut resp: Response) -> Result<Vec<u8>> 
             }
         }
     }
+}
+
+/// Append a response's body to `out` chunk by chunk; the error of a
+/// connection that broke mid-body (what was read stays in `out`).
+pub(crate) async fn append_body(
+    mut resp: Response,
+    out: &mut Vec<u8>,
+) -> std::result::Result<(), reqwest::Error> {
+    while let Some(chunk) = resp.chunk().await? {
+        out.extend_from_slice(&chunk);
+    }
+    Ok(())
 }
 
 pub(crate) async fn read_json(url: &Url, resp: Response) -> Result<(Url, Json)> {

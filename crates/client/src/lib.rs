@@ -28,4 +28,4 @@ pub mod status;
 pub use client::{describe_progress, Client, ClientOptions, Job, JobEvent, Mode, Upload};
 pub use error::{ClientError, Result};
 pub use retry::RetryPolicy;
-pub use signature::{LocalInput, Signature, SignatureItem};
+pub use signature::{LocalInput, Signature, SignatureItem, NAMED_INPUT_PREFIX};

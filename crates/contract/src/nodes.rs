@@ -13,6 +13,15 @@ pub const REMOTE_RESULT_PICK: &str = "RemoteResultPick";
 /// `class_type` of the node that deploys a workflow to Modal.
 pub const MODAL_DEPLOYMENT: &str = "ModalDeployment";
 
+/// The key the worker sets in the `inputs` of every Remote Input and Remote
+/// Output node of a job's prompt: the absolute path of the job's input
+/// container (Remote Input) or of its job directory (Remote Output). The
+/// nodes do not declare it, so it is no widget and never saved into a
+/// workflow; they read it from their own entry of the prompt. ComfyUI's
+/// cache signature covers every key of a node's `inputs`, so a node of one
+/// job is never served the cached value of another (`docs/protocol.md` §6).
+pub const JOB_KEY: &str = "remote_job";
+
 /// Every node type the pack registers.
 pub const NODE_TYPES: &[&str] = &[
     REMOTE_API,

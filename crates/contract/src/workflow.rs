@@ -1,5 +1,6 @@
 //! The remote workflow: parsing, validation against ComfyUI, the signature,
-//! and the per-job prompt with `remote_job` injected into Remote Input/Output nodes.
+//! and the per-job prompt with the job's paths set in its Remote Input/Output
+//! nodes (under [`JOB_KEY`]).
 //!
 //! Signature order: Remote Inputs (and, separately, Remote Outputs) sorted by
 //! node id (numerically when the id is a number, numbers before other ids),
@@ -13,7 +14,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::layout;
-use crate::nodes::{io_name, INPUT_TYPES, REMOTE_INPUT, REMOTE_OUTPUT};
+use crate::nodes::{io_name, INPUT_TYPES, JOB_KEY, REMOTE_INPUT, REMOTE_OUTPUT};
 
 /// Why a workflow cannot be served; the message says what to do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -190,20 +191,11 @@ impl Workflow {
 
     /// Read and parse a workflow file.
     pub fn load(path: &Path) -> Result<Workflow, WorkflowError> {
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| path.display().to_string());
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            err(
-                &name,
-                format!("cannot be read from {}: {e}", path.display()),
-            )
-        })?;
+        let (name, text) = read_named(path)?;
         Workflow::parse(&name, &text)
     }
 
-    /// Check node types against ComfyUI's `/object_info` and fill in the
+    /// Check node types and model files against ComfyUI's `/object_info` and fill in the
     /// Remote Outputs' types from the node feeding each one.
     pub fn check_against(&mut self, object_info: &Value) -> Result<(), WorkflowError> {
         let mut missing: Vec<String> = Vec::new();
@@ -231,6 +223,16 @@ impl Workflow {
                 format!(
                     "uses node types this ComfyUI does not have: {}.{hint}",
                     missing.join(", ")
+                ),
+            ));
+        }
+        let models = crate::models::missing_models(&self.prompt, object_info);
+        if !models.is_empty() {
+            return Err(err(
+                &self.name,
+                format!(
+                    "names model files this ComfyUI does not have: {}. Put them in ComfyUI's models folders (or a folder of its extra_model_paths.yaml) and start again",
+                    models.join(", ")
                 ),
             ));
         }
@@ -267,7 +269,9 @@ impl Workflow {
     }
 
     /// The prompt for one job: every Remote Input reads `<job_dir>/inputs.crc`,
-    /// every Remote Output writes into `<job_dir>/outputs/`. The paths are
+    /// every Remote Output writes into `<job_dir>/outputs/`, each told so by
+    /// the [`JOB_KEY`] entry of its `inputs` (replacing any the saved
+    /// workflow holds). The paths are
     /// absolute (ComfyUI would resolve relative ones against its own
     /// directory); a relative `job_dir` is taken against the current one.
     pub fn prompt_for_job(&self, job_dir: &Path) -> Value {
@@ -286,11 +290,26 @@ impl Workflow {
                 _ => continue,
             };
             if let Some(Value::Object(inputs)) = node.get_mut("inputs") {
-                inputs.insert("remote_job".to_owned(), Value::String(value));
+                inputs.insert(JOB_KEY.to_owned(), Value::String(value));
             }
         }
         Value::Object(prompt)
     }
+}
+
+/// A workflow file's name (as errors name it) and text.
+pub(crate) fn read_named(path: &Path) -> Result<(String, String), WorkflowError> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string());
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        err(
+            &name,
+            format!("cannot be read from {}: {e}", path.display()),
+        )
+    })?;
+    Ok((name, text))
 }
 
 #[cfg(test)]
@@ -351,11 +370,26 @@ mod tests {
     }
 
     #[test]
-    fn job_prompt_injects_remote_job() {
+    fn job_prompt_sets_the_job_key_of_remote_nodes_only() {
         let wf = Workflow::parse("wf.json", WF).expect("parse");
         let p = wf.prompt_for_job(Path::new("/spool/j1"));
-        assert_eq!(p["1"]["inputs"]["remote_job"], "/spool/j1/inputs.crc");
-        assert_eq!(p["10"]["inputs"]["remote_job"], "/spool/j1");
-        assert!(p["3"]["inputs"].get("remote_job").is_none());
+        assert_eq!(p["1"]["inputs"][JOB_KEY], "/spool/j1/inputs.crc");
+        assert_eq!(p["10"]["inputs"][JOB_KEY], "/spool/j1");
+        assert!(p["3"]["inputs"].get(JOB_KEY).is_none());
+        // Two jobs give the nodes different inputs: ComfyUI's cache keys on them.
+        let q = wf.prompt_for_job(Path::new("/spool/j2"));
+        assert_ne!(p["1"]["inputs"], q["1"]["inputs"]);
+        assert_ne!(p["10"]["inputs"], q["10"]["inputs"]);
+        assert_eq!(p["3"]["inputs"], q["3"]["inputs"]);
+    }
+
+    #[test]
+    fn a_saved_job_key_is_replaced() {
+        let saved = r#"{"1": {"class_type": "RemoteInput", "inputs": {"name": "x", "remote_job": "/old"}},
+                        "2": {"class_type": "RemoteOutput", "inputs": {"name": "y", "value": ["1", 0], "remote_job": ""}}}"#;
+        let wf = Workflow::parse("s.json", saved).expect("parse");
+        let p = wf.prompt_for_job(Path::new("/spool/j3"));
+        assert_eq!(p["1"]["inputs"][JOB_KEY], "/spool/j3/inputs.crc");
+        assert_eq!(p["2"]["inputs"][JOB_KEY], "/spool/j3");
     }
 }

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::error::{DeployError, Result};
+pub use crate::install::{InstallConfig, Source};
 use crate::stacks::TorchChoice;
 
 mod read;
@@ -251,6 +252,40 @@ pub struct VolumeConfig {
     pub create: bool,
 }
 
+/// Where a model file the local ComfyUI lacks comes from: a URL (plain HTTP(S), or a file of a
+/// Hugging Face repository), fetched onto the Volume at the first start and checked against its
+/// SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModelSource {
+    /// An `https://` (or `http://`) URL of the file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// A Hugging Face repository (`org/name`); with `file` (and `revision`, default `main`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hf: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// The file's SHA-256 (64 hex digits): a download that does not match is refused.
+    pub sha256: String,
+}
+
+impl ModelSource {
+    /// The URL the file is fetched from.
+    pub fn fetch_url(&self) -> String {
+        match (&self.url, &self.hf) {
+            (Some(u), _) => u.clone(),
+            (None, Some(repo)) => format!(
+                "https://huggingface.co/{repo}/resolve/{}/{}",
+                self.revision.as_deref().unwrap_or("main"),
+                self.file.as_deref().unwrap_or_default()
+            ),
+            (None, None) => String::new(),
+        }
+    }
+}
+
 /// Default mount point of the model Volume.
 pub const DEFAULT_VOLUME_MOUNT: &str = "/models";
 
@@ -302,9 +337,13 @@ pub struct DeployConfig {
     pub env: BTreeMap<String, String>,
     pub custom_nodes: Vec<CustomNodePack>,
     pub volume: Option<VolumeConfig>,
+    /// Model files fetched from a URL (`"<folder>/<file>"` -> source) rather than uploaded.
+    pub models: BTreeMap<String, ModelSource>,
     /// Refuse to deploy a workflow that names model files when no Volume is configured.
     pub check_models: bool,
     pub auth: AuthConfig,
+    /// Where the images get comfy-remote from.
+    pub comfy_remote: InstallConfig,
 }
 
 impl Default for DeployConfig {
@@ -327,8 +366,10 @@ impl Default for DeployConfig {
             env: BTreeMap::new(),
             custom_nodes: Vec::new(),
             volume: None,
+            models: BTreeMap::new(),
             check_models: true,
             auth: AuthConfig::default(),
+            comfy_remote: InstallConfig::default(),
         }
     }
 }
@@ -495,6 +536,38 @@ impl DeployConfig {
                     "an absolute path such as \"/models\"",
                     &v.mount.clone().into(),
                 ));
+            }
+        }
+        for (key, m) in &self.models {
+            let at = |field: &str| format!("models.{key}.{field}");
+            if !key.contains('/') || key.starts_with('/') || key.contains("..") {
+                return bad(format!(
+                    "\"models\" key {key:?} must be a models folder and a file, such as \"checkpoints/sd15.safetensors\""
+                ));
+            }
+            if m.sha256.len() != 64 || !m.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(invalid(
+                    &at("sha256"),
+                    "the file's SHA-256 (64 hex digits)",
+                    &m.sha256.clone().into(),
+                ));
+            }
+            match (&m.url, &m.hf) {
+                (Some(u), None) if u.starts_with("https://") || u.starts_with("http://") => {}
+                (Some(u), None) => {
+                    return Err(invalid(&at("url"), "an http:// or https:// URL", &u.clone().into()))
+                }
+                (None, Some(repo)) if repo.split('/').count() == 2 && m.file.is_some() => {}
+                (None, Some(_)) => {
+                    return bad(format!(
+                        "\"models\" entry {key:?} needs \"hf\": \"org/repo\" and \"file\": \"path/in/the/repo\""
+                    ))
+                }
+                _ => {
+                    return bad(format!(
+                        "\"models\" entry {key:?} needs exactly one of \"url\" or \"hf\" (with \"file\")"
+                    ))
+                }
             }
         }
         if let Some(s) = &self.auth.token_secret {

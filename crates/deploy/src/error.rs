@@ -43,8 +43,20 @@ pub enum DeployError {
     ModelsWithoutVolume { files: Vec<String> },
     #[error("template {name}: {message}")]
     Template { name: String, message: String },
-    #[error("`{program}` was not found on PATH; install the Modal client (`pip install modal`) and run `modal token new`")]
+    #[error("`{program}` was not found on PATH; {}", tool_hint(.program))]
     ToolMissing { program: String },
+    /// The image's packages do not resolve together (the resolver's own explanation).
+    #[error("the image's Python packages do not resolve together (for Linux x86_64, Python 3.11):\n{message}\n{hint}")]
+    Unresolvable { message: String, hint: String },
+    /// A model file the workflow names is neither local nor given a URL.
+    #[error("the workflow names model files that are neither in the local ComfyUI's model folders ({searched}) nor given a source in \"models\" of modal_config.json: {}\nput them in ComfyUI's models folders (pass --comfyui DIR, or --base-directory DIR, for the ComfyUI they are in), or add {{\"models\": {{\"<folder>/<file>\": {{\"url\": URL, \"sha256\": HEX}}}}}}, or set \"check_models\": false when they are on the Volume already", .files.join(", "))]
+    ModelsNotFound {
+        files: Vec<String>,
+        searched: String,
+    },
+    /// A model download failed or did not match its hash.
+    #[error("model {file}: {message}")]
+    Fetch { file: String, message: String },
     #[error("could not run `{command}`: {source}")]
     Spawn {
         command: String,
@@ -63,6 +75,21 @@ pub enum DeployError {
     NotAProject { path: PathBuf },
     #[error("refusing to write into {path}: it exists and is not a comfy-remote project (no .comfy-remote/state.json); choose another --out (a new or empty directory)")]
     NotAProjectOut { path: PathBuf },
+}
+
+/// How to get a missing external tool.
+fn tool_hint(program: &str) -> &'static str {
+    let name = std::path::Path::new(program)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if name.starts_with("uv") {
+        "the image's packages are resolved with uv before it builds: `pip install uv` (the comfy-remote package depends on it), or set COMFY_REMOTE_UV to its path"
+    } else if name.starts_with("git") {
+        "install git"
+    } else {
+        "install the Modal client (`pip install modal`) and run `modal token new`"
+    }
 }
 
 /// Result alias of the deploy crate.

@@ -3,7 +3,7 @@
 //! A directory is a project only when it holds the marker
 //! `.comfy-remote/state.json` (written by every scaffold). The generator owns
 //! the files it wrote (listed in the state), its directories (`build/`,
-//! `utils/`, `wheels/`, `custom_nodes/`) and Python's `__pycache__/` of its
+//! `utils/`, `wheels/`, `sdist/`, `custom_nodes/`) and Python's `__pycache__/` of its
 //! `workflow.py`; everything else in the directory is the user's. Removal
 //! never touches a path that a run is about to read (the workflow, the
 //! config file, local custom node packs) nor any directory holding one.
@@ -19,7 +19,7 @@ pub const STATE_DIR: &str = ".comfy-remote";
 /// The marker and state file, relative to the project directory.
 pub const STATE_FILE: &str = ".comfy-remote/state.json";
 /// Subdirectories the generator owns and rewrites on every run.
-pub const OWNED_DIRS: &[&str] = &["build", "utils", "wheels", "custom_nodes"];
+pub const OWNED_DIRS: &[&str] = &["build", "utils", "wheels", "sdist", "custom_nodes"];
 /// Files every project has (also owned when a state predates the file list).
 pub const FIXED_FILES: &[&str] = &["workflow.py", "modal_config.json", "README.md"];
 /// Python's byte-code cache of the generated `workflow.py` (written by `modal deploy`).

@@ -72,7 +72,7 @@ pub fn run(
     if opts.clean {
         layout::clean(&req.out_dir, &req.keep(), sink)?;
     }
-    let project = scaffold::scaffold(&req)?;
+    let project = scaffold::scaffold(&req, runner, sink)?;
     sink(&format!(
         "generated {} ({} files, gpu {}, torch stack {}, content {})",
         project.dir.display(),
@@ -81,17 +81,10 @@ pub fn run(
         project.stack_name,
         &project.content_hash[..12]
     ));
-    for m in &project.models {
-        let from = match &project.config.volume {
-            Some(v) => format!("Volume `{}` at {}/{}/{}", v.name, v.mount, m.folder, m.file),
-            None => "nowhere: no Volume configured".to_string(),
-        };
-        sink(&format!(
-            "model {}/{} (node {}) <- {from}",
-            m.folder, m.file, m.used_by
-        ));
+    for line in crate::plan::describe(&project.plan, project.config.volume.as_ref()) {
+        sink(&line);
     }
-    for note in &req.notes {
+    for note in req.notes.iter().chain(&project.plan.notes) {
         sink(note);
     }
     for w in &project.warnings {
@@ -138,6 +131,23 @@ pub fn run(
         sink("unchanged, but the app is not deployed any more: deploying");
     }
 
+    if let Some(volume) = &project.config.volume {
+        let synced = crate::models::sync_volume(
+            &project.plan.models,
+            volume,
+            &project.dir.join(".comfy-remote"),
+            runner,
+            sink,
+        )?;
+        if !synced.uploaded.is_empty() {
+            sink(&format!(
+                "uploaded {} model file(s) ({}) to Volume {}",
+                synced.uploaded.len(),
+                crate::models::human_bytes(synced.bytes_uploaded),
+                volume.name
+            ));
+        }
+    }
     let target = format!("{}::app", project.dir.join("workflow.py").display());
     let mut cmd = runner.modal(&["deploy", &target]);
     cmd.cwd = Some(project.dir.clone());
@@ -161,7 +171,16 @@ fn app_name_for(req: &ScaffoldRequest) -> Result<String> {
     if !req.config.app_name.is_empty() {
         return Ok(req.config.app_name.clone());
     }
-    Ok(crate::workflow::Workflow::load(&req.workflow)?.default_app_name())
+    Ok(default_app_name(&req.workflow))
+}
+
+/// The app name a workflow file gets by default (from its file name only).
+fn default_app_name(workflow: &Path) -> String {
+    let stem = workflow
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    crate::workflow::default_app_name(&stem)
 }
 
 /// Ask Modal for the deployed `web` function's URL (through the runner, so tests can fake it).
@@ -280,6 +299,8 @@ pub struct Overrides {
     pub pip: Vec<String>,
     pub apt: Vec<String>,
     pub torch_stack: Option<String>,
+    /// Where the images get comfy-remote (`auto`, `registry`, `wheel`, `sdist`).
+    pub source: Option<String>,
 }
 
 /// Build a request the way the CLI and the node both do: `config` if given, else the
@@ -292,13 +313,24 @@ pub fn request(
     config: Option<&Path>,
     out_dir: Option<&Path>,
     overrides: &Overrides,
-    wheel: Option<PathBuf>,
+    given: crate::install::Given,
     comfyui_dir: Option<PathBuf>,
+    local: crate::local::LocalComfy,
 ) -> Result<ScaffoldRequest> {
     let workflow = absolute(workflow)?;
     let config_file = config.map(absolute).transpose()?;
     if let Some(a) = overrides.app_name.as_ref().filter(|a| !a.is_empty()) {
         check_app_flag("--app", a)?;
+    }
+    if let Some(src) = &overrides.source {
+        if crate::install::Source::parse(src).is_none() {
+            return Err(DeployError::Flag {
+                message: format!(
+                    "--source {src} is not a source of comfy-remote; use {}",
+                    crate::install::Source::NAMES.join(", ")
+                ),
+            });
+        }
     }
     for g in &overrides.gpu {
         if !crate::config::valid_gpu(g) {
@@ -314,8 +346,13 @@ pub fn request(
         Some(p) => crate::DeployConfig::load(p)?,
         None => crate::DeployConfig::default(),
     };
-    let derived =
-        || -> Result<String> { Ok(crate::workflow::Workflow::load(&workflow)?.default_app_name()) };
+    if !workflow.is_file() {
+        return Err(DeployError::Read {
+            path: workflow.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        });
+    }
+    let derived = || -> Result<String> { Ok(default_app_name(&workflow)) };
     let app_name = match (&overrides.app_name, cfg.app_name.is_empty()) {
         (Some(a), _) if !a.is_empty() => a.clone(),
         (_, false) => cfg.app_name.clone(),
@@ -343,8 +380,11 @@ pub fn request(
         config_file,
         config_dir,
         out_dir: out,
-        wheel,
+        wheel: given.wheel,
+        sdist: given.sdist,
         comfyui_dir,
+        local,
+        cache_dir: comfy_remote_protocol::env::cache_dir(),
         new_nonce: false,
         notes,
     })
@@ -424,6 +464,19 @@ fn apply(
         }
         cfg.torch = choice;
     }
+    if let Some(source) = overrides
+        .source
+        .as_deref()
+        .and_then(crate::install::Source::parse)
+    {
+        if cfg.comfy_remote.source != source {
+            saved(
+                format!("--source {}", source.name()),
+                format!("\"comfy_remote\": {{\"source\": \"{}\"}}", source.name()),
+            );
+        }
+        cfg.comfy_remote.source = source;
+    }
     Ok(notes)
 }
 
@@ -440,8 +493,9 @@ mod tests {
             None,
             None,
             &Overrides::default(),
+            crate::install::Given::default(),
             None,
-            None,
+            Default::default(),
         )
         .expect("request");
         let cwd = std::env::current_dir().expect("cwd");
@@ -463,8 +517,9 @@ mod tests {
             None,
             Some(Path::new("somewhere")),
             &overrides,
+            crate::install::Given::default(),
             None,
-            None,
+            Default::default(),
         )
         .expect("request");
         let file = std::env::current_dir()
@@ -486,8 +541,9 @@ mod tests {
             None,
             None,
             &same,
+            crate::install::Given::default(),
             None,
-            None,
+            Default::default(),
         )
         .expect("request");
         assert!(

@@ -1,4 +1,5 @@
-//! The one place external commands run: `modal` and the Python that asks Modal for the URL.
+//! The one place external commands run: `modal`, the Python that asks Modal for the URL, `uv`
+//! (which resolves the image's packages) and `git` (which says where a local pack comes from).
 //!
 //! Every command is logged (`$ ENV=.. program args (in dir)`) before it runs,
 //! its output lines are streamed to the caller's sink as they come, and
@@ -74,6 +75,9 @@ pub type Sink<'a> = &'a mut dyn FnMut(&str);
 pub struct Runner {
     pub modal: PathBuf,
     pub python: Option<PathBuf>,
+    /// `uv`, from `$COMFY_REMOTE_UV` or PATH.
+    pub uv: PathBuf,
+    pub git: PathBuf,
 }
 
 impl Default for Runner {
@@ -83,16 +87,29 @@ impl Default for Runner {
 }
 
 impl Runner {
-    /// `modal` from `$COMFY_REMOTE_MODAL` or PATH; its Python from `$COMFY_REMOTE_MODAL_PYTHON`.
+    /// `modal` from `$COMFY_REMOTE_MODAL` or PATH; its Python from `$COMFY_REMOTE_MODAL_PYTHON`;
+    /// `uv` from `$COMFY_REMOTE_UV` or PATH.
     pub fn from_env() -> Self {
-        Runner {
-            modal: std::env::var_os(comfy_remote_protocol::env::MODAL)
+        let var = |name: &str| {
+            std::env::var_os(name)
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("modal")),
-            python: std::env::var_os(comfy_remote_protocol::env::MODAL_PYTHON)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from),
+        };
+        Runner {
+            modal: var(comfy_remote_protocol::env::MODAL).unwrap_or_else(|| PathBuf::from("modal")),
+            python: var(comfy_remote_protocol::env::MODAL_PYTHON),
+            uv: var(comfy_remote_protocol::env::UV).unwrap_or_else(|| PathBuf::from("uv")),
+            git: PathBuf::from("git"),
+        }
+    }
+
+    /// A command of `program` with `args`.
+    pub fn cmd(&self, program: &Path, args: &[&str]) -> Cmd {
+        Cmd {
+            program: program.to_path_buf(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
+            cwd: None,
         }
     }
 
@@ -106,8 +123,10 @@ impl Runner {
         }
     }
 
-    /// The Python that has the `modal` package: explicit, else the interpreter in the
-    /// `modal` script's shebang, else `python3`.
+    /// The Python that has the `modal` package: explicit, else the
+    /// interpreter in the `modal` script's shebang, else (Windows, where
+    /// `modal.exe` is a launcher) the `python.exe` of its environment, else
+    /// `python3` (`python` on Windows).
     pub fn python(&self) -> Result<PathBuf> {
         if let Some(p) = &self.python {
             return Ok(p.clone());
@@ -115,6 +134,15 @@ impl Runner {
         let modal = which(&self.modal).ok_or_else(|| DeployError::ToolMissing {
             program: self.modal.to_string_lossy().into_owned(),
         })?;
+        if cfg!(windows) {
+            // A venv's Scripts\python.exe, or a base install's python.exe above Scripts\.
+            let dir = modal.parent().unwrap_or(Path::new("."));
+            let beside = [dir.join("python.exe"), dir.join("..").join("python.exe")];
+            if let Some(p) = beside.into_iter().find(|p| p.is_file()) {
+                return Ok(p);
+            }
+            return Ok(PathBuf::from("python"));
+        }
         let mut head = [0u8; 256];
         let n = std::fs::File::open(&modal)
             .and_then(|mut f| f.read(&mut head))
@@ -222,14 +250,28 @@ fn forward(stream: impl Read, is_err: bool, tx: &mpsc::Sender<(bool, String)>) {
     }
 }
 
-/// Find `program` the way the OS would (absolute/relative paths as they are, bare names on PATH).
+/// Find `program` the way the OS would (absolute/relative paths as they
+/// are, bare names on PATH; on Windows also with the extensions of
+/// `PATHEXT`, so `modal` finds `modal.exe`).
 pub fn which(program: &Path) -> Option<PathBuf> {
+    let candidates = |p: &Path| -> Vec<PathBuf> {
+        let mut out = vec![p.to_path_buf()];
+        if cfg!(windows) && p.extension().is_none() {
+            let exts = std::env::var("PATHEXT").unwrap_or_else(|_| ".COM;.EXE;.BAT;.CMD".into());
+            out.extend(
+                exts.split(';')
+                    .filter(|e| !e.is_empty())
+                    .map(|e| p.with_extension(e.trim_start_matches('.').to_ascii_lowercase())),
+            );
+        }
+        out
+    };
     if program.components().count() > 1 {
-        return program.is_file().then(|| program.to_path_buf());
+        return candidates(program).into_iter().find(|p| p.is_file());
     }
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
-        .map(|d| d.join(program))
+        .flat_map(|d| candidates(&d.join(program)))
         .find(|p| p.is_file())
 }
 
@@ -237,11 +279,14 @@ pub fn which(program: &Path) -> Option<PathBuf> {
 mod tests {
     use super::*;
 
+    #[cfg(unix)]
     #[test]
     fn streams_lines_and_reports_failure_with_the_tools_message() {
         let r = Runner {
             modal: "sh".into(),
             python: None,
+            uv: "uv".into(),
+            git: "git".into(),
         };
         let cmd = Cmd {
             program: "sh".into(),
@@ -269,6 +314,8 @@ mod tests {
         let r = Runner {
             modal: "/nonexistent/modal".into(),
             python: None,
+            uv: "uv".into(),
+            git: "git".into(),
         };
         let err = r
             .run(&r.modal(&["--version"]), &mut |_| {})

@@ -17,12 +17,17 @@ use sha2::{Digest, Sha256};
 
 use crate::config::DeployConfig;
 use crate::error::{DeployError, Result};
+use crate::install::{Given, Install};
 pub use crate::layout::ProjectState;
 use crate::layout::{self, Keep, OWNED_DIRS};
+use crate::local::LocalComfy;
+use crate::models::{ModelPlan, Origin};
 use crate::nodes::{self, CoreSource, NodeResolution};
+use crate::plan::{self, Plan};
+use crate::runner::{Runner, Sink};
 use crate::stacks::{self, TorchStack};
 use crate::wheels;
-use crate::workflow::{ModelRef, Workflow};
+use crate::workflow::Workflow;
 
 /// The comfy-remote version every generated project pins (client == image).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -47,10 +52,16 @@ pub struct ScaffoldRequest {
     /// Directory relative custom node `path`s are resolved against.
     pub config_dir: PathBuf,
     pub out_dir: PathBuf,
-    /// The comfy-remote wheel (else `$COMFY_REMOTE_WHEEL`).
+    /// The comfy-remote wheel: a file, a directory, a glob or a URL (else `$COMFY_REMOTE_WHEEL`).
     pub wheel: Option<PathBuf>,
+    /// The comfy-remote sdist: a file, a directory, a glob or a URL.
+    pub sdist: Option<PathBuf>,
     /// A ComfyUI checkout to read core node names from (else `$COMFYUI_DIR`, else the embedded list).
     pub comfyui_dir: Option<PathBuf>,
+    /// The ComfyUI the workflow was made in: node definitions, custom node packs, model folders.
+    pub local: LocalComfy,
+    /// Where model hashes and resolved locks are cached (`$COMFY_REMOTE_CACHE`).
+    pub cache_dir: PathBuf,
     /// Draw a new build nonce (Force Rebuild) instead of keeping the project's.
     pub new_nonce: bool,
     /// Lines the run logs before generating (which flags were saved into the project's config).
@@ -85,11 +96,17 @@ pub struct Project {
     pub nodes: NodeResolution,
     /// `core` node names came from this checkout (`None`: the embedded 0.33.0 list).
     pub core_nodes_from: Option<PathBuf>,
-    pub models: Vec<ModelRef>,
+    /// The workflow was in the UI format; the project holds its API form.
+    pub converted: bool,
+    /// Each pack and model file, where it comes from; the lock.
+    pub plan: Plan,
     pub files: Vec<String>,
     pub content_hash: String,
     pub nonce: String,
-    pub wheel: PathBuf,
+    /// The comfy_remote wheel copied into the project, when that is the source.
+    pub wheel: Option<PathBuf>,
+    /// Where the images get comfy-remote.
+    pub install: Install,
     /// What the user must know before deploying (`warning: ...` lines).
     pub warnings: Vec<String>,
 }
@@ -97,9 +114,11 @@ pub struct Project {
 /// The rendered files, relative path -> bytes (before writing).
 type Files = BTreeMap<String, Vec<u8>>;
 
-/// Check the workflow, render the project and write it to `req.out_dir`.
-pub fn scaffold(req: &ScaffoldRequest) -> Result<Project> {
-    let workflow = Workflow::load(&req.workflow)?;
+/// Check the workflow, plan the image, render the project and write it to `req.out_dir`. The
+/// tools a plan needs (`git` for local packs, `uv` for the lock) run through `runner`; what they
+/// do is logged to `sink`.
+pub fn scaffold(req: &ScaffoldRequest, runner: &Runner, sink: Sink<'_>) -> Result<Project> {
+    let workflow = Workflow::load(&req.workflow, req.local.object_info.as_ref())?;
     let mut config = req.config.clone();
     if config.app_name.is_empty() {
         config.app_name = workflow.default_app_name();
@@ -108,38 +127,36 @@ pub fn scaffold(req: &ScaffoldRequest) -> Result<Project> {
     let (stack_name, stack) = stacks::resolve(&config.torch)?;
     // The written config names the stack it resolved to (the default included).
     config.torch.stack = Some(stack_name.clone());
-
-    // Node check: core + ours + packs, before anything is written.
-    let (core, core_from) = core_nodes(req.comfyui_dir.as_deref())?;
-    let mut packs = BTreeMap::new();
-    for pack in &config.custom_nodes {
-        let mut names: BTreeSet<String> = pack.nodes.iter().cloned().collect();
-        if let Some(p) = &pack.path {
-            let dir = req.config_dir.join(p);
-            if !dir.is_dir() {
-                return Err(DeployError::Config {
-                    message: format!("custom node pack {} is not a directory", dir.display()),
-                });
-            }
-            names.extend(nodes::scan_pack(&dir)?);
-        }
-        packs.insert(pack.dir_name(), names);
+    if workflow.converted {
+        sink(&format!(
+            "{}: converted from the UI format with the node definitions of {}",
+            workflow.file_name(),
+            req.local
+                .object_info_from
+                .as_deref()
+                .unwrap_or("the local ComfyUI")
+        ));
     }
-    let resolution = nodes::resolve(workflow.node_types().into_keys(), &core, &packs);
-    if !resolution.missing.is_empty() {
-        let source = match &core_from {
-            CoreSource::Checkout(p) => format!("the ComfyUI checkout at {}", p.display()),
-            CoreSource::Embedded => {
-                "ComfyUI 0.33.0 (pass --comfyui DIR to check against your version)".into()
-            }
+
+    // Node check: core + ours + declared packs + the local ComfyUI's packs, before anything is written.
+    let (core, core_from) = core_nodes(req.comfyui_dir.as_deref())?;
+    let (resolution, found) =
+        plan::resolve_nodes(&workflow, &mut config, req, &core, &core_from, runner, sink)?;
+    let mut notes = Vec::new();
+    let mut warnings = Vec::new();
+    let own_config = req.out_dir.join("modal_config.json");
+    for p in &found {
+        let from = match &p.git {
+            Some(g) => format!("git {} @ {}", g.url, g.commit),
+            None => format!("copied from {}", p.dir.display()),
         };
-        return Err(DeployError::UnresolvedNodes {
-            missing: resolution.missing.clone(),
-            hint: format!(
-                "checked against {source}, comfy-remote's nodes and {} custom node pack(s); add the pack that provides them to \"custom_nodes\" in modal_config.json (a local \"path\", or \"git\" + \"ref\" with the \"nodes\" it provides)",
-                config.custom_nodes.len()
-            ),
-        });
+        notes.push(format!(
+            "custom node pack {} provides {}: found in the local ComfyUI ({from}); saved in \"custom_nodes\" of {}",
+            p.name,
+            p.nodes.join(", "),
+            own_config.display()
+        ));
+        warnings.extend(p.warnings.iter().cloned());
     }
     // The written config names local packs by absolute path, so regenerating
     // from the project's own modal_config.json (even after a Clean Build) finds them.
@@ -149,26 +166,27 @@ pub fn scaffold(req: &ScaffoldRequest) -> Result<Project> {
             pack.path = Some(std::fs::canonicalize(&abs).unwrap_or(abs));
         }
     }
-    let models = workflow.model_files();
-    if config.check_models && config.volume.is_none() && !models.is_empty() {
-        return Err(DeployError::ModelsWithoutVolume {
-            files: models
-                .iter()
-                .map(|m| format!("{}/{}", m.folder, m.file))
-                .collect(),
-        });
-    }
+    let models = plan::models(&workflow, &mut config, req, &mut notes)?;
 
-    let wheel = wheels::find_wheel(req.wheel.as_deref())?;
-    let server_wheel = wheels::find_server_wheel(&wheel)?;
-    let file_name = |p: &Path| {
-        p.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    };
-    let (wheel_name, server_wheel_name) = (file_name(&wheel), file_name(&server_wheel));
+    let install = Install::resolve(
+        &config.comfy_remote,
+        &Given::from_env(req.wheel.clone(), req.sdist.clone()),
+        crate::install::RELEASE_BUILD,
+        wheels::checkout_wheels(),
+    )?;
 
+    let requires = plan::package_requires(install.local_wheel().as_deref())?;
+    let lock = plan::lock(&config, &stack, req, requires, runner, sink)?;
     prepare_out_dir(&req.out_dir)?;
+    let plan = Plan {
+        packs: plan::packs(&config, &found, req),
+        upload_bytes: crate::models::upload_bytes(&models),
+        models,
+        locked_packages: lock.packages,
+        lock,
+        notes,
+        warnings,
+    };
     let previous = ProjectState::load(&req.out_dir);
     let nonce = match (&previous, req.new_nonce) {
         (Some(s), false) if !s.nonce.is_empty() => s.nonce.clone(),
@@ -180,16 +198,16 @@ pub fn scaffold(req: &ScaffoldRequest) -> Result<Project> {
         &workflow,
         &stack_name,
         &stack,
-        &models,
+        &plan,
         &nonce,
-        (&wheel_name, &server_wheel_name),
+        &install,
     )?;
-    for (path, name) in [(&wheel, &wheel_name), (&server_wheel, &server_wheel_name)] {
-        let bytes = std::fs::read(path).map_err(|source| DeployError::Read {
+    for (path, rel) in install.files_to_copy() {
+        let bytes = std::fs::read(&path).map_err(|source| DeployError::Read {
             path: path.clone(),
             source,
         })?;
-        files.insert(format!("wheels/{name}"), bytes);
+        files.insert(rel, bytes);
     }
     for pack in config.custom_nodes.iter().filter(|p| p.path.is_some()) {
         if let Some(p) = &pack.path {
@@ -215,7 +233,8 @@ pub fn scaffold(req: &ScaffoldRequest) -> Result<Project> {
     };
     state.save(&req.out_dir)?;
 
-    let warnings = config.warnings();
+    let mut warnings = config.warnings();
+    warnings.extend(plan.warnings.iter().cloned());
     Ok(Project {
         dir: req.out_dir.clone(),
         app_name: config.app_name.clone(),
@@ -227,11 +246,13 @@ pub fn scaffold(req: &ScaffoldRequest) -> Result<Project> {
             CoreSource::Checkout(p) => Some(p),
             CoreSource::Embedded => None,
         },
-        models,
+        converted: workflow.converted,
+        plan,
         files: files.keys().cloned().collect(),
         content_hash,
         nonce,
-        wheel,
+        wheel: install.local_wheel(),
+        install,
         warnings,
     })
 }
@@ -297,27 +318,48 @@ fn render(
     workflow: &Workflow,
     stack_name: &str,
     stack: &TorchStack,
-    models: &[ModelRef],
+    plan: &Plan,
     nonce: &str,
-    (wheel_file, server_wheel_file): (&str, &str),
+    install: &Install,
 ) -> Result<Files> {
+    let models = &plan.models;
     let env = env();
     let workflow_file = workflow.file_name();
     let gpu = serde_json::to_value(&config.gpu).unwrap_or_default();
     let mut apt: Vec<String> = ["git", "ffmpeg", "libgl1", "libglib2.0-0"]
         .map(String::from)
         .into();
+    if install.source == crate::install::Source::Sdist {
+        // The build stage fetches rustup.
+        apt.push("curl".into());
+    }
     apt.extend(config.apt.iter().cloned());
     let packs: Vec<_> = config
         .custom_nodes
         .iter()
         .map(|p| {
+            let locked = plan
+                .packs
+                .iter()
+                .any(|pp| pp.name == p.dir_name() && pp.locked);
             context! {
                 name => p.dir_name(),
                 local => p.path.is_some(),
                 git => p.git.clone(),
                 ref => p.git_ref.clone(),
+                locked => locked,
             }
+        })
+        .collect();
+    let fetched: Vec<crate::fetch::Wanted> = models
+        .iter()
+        .filter_map(|m| match &m.origin {
+            Origin::Url { url } => Some(crate::fetch::Wanted {
+                path: m.key(),
+                url: url.clone(),
+                sha256: m.sha256.clone().unwrap_or_default(),
+            }),
+            _ => None,
         })
         .collect();
     let ctx = context! {
@@ -325,8 +367,7 @@ fn render(
         version => VERSION,
         nonce => nonce,
         workflow_file => workflow_file,
-        wheel_file => wheel_file,
-        server_wheel_file => server_wheel_file,
+        install => install.context(),
         gpu => gpu,
         stack => stack,
         stack_name => stack_name,
@@ -347,6 +388,8 @@ fn render(
         memory_snapshot => config.memory_snapshot,
         fastapi_version => FASTAPI_VERSION,
         models => models,
+        fetch_models => !fetched.is_empty(),
+        models_plan => crate::fetch::PLAN_FILE,
     };
     let mut files = Files::new();
     files.insert(
@@ -362,6 +405,15 @@ fn render(
         config.to_json_pretty().into_bytes(),
     );
     files.insert(workflow_file, workflow.text.clone().into_bytes());
+    files.insert(
+        "build/requirements.lock".into(),
+        plan.lock.text.clone().into_bytes(),
+    );
+    if !fetched.is_empty() {
+        let mut text = serde_json::to_string_pretty(&fetched).unwrap_or_default();
+        text.push('\n');
+        files.insert(crate::fetch::PLAN_FILE.into(), text.into_bytes());
+    }
     files.insert("utils/__init__.py".into(), UTILS_SHIM.as_bytes().to_vec());
     files.insert("build/get_url.py".into(), GET_URL_PY.as_bytes().to_vec());
     files.insert(
@@ -393,6 +445,12 @@ fn render(
         let folders: BTreeSet<&str> = crate::workflow::MODEL_INPUTS
             .iter()
             .map(|(_, f)| *f)
+            .chain(
+                models
+                    .iter()
+                    .map(|m: &ModelPlan| m.folder.as_str())
+                    .filter(|f| !f.is_empty()),
+            )
             .chain([
                 "clip_vision",
                 "checkpoints",
@@ -424,6 +482,10 @@ pub fn constraints(stack: &TorchStack) -> String {
     );
     if let Some(x) = &stack.xformers {
         s.push_str(&format!("xformers=={x}\n"));
+    }
+    for p in &stack.pins {
+        s.push_str(p);
+        s.push('\n');
     }
     s
 }

@@ -22,6 +22,10 @@ pub struct TorchStack {
     /// `None` when the stack is used without xformers.
     pub xformers: Option<String>,
     pub index_url: String,
+    /// Requirements the stack needs beside its own versions, resolved with the image's packages
+    /// (torch 2.3 was built against numpy 1.x: `numpy<2`).
+    #[serde(default)]
+    pub pins: Vec<String>,
     #[serde(default, skip_serializing)]
     pub note: String,
 }

@@ -1,13 +1,49 @@
-//! The comfy-remote wheels a Modal image installs: `comfy_remote` (the
-//! nodes, the native module, the Modal runtime) in both images, and
-//! `comfy_remote_server` (the `comfy-remote-server` executable, whose
-//! `serve` runs the worker) in the GPU image. Both are of exactly the
-//! client's version and built for Linux x86_64, which Modal runs.
+//! The comfy-remote distribution files a Modal image may install:
+//! `comfy_remote` (the nodes, the native module, the Modal runtime) in both
+//! images, and `comfy_remote_server` (the `comfy-remote-server` executable,
+//! whose `serve` runs the worker) in the GPU image; as wheels (built for
+//! Linux x86_64, which Modal runs) or sdists, local files or URLs, always of
+//! exactly the client's version. Which source is used is [`crate::install`]'s.
 
 use std::path::{Path, PathBuf};
 
 use crate::error::{DeployError, Result};
 use crate::scaffold::VERSION;
+
+/// How to build the two Linux wheels in a checkout, on any OS (zig links for Linux).
+pub const BUILD_WHEELS: &str = "`maturin build --release --zig --target x86_64-unknown-linux-gnu --compatibility manylinux_2_28 --out target/wheels` and the same with `-m crates/server/Cargo.toml` in a comfy-remote checkout";
+
+/// The two forms a distribution comes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Wheel,
+    Sdist,
+}
+
+impl Format {
+    /// The file name's ending.
+    fn ext(self) -> &'static str {
+        match self {
+            Format::Wheel => ".whl",
+            Format::Sdist => ".tar.gz",
+        }
+    }
+
+    /// Where the project keeps copied files of this form.
+    pub fn project_dir(self) -> &'static str {
+        match self {
+            Format::Wheel => "wheels",
+            Format::Sdist => "sdist",
+        }
+    }
+
+    fn noun(self) -> &'static str {
+        match self {
+            Format::Wheel => "wheel",
+            Format::Sdist => "sdist",
+        }
+    }
+}
 
 /// One of the two distributions an image installs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,10 +63,12 @@ impl Dist {
         }
     }
 
-    fn how(self) -> &'static str {
-        match self {
-            Dist::Package => "build one with `maturin build --release --out target/wheels` in a comfy-remote checkout, then pass --wheel PATH (a wheel, a directory of wheels or a glob) or set COMFY_REMOTE_WHEEL",
-            Dist::Server => "build it next to the comfy_remote wheel with `maturin build --release -m crates/server/Cargo.toml --out target/wheels` in a comfy-remote checkout",
+    fn how(self, format: Format) -> String {
+        match (self, format) {
+            (Dist::Package, Format::Wheel) => format!("build the wheels with {BUILD_WHEELS}, then pass --wheel PATH (a wheel, a directory of wheels or a glob) or set COMFY_REMOTE_WHEEL; or deploy without a wheel: --source registry or --sdist PATH"),
+            (Dist::Server, Format::Wheel) => "build it next to the comfy_remote wheel with `maturin build --release --zig --target x86_64-unknown-linux-gnu --compatibility manylinux_2_28 -m crates/server/Cargo.toml --out target/wheels` in a comfy-remote checkout".to_owned(),
+            (Dist::Package, Format::Sdist) => "make one with `maturin sdist --out target/dist` in a comfy-remote checkout, then pass --sdist PATH (an sdist, a directory of sdists or a glob)".to_owned(),
+            (Dist::Server, Format::Sdist) => "make it next to the comfy_remote sdist with `maturin sdist -m crates/server/Cargo.toml --out target/dist` in a comfy-remote checkout".to_owned(),
         }
     }
 
@@ -64,7 +102,7 @@ fn wheel_err(message: String) -> DeployError {
 }
 
 /// `target/wheels` of the comfy-remote source checkout the current directory is in, if any.
-fn checkout_wheels() -> Option<PathBuf> {
+pub fn checkout_wheels() -> Option<PathBuf> {
     let cwd = std::env::current_dir().ok()?;
     cwd.ancestors()
         .find(|d| d.join("Cargo.toml").is_file() && d.join("target").join("wheels").is_dir())
@@ -102,29 +140,57 @@ fn glob_files(dir: &Path, pattern: &str) -> Vec<PathBuf> {
     out
 }
 
-/// What a wheel's file name says is wrong with it for this image, if anything.
-fn wheel_name_problem(dist: Dist, name: &str) -> Option<String> {
-    let mut parts = name.trim_end_matches(".whl").split('-');
+/// What a file name says is wrong with it for this image, if anything.
+fn name_problem(dist: Dist, format: Format, name: &str) -> Option<String> {
+    let what = format!("{} {}", dist.name(), format.noun());
+    let Some(stem) = name.strip_suffix(format.ext()) else {
+        return Some(format!("{name} is not a {what} (*{})", format.ext()));
+    };
+    let mut parts = stem.split('-');
     let (found, ver) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    if !name.ends_with(".whl") || found != dist.name() {
-        return Some(format!("{name} is not a {} wheel", dist.name()));
+    if found != dist.name() {
+        return Some(format!("{name} is not a {what}"));
     }
     if ver != VERSION {
         return Some(format!(
             "{name} is version {ver}; the image must run the client's version {VERSION} (the protocol and nodes must match)"
         ));
     }
-    let platform = name.rsplit('-').next().unwrap_or("");
+    if format == Format::Sdist {
+        return (parts.next().is_some()).then(|| format!("{name} is not a {what}"));
+    }
+    let platform = stem.rsplit('-').next().unwrap_or("");
     if !(platform.contains("x86_64") && platform.contains("linux")) {
         return Some(format!(
-            "{name} is not built for Linux x86_64, which Modal runs; build it on Linux or with `maturin build --release --zig --target x86_64-unknown-linux-gnu`"
+            "{name} is not built for Linux x86_64, which Modal runs; build it on any OS with {BUILD_WHEELS}"
         ));
     }
     None
 }
 
-/// Open the wheel as a zip: its METADATA must name the distribution at
-/// this version, and it must carry its payload.
+/// Look inside the file: a wheel's METADATA must name the distribution
+/// at this version and it must carry its payload; an sdist must be gzip.
+fn check_contents(dist: Dist, format: Format, path: &Path) -> Result<()> {
+    match format {
+        Format::Wheel => check_wheel_contents(dist, path),
+        Format::Sdist => {
+            let mut magic = [0u8; 2];
+            let read = std::fs::File::open(path).and_then(|mut f| {
+                use std::io::Read;
+                f.read_exact(&mut magic)
+            });
+            if read.is_err() || magic != [0x1f, 0x8b] {
+                return Err(wheel_err(format!(
+                    "{} is not a usable {} sdist: it is not a gzip archive",
+                    path.display(),
+                    dist.name()
+                )));
+            }
+            Ok(())
+        }
+    }
+}
+
 fn check_wheel_contents(dist: Dist, path: &Path) -> Result<()> {
     let bad = |why: String| {
         wheel_err(format!(
@@ -179,66 +245,54 @@ fn check_wheel_contents(dist: Dist, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The newest fitting, checked wheel of `dist` among `candidates`.
-fn pick(dist: Dist, candidates: &[PathBuf], from: &Path) -> Result<PathBuf> {
+/// The newest fitting, checked file of `dist` among `candidates`.
+fn pick(dist: Dist, format: Format, candidates: &[PathBuf], from: &Path) -> Result<PathBuf> {
     let fitting = candidates.iter().filter(|p| {
         p.file_name()
-            .is_some_and(|n| wheel_name_problem(dist, &n.to_string_lossy()).is_none())
+            .is_some_and(|n| name_problem(dist, format, &n.to_string_lossy()).is_none())
     });
     let newest = fitting.max_by_key(|p| {
         std::fs::metadata(p)
             .and_then(|m| m.modified())
             .unwrap_or(std::time::SystemTime::UNIX_EPOCH)
     });
-    let Some(wheel) = newest else {
+    let Some(file) = newest else {
         let seen: Vec<String> = candidates
             .iter()
             .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
             .collect();
+        let platform = match format {
+            Format::Wheel => " for Linux x86_64",
+            Format::Sdist => "",
+        };
         return Err(wheel_err(format!(
-            "{} holds no {} {VERSION} wheel for Linux x86_64 (found: {}); {}",
+            "{} holds no {} {VERSION} {}{platform} (found: {}); {}",
             from.display(),
             dist.name(),
+            format.noun(),
             if seen.is_empty() {
                 "nothing".to_owned()
             } else {
                 seen.join(", ")
             },
-            dist.how()
+            dist.how(format)
         )));
     };
-    check_wheel_contents(dist, wheel)?;
-    Ok(wheel.clone())
+    check_contents(dist, format, file)?;
+    Ok(file.clone())
 }
 
-/// Locate the comfy-remote wheel of exactly this version, for Linux x86_64.
-///
-/// `explicit` (else `$COMFY_REMOTE_WHEEL`, else `target/wheels` of the source
-/// checkout the current directory is in) is a wheel file, a directory of
-/// wheels, or a glob such as `target/wheels/comfy_remote-*.whl`; of several
-/// fitting wheels the newest is used. The wheel is opened and checked.
-pub fn find_wheel(explicit: Option<&Path>) -> Result<PathBuf> {
-    let dist = Dist::Package;
-    let how = dist.how();
-    let given = explicit.map(Path::to_path_buf).or_else(|| {
-        std::env::var_os(comfy_remote_protocol::env::WHEEL)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    });
-    let path = match given.or_else(checkout_wheels) {
-        Some(p) => p,
-        None => {
-            return Err(wheel_err(format!(
-                "the image installs comfy-remote from a wheel and none was given; {how}"
-            )))
-        }
-    };
-    let name = path
+/// Locate the `dist` file of exactly this version in `given`: a file, a
+/// directory, or a glob such as `target/wheels/comfy_remote-*.whl`; of
+/// several fitting files the newest is used. The file is opened and checked.
+pub fn find(dist: Dist, format: Format, given: &Path) -> Result<PathBuf> {
+    let how = dist.how(format);
+    let name = given
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     if name.contains(['*', '?']) {
-        let dir = path
+        let dir = given
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
@@ -246,41 +300,78 @@ pub fn find_wheel(explicit: Option<&Path>) -> Result<PathBuf> {
         if found.is_empty() {
             return Err(wheel_err(format!(
                 "no file matches {}; {how}",
-                path.display()
+                given.display()
             )));
         }
-        pick(dist, &found, &path)
-    } else if path.is_dir() {
-        let found = glob_files(&path, "*.whl");
+        pick(dist, format, &found, given)
+    } else if given.is_dir() {
+        let found = glob_files(given, &format!("*{}", format.ext()));
         if found.is_empty() {
             return Err(wheel_err(format!(
-                "{} has no wheels; {how}",
-                path.display()
+                "{} has no {}s; {how}",
+                given.display(),
+                format.noun()
             )));
         }
-        pick(dist, &found, &path)
-    } else if path.is_file() {
-        if let Some(problem) = wheel_name_problem(dist, &name) {
+        pick(dist, format, &found, given)
+    } else if given.is_file() {
+        if let Some(problem) = name_problem(dist, format, &name) {
             return Err(wheel_err(format!("{problem}; {how}")));
         }
-        check_wheel_contents(dist, &path)?;
-        Ok(path)
+        check_contents(dist, format, given)?;
+        Ok(given.to_path_buf())
     } else {
         Err(wheel_err(format!(
             "{} does not exist; {how}",
-            path.display()
+            given.display()
         )))
     }
 }
 
-/// The `comfy_remote_server` wheel of this version beside the
-/// `comfy_remote` wheel the image installs (the GPU container runs the
-/// worker from it).
-pub fn find_server_wheel(package_wheel: &Path) -> Result<PathBuf> {
-    let dir = package_wheel
+/// The `dist` file of this version beside `other` (the server's wheel
+/// beside the package's: the GPU container runs the worker from it).
+pub fn find_beside(dist: Dist, format: Format, other: &Path) -> Result<PathBuf> {
+    let dir = other
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let found = glob_files(dir, &format!("{}-*.whl", Dist::Server.name()));
-    pick(Dist::Server, &found, dir)
+    let found = glob_files(dir, &format!("{}-*{}", dist.name(), format.ext()));
+    pick(dist, format, &found, dir)
+}
+
+/// An `http://` or `https://` URL.
+pub fn is_url(s: &str) -> bool {
+    s.starts_with("https://") || s.starts_with("http://")
+}
+
+/// The file name a URL ends in (before any query or fragment).
+pub fn url_file_name(url: &str) -> &str {
+    let path = url.split(['?', '#']).next().unwrap_or(url);
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// The package's URL (checked by its file name) and the server's beside
+/// it: the same folder, the same platform tag (the two are built together).
+pub fn urls(url: &str, format: Format) -> Result<(String, String)> {
+    let name = url_file_name(url);
+    if let Some(problem) = name_problem(Dist::Package, format, name) {
+        return Err(wheel_err(format!(
+            "{url}: {problem}; a URL must name the comfy_remote {} itself (the comfy_remote_server one is taken from the same folder)",
+            format.noun()
+        )));
+    }
+    let server_name = match format {
+        Format::Wheel => {
+            let platform = name
+                .trim_end_matches(".whl")
+                .rsplit('-')
+                .next()
+                .unwrap_or("");
+            format!("{}-{VERSION}-py3-none-{platform}.whl", Dist::Server.name())
+        }
+        Format::Sdist => format!("{}-{VERSION}.tar.gz", Dist::Server.name()),
+    };
+    let base = url.split(['?', '#']).next().unwrap_or(url);
+    let folder = &base[..base.len() - name.len()];
+    Ok((url.to_owned(), format!("{folder}{server_name}")))
 }

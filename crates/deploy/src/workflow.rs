@@ -1,84 +1,76 @@
-//! The remote workflow as the deploy check sees it: API format only, its node types, the model files it names.
+//! The remote workflow as the deploy check sees it: API format, or UI format converted with the
+//! local ComfyUI's node definitions; its node types, the model files it names.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+pub use comfy_remote_contract::models::{ModelRef, MODEL_INPUTS};
+use comfy_remote_contract::WorkflowFile;
 use serde_json::{Map, Value};
 
 use crate::error::{DeployError, Result};
-
-/// Inputs whose value is a model file name, and the ComfyUI models folder it is looked up in.
-pub const MODEL_INPUTS: &[(&str, &str)] = &[
-    ("ckpt_name", "checkpoints"),
-    ("lora_name", "loras"),
-    ("vae_name", "vae"),
-    ("unet_name", "diffusion_models"),
-    ("clip_name", "text_encoders"),
-    ("clip_name1", "text_encoders"),
-    ("clip_name2", "text_encoders"),
-    ("clip_name3", "text_encoders"),
-    ("clip_name4", "text_encoders"),
-    ("control_net_name", "controlnet"),
-    ("upscale_model", "upscale_models"),
-    ("style_model_name", "style_models"),
-    ("gligen_name", "gligen"),
-    ("hypernetwork_name", "hypernetworks"),
-    ("audio_encoder_name", "audio_encoders"),
-];
-
-/// Node types that read a model name from a generic `model_name` input.
-const MODEL_NAME_NODES: &[(&str, &str)] = &[
-    ("UpscaleModelLoader", "upscale_models"),
-    ("CLIPVisionLoader", "clip_vision"),
-];
-
-/// A model file the workflow names.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-pub struct ModelRef {
-    /// ComfyUI models folder (`checkpoints`, `loras`, ...).
-    pub folder: String,
-    pub file: String,
-    /// `<node id>:<input>` where it is named.
-    pub used_by: String,
-}
 
 /// An API-format workflow: node id -> `{class_type, inputs}`.
 #[derive(Debug, Clone)]
 pub struct Workflow {
     pub path: PathBuf,
     pub nodes: Map<String, Value>,
-    /// The file's bytes as given (copied verbatim into the project).
+    /// The API workflow the project gets: the file's bytes as given, or the conversion of a
+    /// UI-format file.
     pub text: String,
+    /// The file was in the UI format (and was converted).
+    pub converted: bool,
 }
 
+/// What to do about a UI-format workflow when no node definitions were given.
+pub const UI_NEEDS_OBJECT_INFO: &str = "is in ComfyUI's UI format (what Save writes); converting it needs the node definitions of the ComfyUI it was made in: pass --object-info http://127.0.0.1:8188 (a running ComfyUI) or --object-info FILE (a saved copy of its /object_info), or save it with Workflow > Export (API)";
+
 impl Workflow {
-    /// Read a workflow file, refusing the UI format with the fix.
-    pub fn load(path: &Path) -> Result<Self> {
+    /// Read a workflow file; a UI-format one is converted with `object_info`.
+    pub fn load(path: &Path, object_info: Option<&Value>) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|source| DeployError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse(path, text)
+        Self::parse(path, text, object_info)
     }
 
     /// Parse with the worker's own check (`comfy-remote serve` refuses the same
-    /// files with the same message): API format, Remote Output present, unique
-    /// and plain Remote Input/Output names.
-    pub fn parse(path: &Path, text: String) -> Result<Self> {
+    /// files with the same message): Remote Output present, unique and plain
+    /// Remote Input/Output names. A UI-format file is converted with
+    /// `object_info` first (as `serve` converts it with its ComfyUI's).
+    pub fn parse(path: &Path, text: String, object_info: Option<&Value>) -> Result<Self> {
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| path.display().to_string());
-        let checked = comfy_remote_contract::Workflow::parse(&name, &text).map_err(|e| {
-            DeployError::Workflow {
-                message: e.to_string(),
+        let wf_err = |e: comfy_remote_contract::WorkflowError| DeployError::Workflow {
+            message: e.to_string(),
+        };
+        let file = WorkflowFile::parse(&name, &text).map_err(wf_err)?;
+        let converted = file.is_ui();
+        let checked = match (file, object_info) {
+            (WorkflowFile::Api(w), _) => w,
+            (ui @ WorkflowFile::Ui { .. }, Some(info)) => ui.resolve(info).map_err(wf_err)?,
+            (WorkflowFile::Ui { .. }, None) => {
+                return Err(DeployError::Workflow {
+                    message: format!("workflow {name} {UI_NEEDS_OBJECT_INFO}"),
+                })
             }
-        })?;
+        };
+        let text = if converted {
+            let mut t = serde_json::to_string_pretty(&Value::Object(checked.prompt.clone()))
+                .unwrap_or_default();
+            t.push('\n');
+            t
+        } else {
+            text
+        };
         Ok(Workflow {
             path: path.to_path_buf(),
             nodes: checked.prompt,
             text,
+            converted,
         })
     }
 
@@ -93,40 +85,9 @@ impl Workflow {
         out
     }
 
-    /// Model files named by literal (not linked) inputs.
+    /// Model files named by literal (not linked) inputs (the contract's rule).
     pub fn model_files(&self) -> Vec<ModelRef> {
-        let mut out = BTreeSet::new();
-        for (id, node) in &self.nodes {
-            let class = node.get("class_type").and_then(Value::as_str).unwrap_or("");
-            let Some(inputs) = node.get("inputs").and_then(Value::as_object) else {
-                continue;
-            };
-            for (input, value) in inputs {
-                let Some(file) = value.as_str() else { continue };
-                let folder = MODEL_INPUTS
-                    .iter()
-                    .find(|(k, _)| k == input)
-                    .map(|(_, f)| *f)
-                    .or_else(|| {
-                        (input == "model_name")
-                            .then(|| {
-                                MODEL_NAME_NODES
-                                    .iter()
-                                    .find(|(c, _)| *c == class)
-                                    .map(|(_, f)| *f)
-                            })
-                            .flatten()
-                    });
-                if let Some(folder) = folder {
-                    out.insert(ModelRef {
-                        folder: folder.into(),
-                        file: file.into(),
-                        used_by: format!("{id}:{input}"),
-                    });
-                }
-            }
-        }
-        out.into_iter().collect()
+        comfy_remote_contract::models::model_refs(&self.nodes)
     }
 
     /// The file name the workflow gets inside the project.
@@ -186,13 +147,32 @@ mod tests {
     use super::*;
 
     fn wf(text: &str) -> Result<Workflow> {
-        Workflow::parse(Path::new("w.json"), text.to_string())
+        Workflow::parse(Path::new("w.json"), text.to_string(), None)
     }
 
     #[test]
-    fn ui_format_is_refused_with_the_fix() {
+    fn ui_format_without_node_definitions_says_how_to_give_them() {
         let err = wf(r#"{"nodes": [], "links": [], "version": 0.4}"#).expect_err("ui");
-        assert!(err.to_string().contains("Export (API)"), "{err}");
+        assert!(err.to_string().contains("--object-info"), "{err}");
+    }
+
+    #[test]
+    fn ui_format_is_converted_with_node_definitions() {
+        let ui = serde_json::json!({"nodes": [
+            {"id": 1, "type": "RemoteInput", "mode": 0, "outputs": [{"links": [1]}], "widgets_values": ["image", "IMAGE"]},
+            {"id": 2, "type": "RemoteOutput", "mode": 0, "inputs": [{"name": "value", "type": "*", "link": 1}], "widgets_values": ["result"]}
+        ], "links": [[1, 1, 0, 2, 0, "*"]]});
+        let info = serde_json::json!({
+            "RemoteInput": {"input": {"required": {"name": ["STRING", {}], "type": [["*", "IMAGE"]]}}, "output": ["*"]},
+            "RemoteOutput": {"input": {"required": {"name": ["STRING", {}], "value": ["*", {}]}}, "output": []}
+        });
+        let w =
+            Workflow::parse(Path::new("ui.json"), ui.to_string(), Some(&info)).expect("converted");
+        assert!(w.converted);
+        assert_eq!(w.nodes["2"]["inputs"]["value"], serde_json::json!(["1", 0]));
+        assert_eq!(w.nodes["1"]["inputs"]["type"], "IMAGE");
+        let again: Value = serde_json::from_str(&w.text).expect("the project gets the API form");
+        assert_eq!(again["2"]["class_type"], "RemoteOutput");
     }
 
     #[test]
@@ -204,11 +184,7 @@ mod tests {
             "3": {"class_type": "UpscaleModelLoader", "inputs": {"model_name": "4x.pth"}}
         }"#)
         .expect("api");
-        let files: Vec<_> = w
-            .model_files()
-            .into_iter()
-            .map(|m| format!("{}/{}", m.folder, m.file))
-            .collect();
+        let files: Vec<_> = w.model_files().iter().map(ModelRef::display).collect();
         assert_eq!(
             files,
             [

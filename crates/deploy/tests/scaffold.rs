@@ -2,10 +2,18 @@
 
 use std::path::{Path, PathBuf};
 
-use comfy_remote_deploy::config::{CustomNodePack, Gpu, VolumeConfig};
+use comfy_remote_deploy::config::{CustomNodePack, Gpu, InstallConfig, Source, VolumeConfig};
 use comfy_remote_deploy::scaffold::{ProjectState, VERSION};
 use comfy_remote_deploy::stacks::TorchChoice;
-use comfy_remote_deploy::{scaffold, DeployConfig, DeployError, ScaffoldRequest};
+use comfy_remote_deploy::{DeployConfig, DeployError, Project, Runner, ScaffoldRequest};
+
+/// The scaffold with the recording resolver of tests/fixtures/fake_uv (the real one runs in
+/// tests/test_deploy.py).
+fn scaffold(req: &ScaffoldRequest) -> Result<Project, DeployError> {
+    let mut runner = Runner::from_env();
+    runner.uv = fixtures().join("fake_uv");
+    comfy_remote_deploy::scaffold(req, &runner, &mut |_| {})
+}
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -68,10 +76,18 @@ fn request(tmp: &Path, workflow: &str, config: DeployConfig) -> ScaffoldRequest 
         config_dir: fixtures(),
         out_dir: tmp.join("project"),
         wheel: Some(fake_wheel(tmp)),
+        sdist: None,
         comfyui_dir: None,
+        local: Default::default(),
+        cache_dir: tmp.join("cache"),
         new_nonce: false,
         notes: Vec::new(),
     }
+}
+
+fn find_wheel(given: &Path) -> comfy_remote_deploy::Result<PathBuf> {
+    use comfy_remote_deploy::wheels::{find, Dist, Format};
+    find(Dist::Package, Format::Wheel, given)
 }
 
 fn read(p: &Path) -> String {
@@ -83,6 +99,8 @@ macro_rules! snap {
         insta::with_settings!({filters => vec![
             (r#"BUILD_NONCE = "[0-9a-f]{32}""#, r#"BUILD_NONCE = "[nonce]""#),
             (r"comfy_remote-\d+\.\d+\.\d+", "comfy_remote-[version]"),
+            (r"comfy_remote_server-\d+\.\d+\.\d+", "comfy_remote_server-[version]"),
+            (r"comfy-remote(-server)?==\d+\.\d+\.\d+", "comfy-remote$1==[version]"),
             (r"comfy-remote \d+\.\d+\.\d+", "comfy-remote [version]"),
         ]}, {
             insta::assert_snapshot!($name, $text);
@@ -167,11 +185,7 @@ fn fallback_gpus_volume_snapshot_and_token() {
         ..Default::default()
     };
     let p = scaffold(&request(tmp.path(), "remote_models.json", config)).expect("scaffold");
-    let files: Vec<_> = p
-        .models
-        .iter()
-        .map(|m| format!("{}/{}", m.folder, m.file))
-        .collect();
+    let files: Vec<_> = p.plan.models.iter().map(|m| m.key()).collect();
     assert_eq!(
         files,
         [
@@ -414,19 +428,19 @@ fn the_wheel_may_be_a_directory_or_a_glob_and_the_fitting_one_is_picked() {
     wheel_at(&dir.join(format!(
         "comfy_remote-{VERSION}-cp310-abi3-macosx_11_0_arm64.whl"
     )));
-    let found = comfy_remote_deploy::wheels::find_wheel(Some(&dir)).expect("directory");
+    let found = find_wheel(&dir).expect("directory");
     assert_eq!(found, good);
     let glob = dir.join("comfy_remote-*.whl");
-    let found = comfy_remote_deploy::wheels::find_wheel(Some(&glob)).expect("glob");
+    let found = find_wheel(&glob).expect("glob");
     assert_eq!(found, good);
-    let err = comfy_remote_deploy::wheels::find_wheel(Some(&dir.join("nothing-*.whl")))
+    let err = find_wheel(&dir.join("nothing-*.whl"))
         .expect_err("no match")
         .to_string();
     assert!(err.contains("no file matches"), "{err}");
     let empty = tmp.path().join("empty");
     std::fs::create_dir_all(&empty).expect("mkdir");
     wheel_at(&empty.join(format!("comfy_remote-0.0.1-{WHEEL_NAME}")));
-    let err = comfy_remote_deploy::wheels::find_wheel(Some(&empty))
+    let err = find_wheel(&empty)
         .expect_err("no fitting wheel")
         .to_string();
     assert!(
@@ -441,11 +455,7 @@ fn a_file_named_like_a_wheel_must_be_one() {
     let name = format!("comfy_remote-{VERSION}-{WHEEL_NAME}");
     let junk = tmp.path().join(&name);
     std::fs::write(&junk, b"wheel").expect("write");
-    let find = |p: &Path| {
-        comfy_remote_deploy::wheels::find_wheel(Some(p))
-            .expect_err("refused")
-            .to_string()
-    };
+    let find = |p: &Path| find_wheel(p).expect_err("refused").to_string();
     let err = find(&junk);
     assert!(err.contains(&name) && err.contains("not a zip"), "{err}");
     write_zip(&junk, &[("comfy_remote/_native.abi3.so", "")]);
@@ -478,4 +488,176 @@ fn a_file_named_like_a_wheel_must_be_one() {
         &[(&format!("comfy_remote-{VERSION}.dist-info/METADATA"), &meta)],
     );
     assert!(find(&junk).contains("_native"));
+}
+
+#[test]
+fn the_project_holds_the_lock_without_the_torch_index_wheels_and_a_conflict_stops_it() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let p = scaffold(&request(
+        tmp.path(),
+        "remote_invert.json",
+        DeployConfig::default(),
+    ))
+    .expect("scaffold");
+    let lock = read(&p.dir.join("build/requirements.lock"));
+    assert!(
+        lock.contains("numpy==1.26.4 \\\n    --hash=sha256:"),
+        "{lock}"
+    );
+    assert!(
+        !lock
+            .lines()
+            .any(|l| l.starts_with("torch==") || l.starts_with("nvidia-")),
+        "{lock}"
+    );
+    let app = read(&p.dir.join("workflow.py"));
+    assert!(
+        app.contains("--require-hashes -r \" + LOCK"),
+        "the image installs from the lock"
+    );
+    assert_eq!(p.plan.locked_packages, 1);
+
+    let tmp = tempfile::tempdir().expect("tmp");
+    let config = DeployConfig {
+        pip: vec!["conflict==1".into()],
+        ..Default::default()
+    };
+    let err = scaffold(&request(tmp.path(), "remote_invert.json", config)).expect_err("conflict");
+    let msg = err.to_string();
+    assert!(matches!(err, DeployError::Unresolvable { .. }), "{msg}");
+    assert!(msg.contains("Because you require conflict==1"), "{msg}");
+    assert!(
+        !tmp.path().join("project").exists(),
+        "nothing generated on a conflict"
+    );
+}
+
+/// The files of a project directory under `dir` (empty when there is none).
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+fn with_source(source: Source) -> DeployConfig {
+    DeployConfig {
+        comfy_remote: InstallConfig {
+            source,
+            index_url: None,
+        },
+        ..Default::default()
+    }
+}
+
+#[test]
+fn from_the_registry_the_images_install_this_version_and_carry_no_wheel() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut req = request(
+        tmp.path(),
+        "remote_invert.json",
+        with_source(Source::Registry),
+    );
+    req.wheel = None;
+    let p = scaffold(&req).expect("scaffold");
+    assert_eq!(p.install.source, Source::Registry);
+    assert_eq!(p.wheel, None);
+    let py = read(&p.dir.join("workflow.py"));
+    assert!(
+        py.contains(&format!(
+            "COMFY_REMOTE_GPU = \"comfy-remote=={VERSION} comfy-remote-server=={VERSION}\""
+        )),
+        "{py}"
+    );
+    assert!(py.contains(&format!("COMFY_REMOTE_WEB = \"comfy-remote=={VERSION}\"")));
+    assert!(!py.contains("add_local_file(HERE / \"wheels"));
+    assert!(listing(&p.dir.join("wheels")).is_empty());
+    let cfg: serde_json::Value =
+        serde_json::from_str(&read(&p.dir.join("modal_config.json"))).expect("json");
+    assert_eq!(cfg["comfy_remote"]["source"], "registry");
+    snap!("registry_workflow_py", py);
+}
+
+#[test]
+fn from_sdists_a_build_stage_with_rust_builds_them_in_the_image() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dist = tmp.path().join("dist");
+    std::fs::create_dir_all(&dist).expect("mkdir");
+    for name in ["comfy_remote", "comfy_remote_server"] {
+        std::fs::write(
+            dist.join(format!("{name}-{VERSION}.tar.gz")),
+            [0x1f, 0x8b, 8, 0],
+        )
+        .expect("write");
+    }
+    std::fs::write(dist.join("comfy_remote-0.0.1.tar.gz"), [0x1f, 0x8b, 8, 0]).expect("write");
+    let mut req = request(tmp.path(), "remote_invert.json", DeployConfig::default());
+    req.wheel = None;
+    req.sdist = Some(dist.clone());
+    let p = scaffold(&req).expect("scaffold");
+    assert_eq!(p.install.source, Source::Sdist);
+    assert_eq!(
+        listing(&p.dir.join("sdist")),
+        [
+            format!("comfy_remote-{VERSION}.tar.gz"),
+            format!("comfy_remote_server-{VERSION}.tar.gz")
+        ]
+    );
+    let py = read(&p.dir.join("workflow.py"));
+    assert!(
+        py.contains("build_from_sdist(PIP + \" \" + COMFY_REMOTE_GPU)"),
+        "{py}"
+    );
+    assert!(
+        py.contains(".apt_install(\"curl\")"),
+        "the web image fetches rustup too"
+    );
+    snap!("sdist_workflow_py", py);
+
+    // Without files, the registry's sdists of this version.
+    let mut req = request(tmp.path(), "remote_invert.json", with_source(Source::Sdist));
+    req.wheel = None;
+    let py = read(&scaffold(&req).expect("scaffold").dir.join("workflow.py"));
+    assert!(py.contains(&format!(
+        "COMFY_REMOTE_GPU = \"--no-binary comfy-remote,comfy-remote-server comfy-remote=={VERSION} comfy-remote-server=={VERSION}\""
+    )), "{py}");
+
+    // Junk named like an sdist is refused by name.
+    std::fs::write(dist.join(format!("comfy_remote-{VERSION}.tar.gz")), b"junk").expect("write");
+    req.sdist = Some(dist);
+    let err = scaffold(&req).expect_err("junk").to_string();
+    assert!(err.contains("not a gzip archive"), "{err}");
+}
+
+#[test]
+fn a_wheel_url_is_fetched_by_pip_with_the_server_wheel_beside_it() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut req = request(tmp.path(), "remote_invert.json", DeployConfig::default());
+    let base = format!("https://example.com/releases/download/v{VERSION}");
+    req.wheel = Some(PathBuf::from(format!(
+        "{base}/comfy_remote-{VERSION}-cp310-abi3-manylinux_2_28_x86_64.whl"
+    )));
+    let p = scaffold(&req).expect("scaffold");
+    assert_eq!(p.install.source, Source::Wheel);
+    assert_eq!(p.wheel, None, "nothing is copied");
+    assert!(listing(&p.dir.join("wheels")).is_empty());
+    let py = read(&p.dir.join("workflow.py"));
+    assert!(py.contains(&format!(
+        "COMFY_REMOTE_GPU = \"{base}/comfy_remote-{VERSION}-cp310-abi3-manylinux_2_28_x86_64.whl {base}/comfy_remote_server-{VERSION}-py3-none-manylinux_2_28_x86_64.whl\""
+    )), "{py}");
+}
+
+#[test]
+fn the_package_requirements_locked_without_a_local_wheel_are_the_pyprojects() {
+    let pyproject = read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pyproject.toml"));
+    let line = pyproject
+        .lines()
+        .find_map(|l| l.strip_prefix("dependencies = "))
+        .expect("pyproject.toml lists dependencies on one line");
+    let listed: Vec<String> = serde_json::from_str(line).expect("a list of strings");
+    assert_eq!(listed, comfy_remote_deploy::plan::PACKAGE_REQUIRES);
 }

@@ -16,6 +16,29 @@ pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:8189";
 
 /// Header carrying the protocol version on every response.
 pub const HEADER_PROTOCOL: &str = "Comfy-Remote-Protocol";
+/// Request header of a result download (or a submit that waits): the
+/// packings (§2.7) the client reads, comma-separated.
+pub const HEADER_CODECS: &str = "Comfy-Remote-Codecs";
+/// Request header of a result download: `8bit` lets IMAGE and MASK values
+/// be rounded to 8 bits (§2.7, lossy).
+pub const HEADER_IMAGES: &str = "Comfy-Remote-Images";
+/// Response header of a submit answered with the result: the job's id.
+pub const HEADER_JOB: &str = "Comfy-Remote-Job";
+
+/// Header of a resumable upload (§4.9): where a piece starts (request),
+/// the bytes held so far (response).
+pub const HEADER_UPLOAD_OFFSET: &str = "Upload-Offset";
+/// Header of `POST /v1/uploads`: the upload's total size, when known.
+pub const HEADER_UPLOAD_LENGTH: &str = "Upload-Length";
+/// An upload not submitted within this long is deleted (§4.9).
+pub const UPLOAD_TTL_SECS: u64 = 24 * 3600;
+/// The piece a client sends per `PATCH` (§4.9): what one broken
+/// connection may cost.
+pub const UPLOAD_PIECE_BYTES: u64 = 8 << 20;
+/// Bodies from this size up go as a resumable upload when the server
+/// offers one (smaller ones go in the submit itself).
+pub const UPLOAD_MIN_BYTES: u64 = 16 << 20;
+
 /// Header making a submit idempotent: the same key returns the same job.
 pub const HEADER_IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 /// Media type of the binary container.
@@ -199,6 +222,49 @@ pub fn rfc3339(ms: i64) -> String {
     )
 }
 
+/// Milliseconds since the Unix epoch of an RFC 3339 time in UTC (`Z` or
+/// `+00:00`, any fraction digits), as [`rfc3339`] writes them; `None` for
+/// another form.
+pub fn parse_rfc3339(text: &str) -> Option<i64> {
+    let t = text.trim();
+    let (date, rest) = t.split_once(['T', 't', ' '])?;
+    let mut d = date.splitn(3, '-');
+    let (y, m, day): (i64, i64, i64) = (
+        d.next()?.parse().ok()?,
+        d.next()?.parse().ok()?,
+        d.next()?.parse().ok()?,
+    );
+    let rest = rest
+        .strip_suffix(['Z', 'z'])
+        .or_else(|| rest.strip_suffix("+00:00"))?;
+    let (hms, frac) = rest.split_once('.').unwrap_or((rest, ""));
+    let mut h = hms.splitn(3, ':');
+    let (hh, mm, ss): (i64, i64, i64) = (
+        h.next()?.parse().ok()?,
+        h.next()?.parse().ok()?,
+        h.next()?.parse().ok()?,
+    );
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    let millis: i64 = if frac.is_empty() {
+        0
+    } else if frac.bytes().all(|b| b.is_ascii_digit()) {
+        format!("{frac:0<3}")[..3].parse().ok()?
+    } else {
+        return None;
+    };
+    // Days-from-civil (Howard Hinnant), the inverse of `rfc3339`.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 86_400 + hh * 3600 + mm * 60 + ss) * 1000) + millis)
+}
+
 /// Description of one input or output of a payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ValueInfo {
@@ -240,6 +306,12 @@ pub struct JobView {
     /// RFC 3339 timestamps.
     pub created_at: String,
     pub updated_at: String,
+    /// When ComfyUI began executing the job (absent before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    /// When the job reached a terminal status (absent before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<JobResult>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -272,6 +344,8 @@ pub enum ErrorCode {
     PayloadTooLarge,
     UnsupportedMediaType,
     TooManyRequests,
+    /// 416: a `Range` outside the resource.
+    RangeNotSatisfiable,
     NotReady,
     Internal,
     // Job failures (in `JobView.error`).
@@ -332,7 +406,22 @@ pub struct Info {
     pub inputs: Vec<SignatureItem>,
     pub outputs: Vec<SignatureItem>,
     pub limits: LimitsInfo,
+    /// The packings (§2.7) the server reads in a submit and writes in a
+    /// result for a client that asks; empty for a server without any.
+    #[serde(default)]
+    pub codecs: Vec<String>,
+    /// Submit-and-wait (`Prefer: wait=N`, §4.1) and resumable result
+    /// downloads (`Range`, §4.4) are served.
+    #[serde(default)]
+    pub features: Vec<String>,
 }
+
+/// `features` of a server that waits on `Prefer: wait=N`.
+pub const FEATURE_WAIT: &str = "wait";
+/// `features` of a server that serves result bytes by `Range`.
+pub const FEATURE_RANGE: &str = "range";
+/// `features` of a server with resumable uploads (`/v1/uploads`, §4.9).
+pub const FEATURE_UPLOADS: &str = "uploads";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkflowInfo {
@@ -381,6 +470,23 @@ mod tests {
     fn rfc3339_formats_known_instants() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+    }
+
+    #[test]
+    fn rfc3339_parses_back_what_it_writes() {
+        for ms in [0, 1_700_000_000_123, 951_782_400_000, -86_400_000] {
+            assert_eq!(parse_rfc3339(&rfc3339(ms)), Some(ms), "{ms}");
+        }
+        assert_eq!(
+            parse_rfc3339("2023-11-14T22:13:20+00:00"),
+            Some(1_700_000_000_000)
+        );
+        assert_eq!(
+            parse_rfc3339("2023-11-14T22:13:20.5Z"),
+            Some(1_700_000_000_500)
+        );
+        assert_eq!(parse_rfc3339("2023-11-14T22:13:20+02:00"), None);
+        assert_eq!(parse_rfc3339("yesterday"), None);
     }
 
     #[test]

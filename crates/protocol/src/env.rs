@@ -23,6 +23,8 @@ pub const MODAL_KEY: &str = "MODAL_KEY";
 pub const MODAL_SECRET: &str = "MODAL_SECRET";
 /// A ComfyUI checkout: what `serve` starts, what `deploy` checks node types against.
 pub const COMFYUI_DIR: &str = "COMFYUI_DIR";
+/// An older ComfyUI checkout (0.3.64) the node tests also run on.
+pub const COMFYUI_OLD_DIR: &str = "COMFYUI_OLD_DIR";
 /// The cache root (job store default, ComfyUI environments); default `~/.cache/comfy-remote`.
 pub const CACHE: &str = "COMFY_REMOTE_CACHE";
 /// The comfy-remote wheel `deploy` copies into the image.
@@ -31,6 +33,8 @@ pub const WHEEL: &str = "COMFY_REMOTE_WHEEL";
 pub const MODAL: &str = "COMFY_REMOTE_MODAL";
 /// The Python that runs the generated project's helper scripts (default: the one next to `modal`).
 pub const MODAL_PYTHON: &str = "COMFY_REMOTE_MODAL_PYTHON";
+/// The `uv` executable `deploy` resolves the image's packages with (default: `uv` on PATH).
+pub const UV: &str = "COMFY_REMOTE_UV";
 /// The secrets file the nodes read `secrets:<name>` references from.
 pub const SECRETS_FILE: &str = "COMFY_REMOTE_SECRETS_FILE";
 /// `1`: the Remote API node logs the timing of each phase of a call to stderr.
@@ -44,6 +48,10 @@ pub const NO_COLOR: &str = "NO_COLOR";
 /// `1` when `deploy --force-rebuild` runs `modal deploy`: rebuild every image layer.
 pub const MODAL_IGNORE_CACHE: &str = "MODAL_IGNORE_CACHE";
 
+/// Set at build time by the release workflow: this build's version is on
+/// the package registry, so `deploy` installs it from there by default.
+pub const RELEASE: &str = "COMFY_REMOTE_RELEASE";
+
 /// The test command's virtualenv (default `.venv`; `.ci/run` keeps it in the cache).
 pub const VENV: &str = "COMFY_REMOTE_VENV";
 /// The `comfy-remote` binary the end-to-end tests run (`scripts/test.sh` sets it).
@@ -56,6 +64,19 @@ pub const WRITE_VECTORS: &str = "COMFY_REMOTE_WRITE_VECTORS";
 pub const UPDATE_CORE_NODES: &str = "UPDATE_CORE_NODES";
 /// A file the test node pack appends its step times to (the Modal-path benchmark).
 pub const TEST_NODES_TRACE: &str = "CR_TEST_NODES_TRACE";
+
+/// The cache root: `$COMFY_REMOTE_CACHE`, else `~/.cache/comfy-remote` (the one place its
+/// default is written).
+pub fn cache_dir() -> std::path::PathBuf {
+    if let Some(d) = std::env::var_os(CACHE).filter(|d| !d.is_empty()) {
+        return std::path::PathBuf::from(d);
+    }
+    let home = std::env::var_os("HOME")
+        .or_else(|| std::env::var_os("USERPROFILE"))
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from("."));
+    home.join(".cache").join("comfy-remote")
+}
 
 /// The table, in the order the README lists it.
 pub const ALL: &[EnvVar] = &[
@@ -84,16 +105,22 @@ pub const ALL: &[EnvVar] = &[
         meaning: "A ComfyUI checkout: the one `serve` starts (`--comfyui`), the one `deploy` checks node types against; the end-to-end tests run against it",
     },
     EnvVar {
+        key: "COMFYUI_OLD_DIR",
+        name: COMFYUI_OLD_DIR,
+        read_by: "tests",
+        meaning: "An older ComfyUI checkout (0.3.64, before Autogrow and `accept_all_inputs`) the node tests also run on; `.ci/run` sets it to `/opt/comfyui-0.3.64` when present; unset, those cases are skipped",
+    },
+    EnvVar {
         key: "CACHE",
         name: CACHE,
-        read_by: "serve, scripts",
-        meaning: "Cache root (default `~/.cache/comfy-remote`): the default job store `worker/`, ComfyUI environments",
+        read_by: "serve, deploy, scripts",
+        meaning: "Cache root (default `~/.cache/comfy-remote`): the default job store `worker/`, ComfyUI environments, `deploy`'s model hashes and resolved lock files",
     },
     EnvVar {
         key: "WHEEL",
         name: WHEEL,
         read_by: "deploy",
-        meaning: "The comfy-remote wheel the Modal image installs: a wheel, a directory of wheels or a glob (`--wheel`)",
+        meaning: "The comfy-remote wheel the Modal image installs: a wheel, a directory of wheels, a glob or a URL (`--wheel`)",
     },
     EnvVar {
         key: "MODAL",
@@ -106,6 +133,12 @@ pub const ALL: &[EnvVar] = &[
         name: MODAL_PYTHON,
         read_by: "deploy",
         meaning: "The Python that has the `modal` package, for reading the service URL (default: the one next to `modal`)",
+    },
+    EnvVar {
+        key: "UV",
+        name: UV,
+        read_by: "deploy",
+        meaning: "The `uv` executable that resolves the image's packages into its lock file (default: `uv` on PATH; the comfy-remote package depends on `uv`, so ComfyUI's Python has one)",
     },
     EnvVar {
         key: "SECRETS_FILE",
@@ -142,6 +175,12 @@ pub const ALL: &[EnvVar] = &[
         name: MODAL_IGNORE_CACHE,
         read_by: "modal (set by deploy)",
         meaning: "Set to `1` by `deploy --force-rebuild` for `modal deploy`: every image layer is rebuilt",
+    },
+    EnvVar {
+        key: "RELEASE",
+        name: RELEASE,
+        read_by: "the build (release workflow)",
+        meaning: "Set to `1` when the release workflow compiles the wheels it publishes: `deploy` of such a build installs `comfy-remote==<version>` from the package registry by default",
     },
     EnvVar {
         key: "VENV",

@@ -35,6 +35,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::InvalidInput => 422,
             ErrorCode::TooManyRequests => 429,
+            ErrorCode::RangeNotSatisfiable => 416,
             ErrorCode::NotReady => 503,
             _ => 500,
         }
@@ -222,6 +223,78 @@ pub fn retry_query(value: Option<&str>) -> Result<bool, Refusal> {
     }
 }
 
+/// A byte count header (`Upload-Offset`, `Upload-Length`): `None` when
+/// absent, 400 naming the header when it is not a number.
+pub fn byte_count(value: Option<&str>, header: &str) -> Result<Option<u64>, Refusal> {
+    let Some(v) = value else { return Ok(None) };
+    v.trim().parse().map(Some).map_err(|_| {
+        Refusal::new(
+            ErrorCode::BadRequest,
+            format!("{header} must be a byte count, not {v:?}"),
+        )
+    })
+}
+
+/// `Prefer: wait=N` (RFC 7240): how long a submit may wait for its job to
+/// end, at most `max_secs`; `None` when the client does not ask.
+pub fn prefer_wait(prefer: Option<&str>, max_secs: u64) -> Option<u64> {
+    prefer?
+        .split(',')
+        .filter_map(|p| p.trim().strip_prefix("wait="))
+        .find_map(|v| v.trim().parse::<u64>().ok())
+        .map(|s| s.min(max_secs))
+}
+
+/// The longest a submit waits for its job (`Prefer: wait=N`, §4.1), below
+/// the idle timeouts of common proxies.
+pub const MAX_WAIT_SECS: u64 = 60;
+
+/// The ETag of job `id`'s result packed with `opts`, `len` bytes long
+/// (§4.4): packings of one result differ, a packing's bytes do not.
+pub fn result_etag(id: &str, opts: &crate::PackOptions, len: u64) -> String {
+    format!("\"{id}-{}-{len}\"", opts.tag())
+}
+
+/// The part of a result of `len` bytes with `etag` to send (§4.4): the
+/// `Range` asked for (`416` when it is past the end), honoured only while
+/// `If-Range` still names this ETag (a range of other bytes would be
+/// garbage); `None` for the whole body.
+pub fn result_range(
+    range: Option<&str>,
+    if_range: Option<&str>,
+    etag: &str,
+    len: u64,
+) -> Result<Option<(u64, u64)>, Refusal> {
+    if if_range.is_some_and(|tag| tag.trim() != etag) {
+        return Ok(None);
+    }
+    match byte_range(range, len) {
+        Ok(r) => Ok(r.map(|(first, last)| (first, last.saturating_add(1)))),
+        Err(RangeError::Unsatisfiable) => Err(Refusal::new(
+            ErrorCode::RangeNotSatisfiable,
+            format!(
+                "the range {:?} is outside the {len} bytes of the result",
+                range.unwrap_or_default()
+            ),
+        )
+        .with_details(serde_json::json!({ "length": len }))),
+    }
+}
+
+/// The `Content-Range` of bytes `start..end` of `len`.
+pub fn content_range(start: u64, end: u64, len: u64) -> String {
+    format!("bytes {start}-{}/{len}", end.saturating_sub(1))
+}
+
+/// The packing a client reads in a result (§2.7): `Comfy-Remote-Codecs`
+/// and `Comfy-Remote-Images: 8bit`.
+pub fn result_packing(codecs: Option<&str>, images: Option<&str>) -> crate::PackOptions {
+    let mut opts = crate::PackOptions::for_codecs(codecs.unwrap_or("").split(','));
+    opts.quantize_images =
+        opts.u8_grad_zstd && images.is_some_and(|i| i.trim().eq_ignore_ascii_case("8bit"));
+    opts
+}
+
 /// The base of job URLs (§4.2): `public_url` when the server has one, else
 /// `proto://host` from the request's host (the caller decides whether a
 /// forwarded host is trusted) and protocol; "" (paths) without a host, or
@@ -242,6 +315,60 @@ pub fn base_url(public_url: Option<&str>, host: Option<&str>, proto: Option<&str
     } else {
         String::new()
     }
+}
+
+/// Why a `Range` header cannot be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeError {
+    /// Syntactically a byte range, but outside the content (416).
+    Unsatisfiable,
+}
+
+/// The one byte range (`first..=last`) a `Range` header asks of content
+/// of `len` bytes (RFC 9110 §14.1.2): `bytes=a-b`, `bytes=a-`, `bytes=-n`.
+/// `Ok(None)` serves the whole content: no header, another unit, several
+/// ranges or a malformed one (which a server may ignore). A range that
+/// starts past the end is [`RangeError::Unsatisfiable`].
+pub fn byte_range(header: Option<&str>, len: u64) -> Result<Option<(u64, u64)>, RangeError> {
+    let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return Ok(None);
+    };
+    let (a, b) = (a.trim(), b.trim());
+    let parse = |t: &str| t.parse::<u64>().ok();
+    let range = match (a.is_empty(), b.is_empty()) {
+        (false, _) => {
+            let Some(first) = parse(a) else {
+                return Ok(None);
+            };
+            let last = if b.is_empty() {
+                len.saturating_sub(1)
+            } else {
+                match parse(b) {
+                    Some(l) if l >= first => l.min(len.saturating_sub(1)),
+                    _ => return Ok(None),
+                }
+            };
+            if first >= len {
+                return Err(RangeError::Unsatisfiable);
+            }
+            (first, last)
+        }
+        (true, false) => {
+            let Some(n) = parse(b) else { return Ok(None) };
+            if n == 0 || len == 0 {
+                return Err(RangeError::Unsatisfiable);
+            }
+            (len.saturating_sub(n), len - 1)
+        }
+        (true, true) => return Ok(None),
+    };
+    Ok(Some(range))
 }
 
 /// A required bearer token, kept as its SHA-256 and compared in constant
@@ -296,6 +423,33 @@ mod tests {
     }
 
     #[test]
+    fn ranges_and_preferences() {
+        let r = |range: &str| result_range(Some(range), None, "\"e\"", 10);
+        assert_eq!(result_range(None, None, "\"e\"", 10), Ok(None));
+        assert_eq!(r("bytes=4-"), Ok(Some((4, 10))));
+        assert_eq!(r("bytes=2-5"), Ok(Some((2, 6))));
+        assert_eq!(r("bytes=-3"), Ok(Some((7, 10))));
+        assert_eq!(r("bytes=0-99"), Ok(Some((0, 10))));
+        assert_eq!(r("bytes=0-1,4-5"), Ok(None));
+        assert_eq!(r("bytes=10-").map_err(|r| r.status()), Err(416));
+        // A range of other bytes than the client saw is the whole body.
+        assert_eq!(
+            result_range(Some("bytes=4-"), Some("\"old\""), "\"e\"", 10),
+            Ok(None)
+        );
+        assert_eq!(
+            result_range(Some("bytes=4-"), Some("\"e\""), "\"e\"", 10),
+            Ok(Some((4, 10)))
+        );
+        assert_eq!(prefer_wait(Some("respond-async, wait=20"), 60), Some(20));
+        assert_eq!(prefer_wait(Some("wait=600"), 60), Some(60));
+        assert_eq!(prefer_wait(Some("return=minimal"), 60), None);
+        let p = result_packing(Some("u8-grad-zstd, zstd-future"), Some("8bit"));
+        assert!(p.u8_grad_zstd && !p.shuffle_zstd && p.quantize_images);
+        assert!(!result_packing(None, Some("8bit")).quantize_images);
+    }
+
+    #[test]
     fn idempotency_keys_are_visible_ascii() {
         assert!(idempotency_key(b"k-1").is_ok());
         for bad in [
@@ -317,6 +471,23 @@ mod tests {
         assert_eq!(base_url(None, Some("evil.com/x?"), None), "");
         assert_eq!(base_url(None, Some("h"), Some("javascript")), "");
         assert_eq!(base_url(Some("https://p/"), Some("h"), None), "https://p");
+    }
+
+    #[test]
+    fn byte_ranges_are_read_as_rfc_9110_says() {
+        assert_eq!(byte_range(None, 10), Ok(None));
+        assert_eq!(byte_range(Some("bytes=0-4"), 10), Ok(Some((0, 4))));
+        assert_eq!(byte_range(Some("bytes=5-"), 10), Ok(Some((5, 9))));
+        assert_eq!(byte_range(Some("bytes=-3"), 10), Ok(Some((7, 9))));
+        assert_eq!(byte_range(Some("bytes=-30"), 10), Ok(Some((0, 9))));
+        assert_eq!(byte_range(Some("bytes=2-99"), 10), Ok(Some((2, 9))));
+        assert_eq!(
+            byte_range(Some("bytes=10-"), 10),
+            Err(RangeError::Unsatisfiable)
+        );
+        assert_eq!(byte_range(Some("bytes=0-1,3-4"), 10), Ok(None));
+        assert_eq!(byte_range(Some("items=0-1"), 10), Ok(None));
+        assert_eq!(byte_range(Some("bytes=4-2"), 10), Ok(None));
     }
 
     #[test]

@@ -177,7 +177,11 @@ fn node_to_value(node: Node) -> Value<'static> {
         Node::Tuple(items) => Value::Tuple(items.into_iter().map(node_to_value).collect()),
         Node::Dict(m) => Value::Dict(m.into_iter().map(|(k, v)| (k, node_to_value(v))).collect()),
         // The parser was given no blobs, so it never produces references.
-        Node::Tensor(_) | Node::Bytes(_) | Node::LongStr(_) | Node::Pickle { .. } => Value::None,
+        Node::Tensor(_)
+        | Node::Bytes(_)
+        | Node::LongStr(_)
+        | Node::Pickle { .. }
+        | Node::Packed { .. } => Value::None,
     }
 }
 

@@ -22,6 +22,8 @@ pub const INLINE_STR_MAX: usize = 64 * 1024;
 
 /// Key of the safetensors `__metadata__` entry that holds the value tree.
 pub const METADATA_KEY: &str = "comfy_remote";
+/// The key of a packed tensor's node (§2.7).
+pub const PACKED_KEY: &str = "$packed";
 
 // ---------------------------------------------------------------------------
 // Generic JSON with duplicate detection and a depth cap.
@@ -264,6 +266,24 @@ pub enum Node {
         blob: usize,
         sig: String,
     },
+    /// `{"$packed": name, "dtype": .., "shape": [..], "codec": ..}`: a
+    /// tensor of `dtype` and `shape` whose bytes are packed with `codec` in
+    /// a 1-D U8 blob (§2.7).
+    Packed {
+        blob: usize,
+        codec: crate::packed::Codec,
+        dtype: DType,
+        shape: Vec<usize>,
+    },
+}
+
+/// The extra keys a tag allows besides itself.
+fn tag_keys(tag: &str) -> &'static [&'static str] {
+    match tag {
+        "$pickle" => &["sig"],
+        PACKED_KEY => &["dtype", "shape", "codec"],
+        _ => &[],
+    }
 }
 
 /// One named entry of the tree.
@@ -450,7 +470,7 @@ impl<'b> TreeParser<'b> {
                 let extra: Vec<&str> = items
                     .iter()
                     .map(|(k, _)| k.as_str())
-                    .filter(|k| *k != tag && !(tag == "$pickle" && *k == "sig"))
+                    .filter(|k| *k != tag && !tag_keys(tag).contains(k))
                     .collect();
                 if !extra.is_empty() {
                     return Err(invalid(
@@ -508,6 +528,7 @@ impl<'b> TreeParser<'b> {
                             sig: sig.clone(),
                         }
                     }
+                    PACKED_KEY => self.packed(items, body, path)?,
                     other => {
                         return Err(CodecError::UnknownTag {
                             path: path.to_string(),
@@ -547,6 +568,57 @@ impl<'b> TreeParser<'b> {
             path.pop();
         }
         Ok(out)
+    }
+
+    /// `{"$packed": name, "dtype", "shape", "codec"}`: every key present and
+    /// of its type, the codec known, the dtype one the protocol carries.
+    fn packed(
+        &mut self,
+        items: &[(String, Json)],
+        body: &Json,
+        path: &Path,
+    ) -> Result<Node, CodecError> {
+        let get = |k: &str| items.iter().find(|(m, _)| m == k).map(|(_, v)| v);
+        let codec = match get("codec") {
+            Some(Json::Str(c)) => crate::packed::Codec::parse(c).ok_or_else(|| {
+                invalid(
+                    path,
+                    format!(
+                        "unknown codec {c:?}; this build reads {}",
+                        crate::packed::CODECS.join(", ")
+                    ),
+                )
+            })?,
+            _ => return Err(invalid(path, "`$packed` needs a `codec` string".into())),
+        };
+        let dtype = match get("dtype") {
+            Some(Json::Str(d)) => DType::parse(d)
+                .ok_or_else(|| invalid(path, format!("`$packed` has an unknown dtype {d:?}")))?,
+            _ => return Err(invalid(path, "`$packed` needs a `dtype` string".into())),
+        };
+        let shape = match get("shape") {
+            Some(Json::Array(dims)) => dims
+                .iter()
+                .map(|d| match d {
+                    Json::Int(n) if *n >= 0 => usize::try_from(*n).ok(),
+                    _ => None,
+                })
+                .collect::<Option<Vec<usize>>>()
+                .ok_or_else(|| {
+                    invalid(
+                        path,
+                        "`shape` must be an array of non-negative integers".into(),
+                    )
+                })?,
+            _ => return Err(invalid(path, "`$packed` needs a `shape` array".into())),
+        };
+        let blob = self.reference(body, path, Some(PACKED_KEY))?;
+        Ok(Node::Packed {
+            blob,
+            codec,
+            dtype,
+            shape,
+        })
     }
 
     /// Resolve a blob name; `byte_blob` names the tag when the blob must be
@@ -712,6 +784,21 @@ fn write_node(out: &mut Vec<u8>, node: &Node, name: &dyn Fn(usize) -> String) {
         }
         Node::Tensor(i) => {
             write_ref(out, "$t", *i, name);
+            out.push(b'}');
+        }
+        Node::Packed {
+            blob,
+            codec,
+            dtype,
+            shape,
+        } => {
+            write_ref(out, PACKED_KEY, *blob, name);
+            out.extend_from_slice(b",\"dtype\":");
+            write_str(out, dtype.as_str());
+            out.extend_from_slice(b",\"shape\":");
+            let _ = serde_json::to_writer(&mut *out, shape);
+            out.extend_from_slice(b",\"codec\":");
+            write_str(out, codec.name());
             out.push(b'}');
         }
         Node::Bytes(i) => {

@@ -9,7 +9,8 @@ use std::borrow::Cow;
 use std::path::PathBuf;
 
 use comfy_remote_protocol::{
-    decode, encode, encode_to_writer, ComfyType, DType, Entry, Limits, Payload, Tensor, Value,
+    decode, encode, encode_to_writer, encode_with, ComfyType, DType, Entry, Limits, PackOptions,
+    Payload, Tensor, Value,
 };
 
 fn dir() -> PathBuf {
@@ -41,6 +42,17 @@ fn unit_f32(shape: &[usize], seed: u64) -> Tensor<'static> {
     Tensor::new(DType::F32, shape.to_vec(), data).expect("tensor")
 }
 
+/// `1 - k/255` for random bytes `k` (an inverted IMAGE): at most 256
+/// distinct values, none of them `k/255`.
+fn inverted_f32(shape: &[usize], seed: u64) -> Tensor<'static> {
+    let n: usize = shape.iter().product();
+    let data = bytes(n, seed)
+        .into_iter()
+        .flat_map(|b| (1.0 - f32::from(b) / 255.0).to_le_bytes())
+        .collect::<Vec<u8>>();
+    Tensor::new(DType::F32, shape.to_vec(), data).expect("tensor")
+}
+
 fn typed(name: &str, ty: &str, value: Value<'static>) -> Entry<'static> {
     Entry {
         name: name.into(),
@@ -59,6 +71,54 @@ fn untyped(name: &str, value: Value<'static>) -> Entry<'static> {
 
 fn dict(items: Vec<(&str, Value<'static>)>) -> Value<'static> {
     Value::Dict(items.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+}
+
+/// A smooth [n] F32 signal (packs with `shuffle-zstd`).
+fn smooth_f32(n: usize) -> Tensor<'static> {
+    let data = (0..n)
+        .flat_map(|i| ((i as f32) * 0.01).sin().to_le_bytes())
+        .collect::<Vec<u8>>();
+    Tensor::new(DType::F32, vec![n], data).expect("tensor")
+}
+
+/// Vectors written with every codec (§2.7): their packed bytes are those of
+/// this encoder and zstd's level 1 (a newer zstd may pack differently;
+/// decoding them to the payload is what every implementation must do).
+fn packed_vectors() -> Vec<(&'static str, &'static str, Payload<'static>)> {
+    vec![
+        (
+            "image_8bit_packed",
+            "IMAGE [2,32,48,3] F32, every value k/255: `$packed` u8-grad-zstd",
+            Payload {
+                entries: vec![typed(
+                    "image",
+                    "IMAGE",
+                    Value::Tensor(unit_f32(&[2, 32, 48, 3], 9)),
+                )],
+            },
+        ),
+        (
+            "image_inverted_packed",
+            "IMAGE [1,32,48,3] F32, every value 1 - k/255 (an inverted 8-bit image): `$packed` u8-palette-zstd",
+            Payload {
+                entries: vec![typed(
+                    "image",
+                    "IMAGE",
+                    Value::Tensor(inverted_f32(&[1, 32, 48, 3], 11)),
+                )],
+            },
+        ),
+        (
+            "smooth_f32_packed",
+            "a smooth [4096] F32 signal: `$packed` shuffle-zstd, beside a short plain tensor",
+            Payload {
+                entries: vec![
+                    untyped("signal", Value::Tensor(smooth_f32(4096))),
+                    untyped("small", Value::Tensor(unit_f32(&[4], 10))),
+                ],
+            },
+        ),
+    ]
 }
 
 /// `(file stem, description, payload)` of every vector.
@@ -189,13 +249,19 @@ fn vectors() -> Vec<(&'static str, &'static str, Payload<'static>)> {
     ]
 }
 
-fn manifest(vectors: &[(&str, &str, Payload<'static>)]) -> serde_json::Value {
+fn manifest(
+    vectors: &[(&str, &str, Payload<'static>)],
+    packed: &[(&str, &str, Payload<'static>)],
+) -> serde_json::Value {
     let items: Vec<serde_json::Value> = vectors
         .iter()
-        .map(|(stem, about, p)| {
+        .map(|v| (v, false))
+        .chain(packed.iter().map(|v| (v, true)))
+        .map(|((stem, about, p), packed)| {
             serde_json::json!({
                 "file": format!("{stem}.crc"),
                 "description": about,
+                "packed": packed,
                 "entries": p.entries.iter().map(|e| serde_json::json!({
                     "name": e.name,
                     "declared_type": e.comfy_type.as_ref().map(|t| t.0.clone()),
@@ -210,6 +276,7 @@ fn manifest(vectors: &[(&str, &str, Payload<'static>)]) -> serde_json::Value {
 #[test]
 fn golden_vectors_decode_and_reencode_byte_identically() {
     let vectors = vectors();
+    let packed = packed_vectors();
     let write = std::env::var_os(comfy_remote_protocol::env::WRITE_VECTORS).is_some();
     if write {
         std::fs::create_dir_all(dir()).expect("mkdir");
@@ -220,8 +287,31 @@ fn golden_vectors_decode_and_reencode_byte_identically() {
             )
             .expect("write");
         }
-        let text = serde_json::to_string_pretty(&manifest(&vectors)).expect("json") + "\n";
+        for (stem, _, p) in &packed {
+            std::fs::write(
+                dir().join(format!("{stem}.crc")),
+                encode_with(p, &PackOptions::all()).expect("encode"),
+            )
+            .expect("write");
+        }
+        let text = serde_json::to_string_pretty(&manifest(&vectors, &packed)).expect("json") + "\n";
         std::fs::write(dir().join("manifest.json"), text).expect("write manifest");
+    }
+    for (stem, _, p) in &packed {
+        let path = dir().join(format!("{stem}.crc"));
+        let committed = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let decoded =
+            decode(&committed, &Limits::default()).unwrap_or_else(|e| panic!("{stem}: {e}"));
+        assert_eq!(&decoded, p, "{stem}: unpacks to its payload");
+        assert_eq!(
+            encode_with(p, &PackOptions::all()).expect("encode"),
+            committed,
+            "{stem}: this encoder packs differently"
+        );
+        assert!(
+            committed.len() < encode(p).expect("plain").len(),
+            "{stem}: packing must pay"
+        );
     }
     for (stem, _, p) in &vectors {
         let path = dir().join(format!("{stem}.crc"));
@@ -249,5 +339,9 @@ fn golden_vectors_decode_and_reencode_byte_identically() {
     }
     let manifest_text = std::fs::read_to_string(dir().join("manifest.json")).expect("manifest");
     let on_disk: serde_json::Value = serde_json::from_str(&manifest_text).expect("manifest json");
-    assert_eq!(on_disk, manifest(&vectors), "manifest.json is stale");
+    assert_eq!(
+        on_disk,
+        manifest(&vectors, &packed),
+        "manifest.json is stale"
+    );
 }

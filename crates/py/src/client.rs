@@ -7,7 +7,9 @@
 use std::time::Duration;
 
 use comfy_remote_client::blocking::{BlockingClient, BlockingJob};
-use comfy_remote_client::{ClientError, ClientOptions, JobEvent, LocalInput, Mode, Signature};
+use comfy_remote_client::{
+    ClientError, ClientOptions, JobEvent, LocalInput, Mode, Signature, NAMED_INPUT_PREFIX,
+};
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
@@ -59,6 +61,8 @@ fn signature_dict<'py>(py: Python<'py>, sig: &Signature) -> PyResult<Bound<'py, 
     d.set_item("protocol", &sig.protocol)?;
     d.set_item("inputs", items(&sig.inputs)?)?;
     d.set_item("outputs", items(&sig.outputs)?)?;
+    d.set_item("codecs", &sig.codecs)?;
+    d.set_item("features", &sig.features)?;
     Ok(d)
 }
 
@@ -72,7 +76,7 @@ struct PyClient {
 impl PyClient {
     #[new]
     #[allow(clippy::too_many_arguments)] // mirrors the Python keyword arguments
-    #[pyo3(signature = (endpoint, *, headers=None, timeout=None, mode="auto", poll_interval=0.5, max_attempts=6, use_events=true))]
+    #[pyo3(signature = (endpoint, *, headers=None, timeout=None, mode="auto", poll_interval=0.5, max_attempts=6, use_events=true, images_8bit=false, submit_wait=1.0))]
     fn new(
         py: Python<'_>,
         endpoint: String,
@@ -82,6 +86,8 @@ impl PyClient {
         poll_interval: f64,
         max_attempts: u32,
         use_events: bool,
+        images_8bit: bool,
+        submit_wait: f64,
     ) -> PyResult<Self> {
         let mut o = ClientOptions::new(endpoint);
         o.headers = headers.unwrap_or_default();
@@ -103,6 +109,9 @@ impl PyClient {
         }
         o.retry.max_attempts = max_attempts.max(1);
         o.use_events = use_events;
+        o.images_8bit = images_8bit;
+        o.submit_wait = (submit_wait.is_finite() && submit_wait > 0.0)
+            .then(|| Duration::from_secs_f64(submit_wait));
         let inner = BlockingClient::new(o).map_err(|e| to_py_err(py, e))?;
         Ok(PyClient { inner })
     }
@@ -117,8 +126,9 @@ impl PyClient {
         sig.map(|s| signature_dict(py, &s)).transpose()
     }
 
-    /// Check `[(local_name, comfy_type | None)]` against the signature, by
-    /// order; return the names to encode the inputs under.
+    /// Check `[(local_name, comfy_type | None)]` against the signature
+    /// (`input:<name>` by name, `valueN` by position); return the names to
+    /// encode the inputs under.
     fn plan_inputs(
         &self,
         py: Python<'_>,
@@ -254,5 +264,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyClient>()?;
     m.add_class::<PyJob>()?;
     m.add("RemoteError", m.py().get_type::<RemoteError>())?;
+    m.add("NAMED_INPUT_PREFIX", NAMED_INPUT_PREFIX)?;
     Ok(())
 }

@@ -18,13 +18,14 @@ use std::path::PathBuf;
 use pyo3::create_exception;
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyTuple};
+use pyo3::types::{PyByteArray, PyBytes, PyList, PyTuple};
 
 use comfy_remote_protocol::container::{
-    header_len, prepare_tree, Blob, BlobSource, Prepared, WriteError,
+    header_len, pack_tree, prepare_tree, Blob, BlobSource, Prepared, WriteError,
 };
+use comfy_remote_protocol::packed::{unpack, Codec};
 use comfy_remote_protocol::tree::{parse_tree, BlobInfo};
-use comfy_remote_protocol::{read_layout, CodecError as RsCodecError, DType, Limits};
+use comfy_remote_protocol::{read_layout, CodecError as RsCodecError, DType, Limits, PackOptions};
 
 create_exception!(
     comfy_remote.codec,
@@ -146,6 +147,7 @@ fn plan<'a, 'py>(
     py: Python<'py>,
     tree_json: &str,
     tensors: &'a [(String, Vec<usize>, Data<'py>)],
+    pack: &PackOptions,
 ) -> PyResult<(Prepared<'static>, Vec<Source<'a>>)> {
     let mut infos = Vec::with_capacity(tensors.len());
     let mut sources: Vec<Source<'a>> = Vec::with_capacity(tensors.len());
@@ -188,8 +190,9 @@ fn plan<'a, 'py>(
     }
     let prepared = py
         .detach(|| {
-            let entries = parse_tree(tree_json.as_bytes(), &infos, Limits::default().max_depth)?;
-            let blobs = infos
+            let mut entries =
+                parse_tree(tree_json.as_bytes(), &infos, Limits::default().max_depth)?;
+            let mut blobs: Vec<Blob<'static>> = infos
                 .iter()
                 .enumerate()
                 .map(|(i, b)| Blob {
@@ -198,6 +201,9 @@ fn plan<'a, 'py>(
                     source: BlobSource::External(i),
                 })
                 .collect();
+            pack_tree(&mut entries, &mut blobs, pack, &|i| {
+                source_bytes(&sources, i).ok()
+            })?;
             prepare_tree(entries, blobs)
         })
         .map_err(|e| to_py(py, &e))?;
@@ -291,12 +297,16 @@ impl UninitBytes {
 /// (into a `bytes` object that is not zero-filled first) and the GIL
 /// released while copying.
 #[pyfunction(name = "_encode_container")]
+#[pyo3(signature = (tree_json, tensors, *, codecs=Vec::new(), quantize_images=false))]
 fn encode_container<'py>(
     py: Python<'py>,
     tree_json: String,
     tensors: Vec<(String, Vec<usize>, Data<'py>)>,
+    codecs: Vec<String>,
+    quantize_images: bool,
 ) -> PyResult<Bound<'py, PyBytes>> {
-    let (prepared, sources) = plan(py, &tree_json, &tensors)?;
+    let pack = pack_options(&codecs, quantize_images);
+    let (prepared, sources) = plan(py, &tree_json, &tensors, &pack)?;
     let (obj, mut out) = UninitBytes::new(py, prepared.len())?;
     let written = py.detach(|| {
         prepared.write_chunks(|i| source_bytes(&sources, i), |chunk| out.put(chunk))?;
@@ -319,13 +329,17 @@ fn encode_container<'py>(
 /// container's size. The GIL is released while writing; the file is
 /// flushed but not synced.
 #[pyfunction(name = "_encode_container_to_file")]
+#[pyo3(signature = (tree_json, tensors, path, *, codecs=Vec::new(), quantize_images=false))]
 fn encode_container_to_file<'py>(
     py: Python<'py>,
     tree_json: String,
     tensors: Vec<(String, Vec<usize>, Data<'py>)>,
     path: PathBuf,
+    codecs: Vec<String>,
+    quantize_images: bool,
 ) -> PyResult<u64> {
-    let (prepared, sources) = plan(py, &tree_json, &tensors)?;
+    let pack = pack_options(&codecs, quantize_images);
+    let (prepared, sources) = plan(py, &tree_json, &tensors, &pack)?;
     let written = py.detach(|| -> Result<u64, WriteError> {
         let file = std::fs::File::create(&path)?;
         // Small pieces (the header, short byte strings) are gathered; large
@@ -341,6 +355,43 @@ fn encode_container_to_file<'py>(
         Err(WriteError::Io(e)) => Err(e.into()),
         Err(e) => Err(PyOSError::new_err(e.to_string())),
     }
+}
+
+/// What the encoder may pack: the receiver's codecs (§2.7), and whether
+/// IMAGE/MASK values may be rounded to 8 bits.
+fn pack_options(codecs: &[String], quantize_images: bool) -> PackOptions {
+    PackOptions {
+        quantize_images,
+        ..PackOptions::for_codecs(codecs.iter().map(String::as_str))
+    }
+}
+
+/// The plain bytes of a `$packed` tensor (`codec`, `dtype`, `shape` as the
+/// validated tree gives them), at most `max_bytes` of them. The GIL is
+/// released while unpacking.
+#[pyfunction(name = "_unpack")]
+fn unpack_tensor<'py>(
+    py: Python<'py>,
+    codec: &str,
+    dtype: &str,
+    shape: Vec<usize>,
+    data: &[u8],
+    max_bytes: u64,
+) -> PyResult<Bound<'py, PyByteArray>> {
+    let codec = Codec::parse(codec).ok_or_else(|| {
+        to_py(
+            py,
+            &RsCodecError::InvalidNode {
+                path: "a packed tensor".into(),
+                reason: format!("unknown codec {codec:?}"),
+            },
+        )
+    })?;
+    let dtype = parse_dtype(py, dtype)?;
+    let plain = py
+        .detach(|| unpack(codec, dtype, &shape, data, max_bytes))
+        .map_err(|e| to_py(py, &e))?;
+    Ok(PyByteArray::new(py, &plain))
 }
 
 /// The bytes of one tensor, readable without the GIL.
@@ -426,6 +477,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(encode_container, m)?)?;
     m.add_function(wrap_pyfunction!(encode_container_to_file, m)?)?;
     m.add_function(wrap_pyfunction!(container_header_len, m)?)?;
+    m.add_function(wrap_pyfunction!(unpack_tensor, m)?)?;
+    m.add("CODECS", comfy_remote_protocol::packed::CODECS.to_vec())?;
     m.add_function(wrap_pyfunction!(decode_container, m)?)?;
     Ok(())
 }

@@ -5,7 +5,7 @@
 //! variable's name. The nodes and the Modal runtime read them from here
 //! rather than restating them.
 
-use comfy_remote_contract::{nodes, Workflow};
+use comfy_remote_contract::{layout, nodes, Workflow};
 use comfy_remote_protocol::api::DEFAULT_ENDPOINT;
 use comfy_remote_protocol::{env, types, ComfyType, Entry, Value};
 use pyo3::exceptions::PyValueError;
@@ -26,11 +26,37 @@ fn workflow_signature(name: &str, text: &str) -> PyResult<String> {
     .map_err(|e| PyValueError::new_err(e.to_string()))
 }
 
+/// The API workflow (JSON text) ComfyUI's frontend makes of the UI-format workflow `text`
+/// (named `name` in messages), with the node definitions of `object_info` (the JSON text of a
+/// ComfyUI's `/object_info`). ValueError saying why it cannot be converted.
+#[pyfunction]
+fn ui_to_api(name: &str, text: &str, object_info: &str) -> PyResult<String> {
+    let bad = |m: String| PyValueError::new_err(format!("workflow {name}: {m}"));
+    let ui: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| bad(format!("is not valid JSON ({e})")))?;
+    let info: serde_json::Value = serde_json::from_str(object_info)
+        .map_err(|e| bad(format!("object_info is not valid JSON ({e})")))?;
+    if !comfy_remote_contract::ui::is_ui_format(&ui) {
+        return Err(bad(
+            "is not in ComfyUI's UI format (no `nodes` and `links` lists)".into(),
+        ));
+    }
+    let api = comfy_remote_contract::ui::to_api(&ui, &info).map_err(|e| bad(e.to_string()))?;
+    serde_json::to_string(&api).map_err(|e| bad(e.to_string()))
+}
+
 /// The name of a Remote Input or Output, trimmed; ValueError saying why a
 /// name is unusable (`node` names the node in the message).
 #[pyfunction]
 fn io_name(node: &str, name: &str) -> PyResult<String> {
     nodes::io_name(name).map_err(|why| PyValueError::new_err(format!("{node} {why}")))
+}
+
+/// The file the Remote Output named `name` writes in the job directory
+/// `job_dir` (`docs/protocol.md` §6).
+#[pyfunction]
+fn job_output_file(job_dir: std::path::PathBuf, name: &str) -> std::path::PathBuf {
+    layout::output_file(&job_dir, name)
 }
 
 /// Whether an input declared `declared` takes a value of type `actual`.
@@ -98,6 +124,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("REMOTE_INPUT", nodes::REMOTE_INPUT)?;
     m.add("REMOTE_OUTPUT", nodes::REMOTE_OUTPUT)?;
     m.add("MODAL_DEPLOYMENT", nodes::MODAL_DEPLOYMENT)?;
+    m.add("JOB_KEY", nodes::JOB_KEY)?;
     m.add("DEFAULT_ENDPOINT", DEFAULT_ENDPOINT)?;
     // `ENV["TOKEN"]` is "COMFY_REMOTE_TOKEN": every variable's name by its role.
     let vars = PyDict::new(py);
@@ -106,7 +133,9 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     }
     m.add("ENV", vars)?;
     m.add_function(wrap_pyfunction!(workflow_signature, m)?)?;
+    m.add_function(wrap_pyfunction!(ui_to_api, m)?)?;
     m.add_function(wrap_pyfunction!(io_name, m)?)?;
+    m.add_function(wrap_pyfunction!(job_output_file, m)?)?;
     m.add_function(wrap_pyfunction!(accepts, m)?)?;
     m.add_function(wrap_pyfunction!(conform_input, m)?)
 }

@@ -7,21 +7,30 @@
 //! auth, the job view's shape and URL layout. Errors are raised as
 //! `ApiError`, whose `status` and `body` are the response to send.
 
+use std::collections::HashMap;
+
 use comfy_remote_contract::{check_inputs, Workflow};
 use comfy_remote_protocol::api::{
     ErrorCode, ErrorInfo, Info, JobResult, JobStatus, JobUrls, JobView, LimitsInfo, Phase,
-    Progress, SignatureItem, ValueInfo, WorkflowInfo,
+    Progress, SignatureItem, ValueInfo, WorkflowInfo, CONTAINER_MEDIA_TYPE, HEADER_CODECS,
+    HEADER_IMAGES,
 };
 use comfy_remote_protocol::http::{self, BearerToken, Refusal, SubmitMedia};
-use comfy_remote_protocol::{Limits, PROTOCOL_VERSION};
+use comfy_remote_protocol::{Limits, PackOptions, PROTOCOL_VERSION};
 use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+/// What the web front serves beyond the core protocol (`features` in `/v1/info`).
+const FEATURES: &[&str] = &["wait", "range"];
+
+/// An HTTP answer for the Python front: status, headers, body.
+type Answer<'py> = (u16, Vec<(String, String)>, Bound<'py, PyBytes>);
+
 /// The worker's default body limit (`comfy-remote serve --max-body-bytes`).
-const DEFAULT_MAX_BODY_BYTES: u64 = 2 << 30;
+pub(crate) const DEFAULT_MAX_BODY_BYTES: u64 = 2 << 30;
 
 pyo3::create_exception!(
     comfy_remote._native,
@@ -35,18 +44,35 @@ fn parse_code(code: &str) -> PyResult<ErrorCode> {
         .ok_or_else(|| PyValueError::new_err(format!("unknown error code {code:?}")))
 }
 
-/// The one place a protocol answer becomes the Python `ApiError`.
-fn to_py(r: Refusal) -> PyErr {
-    let text = serde_json::to_string(&r.body()).unwrap_or_else(|_| "{}".into());
-    let err = ApiError::new_err(r.message.clone());
+/// The one place an HTTP error answer becomes the Python `ApiError` (v1 and v2).
+pub(crate) fn to_api_error(
+    message: &str,
+    status: u16,
+    code: &str,
+    body: String,
+    retry_after: Option<u64>,
+) -> PyErr {
+    let err = ApiError::new_err(message.to_owned());
     Python::attach(|py| {
         let v = err.value(py);
-        let _ = v.setattr("status", r.status());
-        let _ = v.setattr("code", r.code.as_str());
-        let _ = v.setattr("body", text);
-        let _ = v.setattr("retry_after", r.code.retry_after());
+        let _ = v.setattr("status", status);
+        let _ = v.setattr("code", code);
+        let _ = v.setattr("body", body);
+        let _ = v.setattr("retry_after", retry_after);
     });
     err
+}
+
+/// A v1 answer as the Python `ApiError`.
+fn to_py(r: Refusal) -> PyErr {
+    let text = serde_json::to_string(&r.body()).unwrap_or_else(|_| "{}".into());
+    to_api_error(
+        &r.message,
+        r.status(),
+        &r.code.as_str(),
+        text,
+        r.code.retry_after(),
+    )
 }
 
 /// `ApiError` for `code` (its HTTP status from the protocol's table) with
@@ -93,6 +119,10 @@ struct Stored {
     progress: Option<Progress>,
     #[serde(default)]
     updated_at: Option<String>,
+    #[serde(default)]
+    started_at: Option<String>,
+    #[serde(default)]
+    finished_at: Option<String>,
     #[serde(default)]
     result: Option<StoredResult>,
     #[serde(default)]
@@ -183,6 +213,11 @@ impl PyFront {
                 max_rank: self.limits.max_rank as u64,
                 max_concurrent_jobs: 0,
             },
+            codecs: comfy_remote_protocol::packed::CODECS
+                .iter()
+                .map(|c| (*c).to_owned())
+                .collect(),
+            features: FEATURES.iter().map(|f| (*f).to_owned()).collect(),
         };
         serde_json::to_string(&info).unwrap_or_else(|_| "{}".into())
     }
@@ -328,13 +363,99 @@ impl PyFront {
         serde_json::to_string(&view).map_err(|e| PyValueError::new_err(e.to_string()))
     }
 
-    /// The base64 JSON form of a container (a result asked for with `Accept: application/json`).
-    fn json_form(&self, container: &[u8]) -> String {
-        serde_json::to_string(&comfy_remote_protocol::api::JsonForm::from_container(
-            container,
-        ))
-        .unwrap_or_else(|_| "{}".into())
+    /// The seconds a submit may wait for its job (`Prefer: wait=N`, §4.1,
+    /// at most the reference's limit); None when the client does not ask.
+    fn prefer_wait(&self, headers: HashMap<String, String>) -> Option<u64> {
+        http::prefer_wait(header(&headers, "prefer"), http::MAX_WAIT_SECS)
     }
+
+    /// The answer to a result download (§4.4) of job `job_id`, whose
+    /// container is `container`, for a request with these headers:
+    /// `(status, headers, body)` (`headers`: the request's, by lower-case
+    /// name), the container packed as far as
+    /// `Comfy-Remote-Codecs`/`Comfy-Remote-Images` allow, whole (200) or
+    /// the `Range` asked for (206, `If-Range` honoured), with an ETag.
+    /// A range past the end raises ApiError (416). The GIL is released
+    /// while packing.
+    #[pyo3(signature = (container, *, job_id, headers))]
+    fn result_answer<'py>(
+        &self,
+        py: Python<'py>,
+        container: &[u8],
+        job_id: &str,
+        headers: HashMap<String, String>,
+    ) -> PyResult<Answer<'py>> {
+        let h = |name: &str| header(&headers, name);
+        let packing = http::result_packing(h(HEADER_CODECS), h(HEADER_IMAGES));
+        let packed = py.detach(|| repacked(container, &packing));
+        let packed = packed.map_err(PyException::new_err)?;
+        let body = packed.as_deref().unwrap_or(container);
+        let len = body.len() as u64;
+        let etag = http::result_etag(job_id, &packing, len);
+        let part = http::result_range(h("range"), h("if-range"), &etag, len).map_err(to_py)?;
+        let mut answer = vec![
+            ("content-type".to_owned(), CONTAINER_MEDIA_TYPE.to_owned()),
+            ("etag".to_owned(), etag),
+            ("accept-ranges".to_owned(), "bytes".to_owned()),
+        ];
+        let (status, start, end) = match part {
+            Some((a, b)) => {
+                answer.push(("content-range".to_owned(), http::content_range(a, b, len)));
+                (206, a, b)
+            }
+            None => (200, 0, len),
+        };
+        let slice = &body[start as usize..end as usize];
+        Ok((status, answer, PyBytes::new(py, slice)))
+    }
+
+    /// The base64 JSON form of a container (a result asked for with
+    /// `Accept: application/json`), its tensors plain: such a client
+    /// announced no packing.
+    fn json_form(&self, py: Python<'_>, container: &[u8]) -> PyResult<String> {
+        let plain = py.detach(|| repacked(container, &PackOptions::default()));
+        let plain = plain.map_err(PyException::new_err)?;
+        Ok(
+            serde_json::to_string(&comfy_remote_protocol::api::JsonForm::from_container(
+                plain.as_deref().unwrap_or(container),
+            ))
+            .unwrap_or_else(|_| "{}".into()),
+        )
+    }
+}
+
+/// A stored result re-encoded with `packing` (§2.7), or None when it can
+/// go as it is: a GPU container keeps results packed for every codec, and a
+/// client gets only the packings it announced.
+fn repacked(container: &[u8], packing: &PackOptions) -> Result<Option<Vec<u8>>, String> {
+    let header = container
+        .get(..8)
+        .and_then(|p| p.try_into().ok())
+        .map(u64::from_le_bytes)
+        .and_then(|n| container.get(8..8usize.saturating_add(usize::try_from(n).ok()?)))
+        .unwrap_or(container);
+    // The tree is a JSON string inside the header: look for the key itself
+    // (a string that merely contains it costs one needless re-encode).
+    let key = comfy_remote_protocol::tree::PACKED_KEY.as_bytes();
+    let is_packed = header.windows(key.len()).any(|w| w == key);
+    if packing.is_empty() && !is_packed {
+        return Ok(None);
+    }
+    // Our own container: only sanity bounds apply.
+    let limits = Limits {
+        max_total_bytes: 1 << 40,
+        ..Limits::default()
+    };
+    let payload = comfy_remote_protocol::decode(container, &limits)
+        .map_err(|e| format!("the stored result is unreadable: {e}"))?;
+    comfy_remote_protocol::encode_with(&payload, packing)
+        .map(Some)
+        .map_err(|e| format!("packing the result: {e}"))
+}
+
+/// A request header by name, from a map keyed by lower-case names.
+fn header<'a>(headers: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
+    headers.get(&name.to_ascii_lowercase()).map(String::as_str)
 }
 
 /// The media of a `kind` name (`"json"`, else the container).
@@ -367,6 +488,8 @@ fn build_view(
                 urls: urls.clone(),
                 created_at: created_at.to_owned(),
                 updated_at: s.updated_at.unwrap_or_else(|| created_at.to_owned()),
+                started_at: s.started_at,
+                finished_at: s.finished_at,
                 result: s.result.map(|r| JobResult {
                     url: urls.result.clone(),
                     outputs: r.outputs,
@@ -389,6 +512,8 @@ fn build_view(
                 urls: JobUrls::under(base, job_id),
                 created_at: created_at.to_owned(),
                 updated_at: created_at.to_owned(),
+                started_at: None,
+                finished_at: None,
                 result: None,
                 error: None,
             }
@@ -400,6 +525,10 @@ fn build_view(
     }
     if view.status.is_terminal() {
         view.progress.settle(view.status);
+        if view.finished_at.is_none() {
+            // A record the front wrote for a call that ended without one.
+            view.finished_at = Some(view.updated_at.clone());
+        }
     }
     if view.status != JobStatus::Succeeded {
         view.result = None;

@@ -11,6 +11,7 @@ mod codec;
 mod contract;
 mod deploy;
 mod front;
+mod front_v2;
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -22,5 +23,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     deploy::register(m)?;
     contract::register(m)?;
     front::register(m)?;
+    front_v2::register(m)?;
     Ok(())
 }

@@ -16,16 +16,19 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use comfy_remote_contract::layout;
 use comfy_remote_protocol::api::{
-    ErrorCode, Info, JobStatus, LimitsInfo, WorkflowInfo, CONTAINER_MEDIA_TYPE,
-    HEADER_IDEMPOTENCY_KEY, HEADER_PROTOCOL,
+    ErrorCode, Info, JobStatus, LimitsInfo, WorkflowInfo, CONTAINER_MEDIA_TYPE, FEATURE_RANGE,
+    FEATURE_UPLOADS, FEATURE_WAIT, HEADER_CODECS, HEADER_IDEMPOTENCY_KEY, HEADER_IMAGES,
+    HEADER_JOB, HEADER_PROTOCOL,
 };
 use comfy_remote_protocol::http::{self, BearerToken, SubmitMedia};
 use comfy_remote_protocol::PROTOCOL_VERSION;
+use sha2::{Digest, Sha256};
 
 use crate::error::{ApiError, Path, Query};
-use crate::jobs::{Engine, SubmitError, SubmitRequest, Submitted};
+use crate::jobs::{Engine, SubmitBody, SubmitError, SubmitRequest, Submitted};
 use crate::live::EventData;
 use crate::store::JobRow;
+use crate::uploads;
 
 /// State shared by all handlers.
 #[derive(Debug, Clone)]
@@ -56,6 +59,13 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}/events", get(events))
         .route("/v1/jobs/{id}/result", get(result))
         .route("/v1/jobs/{id}/cancel", post(cancel))
+        .route("/v1/uploads", post(uploads::create))
+        .route(
+            "/v1/uploads/{id}",
+            axum::routing::head(uploads::offset)
+                .patch(uploads::append)
+                .layer(DefaultBodyLimit::disable()),
+        )
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
@@ -155,6 +165,9 @@ async fn metrics(State(st): State<AppState>) -> Result<Response, ApiError> {
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 
+/// What this worker serves beyond the core protocol (`features` in `/v1/info`).
+const FEATURES: &[&str] = &[FEATURE_WAIT, FEATURE_RANGE, FEATURE_UPLOADS];
+
 /// The signature and limits of this worker.
 pub fn info_document(engine: &Engine) -> Info {
     let wf = &engine.workflow;
@@ -174,11 +187,36 @@ pub fn info_document(engine: &Engine) -> Info {
             max_rank: c.limits.max_rank as u64,
             max_concurrent_jobs: c.max_active_jobs,
         },
+        codecs: comfy_remote_protocol::packed::CODECS
+            .iter()
+            .map(|c| (*c).to_owned())
+            .collect(),
+        features: FEATURES.iter().map(|f| (*f).to_owned()).collect(),
     }
 }
 
-async fn info(State(st): State<AppState>) -> Json<Info> {
-    Json(info_document(&st.engine))
+/// The info document with its ETag; `If-None-Match` with it is a 304, so a
+/// client revalidating a cached signature moves no body.
+async fn info(State(st): State<AppState>, headers: HeaderMap) -> Response {
+    let doc = info_document(&st.engine);
+    let text = serde_json::to_string(&doc).unwrap_or_default();
+    let etag = format!(
+        "\"{}\"",
+        &hex::encode(Sha256::digest(text.as_bytes()))[..32]
+    );
+    let matches = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
+    let mut resp = if matches {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        ([(header::CONTENT_TYPE, "application/json")], text).into_response()
+    };
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    resp
 }
 
 async fn submit(
@@ -196,12 +234,17 @@ async fn submit(
         .get(HEADER_IDEMPOTENCY_KEY)
         .map(|v| http::idempotency_key(v.as_bytes()))
         .transpose()?;
+    // `?upload=<id>`: the container is a finished resumable upload.
+    let body = match query.get("upload") {
+        Some(id) => SubmitBody::Upload(uploads::upload_path(&st, id)?),
+        None => SubmitBody::Stream(body.into_data_stream()),
+    };
     let submitted = engine
         .submit(SubmitRequest {
             media,
             retryable,
             idempotency_key,
-            body: body.into_data_stream(),
+            body,
         })
         .await
         .map_err(|e| match e {
@@ -209,6 +252,17 @@ async fn submit(
             SubmitError::Internal(internal) => ApiError::internal(internal),
         })?;
     let base = base_url(&st, &headers);
+    let row = match &submitted {
+        Submitted::New(row) | Submitted::Replayed(row) => row,
+    };
+    if let Some(secs) = http::prefer_wait(
+        headers.get("prefer").and_then(|v| v.to_str().ok()),
+        http::MAX_WAIT_SECS,
+    ) {
+        if let Some(done) = engine.wait_terminal(&row.id, secs).await? {
+            return answer_waited(&st, &done, &headers, &base, secs).await;
+        }
+    }
     match submitted {
         Submitted::New(row) => {
             let view = engine.view(&row, &base).await;
@@ -222,6 +276,38 @@ async fn submit(
             Ok((StatusCode::OK, Json(engine.view(&row, &base).await)).into_response())
         }
     }
+}
+
+/// The answer to a submit whose job ended while it waited: the result
+/// itself for a succeeded job (200, the container, `Comfy-Remote-Job`), the
+/// final JobView otherwise (200).
+async fn answer_waited(
+    st: &AppState,
+    row: &JobRow,
+    headers: &HeaderMap,
+    base: &str,
+    secs: u64,
+) -> Result<Response, ApiError> {
+    let view = st.engine.view(row, base).await;
+    let mut resp = if row.status == JobStatus::Succeeded {
+        serve_result(st, row, headers).await?
+    } else {
+        (StatusCode::OK, Json(&view)).into_response()
+    };
+    let hs = resp.headers_mut();
+    for (k, v) in [
+        (HEADER_JOB, row.id.clone()),
+        ("location", view.poll_url.clone()),
+        ("preference-applied", format!("wait={secs}")),
+    ] {
+        if let (Ok(k), Ok(v)) = (
+            header::HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(&v),
+        ) {
+            hs.insert(k, v);
+        }
+    }
+    Ok(resp)
 }
 
 fn check_id(id: &str) -> Result<(), ApiError> {
@@ -298,30 +384,70 @@ async fn result(
             ))
         }
     }
-    let path = layout::result_file(&st.engine.job_dir(&id));
-    let wants_json = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
+    serve_result(&st, &row, &headers).await
+}
+
+/// The result of a succeeded job as the request asks for it: the base64
+/// JSON form for `Accept: application/json`; else the container, packed as
+/// far as `Comfy-Remote-Codecs`/`Comfy-Remote-Images` allow (§2.7), whole
+/// or the one `Range` asked for (206, `If-Range` honoured), with an ETag.
+async fn serve_result(
+    st: &AppState,
+    row: &JobRow,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let h = |k: &str| headers.get(k).and_then(|v| v.to_str().ok());
+    let wants_json = h("accept")
         .is_some_and(|a| a.contains("application/json") && !a.contains(CONTAINER_MEDIA_TYPE));
     if wants_json {
+        let path = layout::result_file(&st.engine.job_dir(&row.id));
         let bytes = tokio::fs::read(&path).await.map_err(ApiError::internal)?;
         return Ok(
             Json(comfy_remote_protocol::api::JsonForm::from_container(&bytes)).into_response(),
         );
     }
-    let file = tokio::fs::File::open(&path)
+    let packing = http::result_packing(h(HEADER_CODECS), h(HEADER_IMAGES));
+    let path = st.engine.result_file(&row.id, &packing).await?;
+    let mut file = tokio::fs::File::open(&path)
         .await
         .map_err(ApiError::internal)?;
     let len = file.metadata().await.map_err(ApiError::internal)?.len();
-    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20));
-    Ok((
-        [
-            (header::CONTENT_TYPE, CONTAINER_MEDIA_TYPE.to_owned()),
-            (header::CONTENT_LENGTH, len.to_string()),
-        ],
-        body,
-    )
-        .into_response())
+    let etag = http::result_etag(&row.id, &packing, len);
+    let range = http::result_range(h("range"), h("if-range"), &etag, len)?;
+    let (status, start, end) = match range {
+        Some((a, b)) => (StatusCode::PARTIAL_CONTENT, a, b),
+        None => (StatusCode::OK, 0, len),
+    };
+    if start > 0 {
+        use tokio::io::AsyncSeekExt as _;
+        file.seek(std::io::SeekFrom::Start(start))
+            .await
+            .map_err(ApiError::internal)?;
+    }
+    use tokio::io::AsyncReadExt as _;
+    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
+        file.take(end - start),
+        1 << 20,
+    ));
+    let mut resp = (status, body).into_response();
+    let hs = resp.headers_mut();
+    let set = |hs: &mut HeaderMap, k: header::HeaderName, v: String| {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            hs.insert(k, v);
+        }
+    };
+    set(hs, header::CONTENT_TYPE, CONTAINER_MEDIA_TYPE.to_owned());
+    set(hs, header::CONTENT_LENGTH, (end - start).to_string());
+    set(hs, header::ETAG, etag);
+    set(hs, header::ACCEPT_RANGES, "bytes".to_owned());
+    if status == StatusCode::PARTIAL_CONTENT {
+        set(
+            hs,
+            header::CONTENT_RANGE,
+            http::content_range(start, end, len),
+        );
+    }
+    Ok(resp)
 }
 
 fn sse_event(seq: u64, data: &EventData, base: &str) -> Event {

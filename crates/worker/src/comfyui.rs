@@ -5,7 +5,6 @@
 //! that queued it, so the worker keeps exactly one socket under its own id
 //! and routes each event by `prompt_id`.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,12 +12,16 @@ use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::WorkerError;
 use crate::process;
+
+mod events;
+mod files;
+pub use events::{ComfyEvent, EventReceiver, EventRouter};
 
 /// How the worker gets its ComfyUI.
 #[derive(Debug, Clone)]
@@ -32,35 +35,6 @@ pub enum ComfyMode {
     },
     /// Use a ComfyUI that is already running at `url`.
     Attach { url: String },
-}
-
-/// An event of one prompt, decoded from ComfyUI's websocket.
-#[derive(Debug, Clone)]
-pub enum ComfyEvent {
-    Started,
-    Cached(Vec<String>),
-    Executing(String),
-    Progress {
-        node: Option<String>,
-        value: u64,
-        max: u64,
-    },
-    Executed(String),
-    Success,
-    Error {
-        node_id: String,
-        node_type: String,
-        message: String,
-        details: Value,
-    },
-    Interrupted,
-    /// `executing` with `node: null`: the prompt left the executor.
-    Finished,
-    Preview {
-        mime: String,
-        data: Vec<u8>,
-        node: Option<String>,
-    },
 }
 
 /// Where a prompt is in ComfyUI's queue.
@@ -137,13 +111,18 @@ impl ComfyClient {
     /// `number` is ComfyUI's queue priority (lower runs first): the job's
     /// place in our queue, so prompts run in submit order even when two are
     /// posted concurrently.
+    /// `extra_data` (a v2 job's partner-node key) goes with this prompt only.
     pub async fn queue_prompt(
         &self,
         prompt: &Value,
         prompt_id: &str,
         number: i64,
+        extra_data: Option<&Value>,
     ) -> Result<(), QueueError> {
-        let body = json!({ "prompt": prompt, "client_id": self.client_id, "prompt_id": prompt_id, "number": number });
+        let mut body = json!({ "prompt": prompt, "client_id": self.client_id, "prompt_id": prompt_id, "number": number });
+        if let Some(extra) = extra_data {
+            body["extra_data"] = extra.clone();
+        }
         let r = self
             .http
             .post(self.url("/prompt"))
@@ -254,193 +233,6 @@ impl ComfyClient {
             .await
             .map_err(|e| WorkerError::Comfy(format!("GET /history: {e}")))?;
         Ok(v.get(prompt_id).cloned())
-    }
-}
-
-/// Events buffered for one prompt. A driver that falls this far behind
-/// loses the newest ones (counted in `dropped`); it still learns the
-/// prompt's end from ComfyUI's history, which it checks when the prompt
-/// leaves the queue.
-const EVENT_BUFFER: usize = 1024;
-
-/// The events of one prompt, as its driver receives them.
-pub type EventReceiver = mpsc::Receiver<ComfyEvent>;
-
-/// Routes websocket events to the job that owns each prompt.
-#[derive(Debug, Default)]
-pub struct EventRouter {
-    routes: Mutex<HashMap<String, mpsc::Sender<ComfyEvent>>>,
-    /// Events dropped because their prompt's buffer was full.
-    pub dropped: AtomicU64,
-    /// The prompt ComfyUI is executing (previews without metadata carry no id).
-    current: Mutex<Option<String>>,
-}
-
-impl EventRouter {
-    pub fn register(&self, prompt_id: &str) -> EventReceiver {
-        let (tx, rx) = mpsc::channel(EVENT_BUFFER);
-        self.routes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(prompt_id.to_owned(), tx);
-        rx
-    }
-
-    pub fn unregister(&self, prompt_id: &str) {
-        self.routes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(prompt_id);
-    }
-
-    fn send(&self, prompt_id: &str, ev: ComfyEvent) {
-        if let Some(tx) = self
-            .routes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(prompt_id)
-        {
-            if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(ev) {
-                if self.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
-                    tracing::warn!(
-                        prompt = prompt_id,
-                        "a job's driver fell behind ComfyUI's events; dropping the newest"
-                    );
-                }
-            }
-        }
-    }
-
-    fn set_current(&self, prompt_id: Option<String>) {
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = prompt_id;
-    }
-
-    fn current(&self) -> Option<String> {
-        self.current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// Decode one text frame and route it.
-    pub fn on_text(&self, text: &str) {
-        let Ok(msg) = serde_json::from_str::<Value>(text) else {
-            return;
-        };
-        let ty = msg.get("type").and_then(Value::as_str).unwrap_or_default();
-        let data = msg.get("data").cloned().unwrap_or(Value::Null);
-        let prompt_id = data
-            .get("prompt_id")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        let s = |k: &str| data.get(k).and_then(Value::as_str).map(str::to_owned);
-        let ev = match ty {
-            "execution_start" => {
-                self.set_current(prompt_id.clone());
-                ComfyEvent::Started
-            }
-            "execution_cached" => ComfyEvent::Cached(
-                data.get("nodes")
-                    .and_then(Value::as_array)
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|v| v.as_str().map(str::to_owned))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            ),
-            "executing" => match s("node") {
-                Some(node) => ComfyEvent::Executing(node),
-                None => {
-                    self.set_current(None);
-                    ComfyEvent::Finished
-                }
-            },
-            "progress" => ComfyEvent::Progress {
-                node: s("node"),
-                value: data.get("value").and_then(Value::as_u64).unwrap_or(0),
-                max: data.get("max").and_then(Value::as_u64).unwrap_or(0),
-            },
-            "executed" => match s("node") {
-                Some(node) => ComfyEvent::Executed(node),
-                None => return,
-            },
-            "execution_success" => ComfyEvent::Success,
-            "execution_error" => ComfyEvent::Error {
-                node_id: s("node_id").unwrap_or_default(),
-                node_type: s("node_type").unwrap_or_default(),
-                message: s("exception_message").unwrap_or_default().trim().to_owned(),
-                details: json!({
-                    "exception_type": data.get("exception_type"),
-                    "traceback": data.get("traceback"),
-                }),
-            },
-            "execution_interrupted" => ComfyEvent::Interrupted,
-            _ => return,
-        };
-        if let Some(pid) = prompt_id.or_else(|| self.current()) {
-            self.send(&pid, ev);
-        }
-    }
-
-    /// Decode one binary frame (previews) and route it.
-    pub fn on_binary(&self, data: &[u8]) {
-        if data.len() < 8 {
-            return;
-        }
-        let kind = u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
-        let word = u32::from_be_bytes([data[4], data[5], data[6], data[7]]);
-        match kind {
-            1 => {
-                let mime = if word == 2 { "image/png" } else { "image/jpeg" };
-                if let Some(pid) = self.current() {
-                    self.send(
-                        &pid,
-                        ComfyEvent::Preview {
-                            mime: mime.into(),
-                            data: data[8..].to_vec(),
-                            node: None,
-                        },
-                    );
-                }
-            }
-            4 => {
-                let len = word as usize;
-                let Some(meta) = data.get(8..8usize.saturating_add(len)) else {
-                    return;
-                };
-                let Ok(meta) = serde_json::from_slice::<Value>(meta) else {
-                    return;
-                };
-                let image = data[8 + len..].to_vec();
-                let mime = meta
-                    .get("image_type")
-                    .and_then(Value::as_str)
-                    .unwrap_or("image/png")
-                    .to_owned();
-                let node = meta
-                    .get("display_node_id")
-                    .or(meta.get("node_id"))
-                    .and_then(Value::as_str)
-                    .map(str::to_owned);
-                let pid = meta
-                    .get("prompt_id")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-                    .or_else(|| self.current());
-                if let Some(pid) = pid {
-                    self.send(
-                        &pid,
-                        ComfyEvent::Preview {
-                            mime,
-                            data: image,
-                            node,
-                        },
-                    );
-                }
-            }
-            _ => {}
-        }
     }
 }
 
@@ -582,9 +374,7 @@ async fn supervise_child(
             .args(&args)
             .current_dir(&dir);
         // ComfyUI prints to stdout; our stdout is for results, so its output joins our log.
-        if let Ok(fd) = std::os::fd::AsFd::as_fd(&std::io::stderr()).try_clone_to_owned() {
-            cmd.stdout(std::process::Stdio::from(fd));
-        }
+        cmd.stdout(std::io::stderr());
         tracing::info!(python = %python.display(), dir = %dir.display(), port, "starting ComfyUI");
         let mut child = match process::spawn_group(cmd) {
             Ok(c) => c,
@@ -707,59 +497,5 @@ async fn follow_websocket(h: ComfyHandle, s: Arc<Senders>, shutdown: Cancellatio
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn events_and_previews_reach_the_prompt_that_owns_them() {
-        let router = EventRouter::default();
-        let mut rx = router.register("p1");
-        let mut other = router.register("p2");
-        router.on_text(r#"{"type": "execution_start", "data": {"prompt_id": "p1"}}"#);
-        router.on_text(r#"{"type": "progress", "data": {"prompt_id": "p1", "node": "3", "value": 2, "max": 8}}"#);
-        // A legacy preview (type 1, JPEG) carries no prompt id: it belongs to the running prompt.
-        let mut legacy = vec![0, 0, 0, 1, 0, 0, 0, 1];
-        legacy.extend_from_slice(b"jpegbytes");
-        router.on_binary(&legacy);
-        // A preview with metadata (type 4) names its prompt and node.
-        let meta = br#"{"prompt_id": "p2", "node_id": "7", "display_node_id": "7", "image_type": "image/png"}"#;
-        let mut framed = vec![0, 0, 0, 4];
-        framed.extend_from_slice(&(meta.len() as u32).to_be_bytes());
-        framed.extend_from_slice(meta);
-        framed.extend_from_slice(b"pngbytes");
-        router.on_binary(&framed);
-        router.on_binary(&[0, 0, 0, 4, 255, 255, 255, 255]); // lying length: ignored
-        router.on_text("not json");
-        assert!(matches!(rx.try_recv(), Ok(ComfyEvent::Started)));
-        assert!(matches!(
-            rx.try_recv(),
-            Ok(ComfyEvent::Progress {
-                value: 2,
-                max: 8,
-                ..
-            })
-        ));
-        match rx.try_recv() {
-            Ok(ComfyEvent::Preview { mime, data, .. }) => {
-                assert_eq!(
-                    (mime.as_str(), data.as_slice()),
-                    ("image/jpeg", &b"jpegbytes"[..])
-                )
-            }
-            other => panic!("expected a preview, got {other:?}"),
-        }
-        match other.try_recv() {
-            Ok(ComfyEvent::Preview { mime, data, node }) => {
-                assert_eq!(mime, "image/png");
-                assert_eq!(data, b"pngbytes");
-                assert_eq!(node.as_deref(), Some("7"));
-            }
-            other => panic!("expected a preview, got {other:?}"),
-        }
-        assert!(rx.try_recv().is_err() && other.try_recv().is_err());
     }
 }

@@ -14,8 +14,9 @@ pub fn map(path: &Path) -> std::io::Result<memmap2::Mmap> {
     unsafe { memmap2::Mmap::map(&file) }
 }
 
-/// An exclusive advisory lock on a spool directory's `lock` file, held as
-/// long as this value lives (the kernel drops it when the process dies).
+/// An exclusive lock on a spool directory's `lock` file, held as long as
+/// this value lives (the OS drops it when the process dies): `flock` on
+/// Unix, `LockFileEx` on Windows.
 #[derive(Debug)]
 pub struct SpoolLock {
     _file: std::fs::File,
@@ -60,9 +61,36 @@ fn try_lock_exclusive(file: &std::fs::File) -> std::io::Result<bool> {
     }
 }
 
-#[cfg(not(unix))]
-fn try_lock_exclusive(_file: &std::fs::File) -> std::io::Result<bool> {
-    Ok(true)
+#[cfg(windows)]
+fn try_lock_exclusive(file: &std::fs::File) -> std::io::Result<bool> {
+    use std::os::windows::io::AsRawHandle as _;
+    use windows_sys::Win32::Foundation::ERROR_LOCK_VIOLATION;
+    use windows_sys::Win32::Storage::FileSystem::{
+        LockFileEx, LOCKFILE_EXCLUSIVE_LOCK, LOCKFILE_FAIL_IMMEDIATELY,
+    };
+    // SAFETY: a zeroed OVERLAPPED (offset 0) is valid for a synchronous call.
+    let mut overlapped = unsafe { std::mem::zeroed() };
+    // SAFETY: a handle this function borrows and an OVERLAPPED alive for
+    // the call; the whole file's range is locked.
+    let ok = unsafe {
+        LockFileEx(
+            file.as_raw_handle(),
+            LOCKFILE_EXCLUSIVE_LOCK | LOCKFILE_FAIL_IMMEDIATELY,
+            0,
+            u32::MAX,
+            u32::MAX,
+            &mut overlapped,
+        )
+    };
+    if ok != 0 {
+        return Ok(true);
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == i32::try_from(ERROR_LOCK_VIOLATION).ok() {
+        Ok(false)
+    } else {
+        Err(err)
+    }
 }
 
 #[cfg(test)]

@@ -5,12 +5,15 @@
 //!   routes and the websocket that streams a prompt's events;
 //! - [`store`]: jobs in SQLite (submit, claim, recovery, retention);
 //! - [`jobs`]: the engine that runs jobs through ComfyUI's queue;
-//! - [`api`]: the HTTP routes (`router(state)`), served by [`serve`].
+//! - [`api`]: the HTTP routes (`router(state)`), served by [`serve`];
+//! - [`api_v2`]: Comfy API v2 on the same engine (`api_v2::router`);
+//! - [`uploads`]: resumable uploads of large containers.
 //!
 //! [`Worker::start`] wires them; [`serve`] runs the HTTP server until the
 //! shutdown token fires, then [`Worker::stop`] stops every task and child.
 
 pub mod api;
+pub mod api_v2;
 pub mod comfyui;
 pub mod error;
 mod fsutil;
@@ -19,12 +22,13 @@ pub mod live;
 pub mod metrics;
 mod process;
 pub mod store;
+pub mod uploads;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use api::{router, AppState};
-pub use comfy_remote_contract::Workflow;
+pub use comfy_remote_contract::{Workflow, WorkflowFile};
 pub use comfyui::ComfyMode;
 pub use error::{ApiError, WorkerError};
 pub use jobs::{Engine, EngineConfig};
@@ -43,12 +47,13 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Start ComfyUI (or attach), wait until it answers, validate the
-    /// workflow against it, recover the store and start the dispatcher.
-    /// On error everything started is stopped again.
+    /// Start ComfyUI (or attach), wait until it answers, convert a UI-format
+    /// workflow with its `/object_info`, validate the workflow against it,
+    /// recover the store and start the dispatcher. On error everything
+    /// started is stopped again.
     pub async fn start(
         mode: ComfyMode,
-        mut workflow: Workflow,
+        workflow: WorkflowFile,
         config: EngineConfig,
         startup_timeout: Duration,
         shutdown: CancellationToken,
@@ -107,14 +112,17 @@ impl Worker {
             })),
             Ok(Err(e)) => Err(e),
             Ok(Ok(())) => match comfy.client.object_info().await {
-                Ok(info) => workflow.check_against(&info).map_err(WorkerError::from),
+                Ok(info) => checked_workflow(workflow, &info),
                 Err(e) => Err(e),
             },
         };
-        if let Err(e) = checked {
-            stop_all(tasks, inner).await;
-            return Err(e);
-        }
+        let workflow = match checked {
+            Ok(w) => w,
+            Err(e) => {
+                stop_all(tasks, inner).await;
+                return Err(e);
+            }
+        };
         let engine = Engine::new(config, store, workflow, comfy, inner.clone());
         if let Err(e) = engine.recover() {
             stop_all(tasks, inner).await;
@@ -137,6 +145,22 @@ impl Worker {
             let _ = t.await;
         }
     }
+}
+
+/// The workflow to serve: converted from the UI format when it is one (logged), then checked
+/// against the ComfyUI that runs it.
+fn checked_workflow(file: WorkflowFile, info: &serde_json::Value) -> Result<Workflow, WorkerError> {
+    let ui = file.is_ui();
+    let mut workflow = file.resolve(info)?;
+    if ui {
+        tracing::info!(
+            workflow = %workflow.name,
+            nodes = workflow.prompt.len(),
+            "converted the UI-format workflow to the API format with this ComfyUI's node definitions"
+        );
+    }
+    workflow.check_against(info)?;
+    Ok(workflow)
 }
 
 /// Serve `router` on `listener` until `shutdown` fires.

@@ -46,6 +46,8 @@ struct Inner {
     /// The highest sequence number dropped from the log (0: none).
     trimmed: u64,
     done: bool,
+    /// The latest preview (a Comfy API v2 stream sends it on connect).
+    last_preview: Option<PreviewEvent>,
 }
 
 /// What a subscriber gets on connect.
@@ -86,6 +88,7 @@ impl LiveJob {
                 next_seq: base + 1,
                 trimmed: 0,
                 done: false,
+                last_preview: None,
             }),
             tx,
             cancel: CancellationToken::new(),
@@ -103,6 +106,11 @@ impl LiveJob {
 
     pub fn is_done(&self) -> bool {
         self.lock().done
+    }
+
+    /// The latest preview the job sent, if any.
+    pub fn last_preview(&self) -> Option<PreviewEvent> {
+        self.lock().last_preview.clone()
     }
 
     /// Publish an event; progress snapshots become the current progress,
@@ -123,6 +131,9 @@ impl LiveJob {
         }
         if matches!(data, EventData::Done(_)) {
             inner.done = true;
+        }
+        if let EventData::Preview(p) = &data {
+            inner.last_preview = Some(p.clone());
         }
         let ev = JobEvent {
             seq: inner.next_seq,
@@ -198,6 +209,8 @@ mod tests {
             urls: comfy_remote_protocol::api::JobUrls::under("", "j"),
             created_at: String::new(),
             updated_at: String::new(),
+            started_at: None,
+            finished_at: None,
             result: None,
             error: None,
         }))

@@ -7,70 +7,11 @@ use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use comfy_remote_protocol::api::CONTAINER_MEDIA_TYPE;
 use comfy_remote_protocol::{encode, DType, Entry, Payload, Tensor, Value};
-use comfy_remote_worker::comfyui::{self, ComfyMode};
-use comfy_remote_worker::store::Store;
-use comfy_remote_worker::{router, AppState, Engine, EngineConfig, Workflow};
 use http_body_util::BodyExt;
-use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-const WF: &str = r#"{
-  "1": {"class_type": "RemoteInput", "inputs": {"name": "image", "type": "IMAGE"}},
-  "2": {"class_type": "RemoteInput", "inputs": {"name": "steps", "type": "INT", "default": ["9", 0]}},
-  "3": {"class_type": "RemoteOutput", "inputs": {"name": "out", "value": ["1", 0]}},
-  "9": {"class_type": "PrimitiveInt", "inputs": {"value": 3}}
-}"#;
-const TOKEN: &str = "s3cret";
-
-struct App {
-    router: axum::Router,
-    engine: std::sync::Arc<Engine>,
-    _dir: Option<tempfile::TempDir>,
-    shutdown: CancellationToken,
-}
-
-impl Drop for App {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
-fn app_with(f: impl FnOnce(&mut EngineConfig)) -> App {
-    let dir = tempfile::tempdir().expect("tmp");
-    let mut app = app_in(dir.path(), f);
-    app._dir = Some(dir);
-    app
-}
-
-/// A worker on the spool `dir` (a restart when one ran there before).
-fn app_in(dir: &std::path::Path, f: impl FnOnce(&mut EngineConfig)) -> App {
-    let mut config = EngineConfig::new(dir.to_path_buf());
-    config.max_body_bytes = 1 << 20;
-    config.limits.max_total_bytes = 1 << 20;
-    f(&mut config);
-    let shutdown = CancellationToken::new();
-    // Nothing listens on port 9: ComfyUI is never ready, jobs stay queued.
-    let (comfy, _tasks) = comfyui::start(
-        ComfyMode::Attach {
-            url: "http://127.0.0.1:9".into(),
-        },
-        shutdown.clone(),
-    );
-    let store = Store::open(&dir.join("jobs.db")).expect("store");
-    let wf = Workflow::parse("wf.json", WF).expect("workflow");
-    let engine = Engine::new(config, store, wf, comfy, shutdown.clone());
-    engine.recover().expect("recover");
-    App {
-        router: router(AppState::new(engine.clone(), Some(TOKEN), None)),
-        engine,
-        _dir: None,
-        shutdown,
-    }
-}
-
-fn app() -> App {
-    app_with(|_| {})
-}
+mod common;
+use common::{app, app_in, app_with, App, TOKEN};
 
 fn image(h: usize) -> Value<'static> {
     let data = vec![0u8; h * 4 * 3 * 4];
@@ -582,4 +523,106 @@ async fn event_ids_keep_growing_across_a_restart() {
 #[test]
 fn openapi_document_snapshot() {
     insta::assert_json_snapshot!("openapi", comfy_remote_protocol::openapi::document());
+}
+
+fn patch(path: &str, offset: u64, body: Vec<u8>) -> Request<Body> {
+    Request::patch(path)
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .header("upload-offset", offset.to_string())
+        .body(Body::from(body))
+        .expect("request")
+}
+
+#[tokio::test]
+async fn a_resumable_upload_takes_pieces_in_order_and_submits_once() {
+    let app = app();
+    let body = container(vec![
+        ("image", Some("IMAGE"), image(8)),
+        ("steps", None, Value::Int(5)),
+    ]);
+    let (s, h, up) = call(&app, post("/v1/uploads", "application/json", vec![])).await;
+    assert_eq!(s, StatusCode::CREATED, "{up}");
+    let url = up["url"].as_str().expect("url").to_owned();
+    assert_eq!(h[header::LOCATION], url.as_str());
+    assert_eq!(up["offset"], 0);
+
+    let (first, rest) = body.split_at(body.len() / 3);
+    let (s, h, _) = call(&app, patch(&url, 0, first.to_vec())).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(h["upload-offset"], first.len().to_string().as_str());
+    // A piece that does not start where the upload ends is refused with
+    // the offset to resume from, and nothing is appended.
+    let (s, _, b) = call(&app, patch(&url, 0, first.to_vec())).await;
+    assert_eq!((s, code(&b)), (StatusCode::CONFLICT, "conflict"), "{b}");
+    assert_eq!(b["error"]["details"]["offset"], first.len());
+    let head = Request::head(&url)
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .body(Body::empty())
+        .expect("request");
+    let (s, h, _) = call(&app, head).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(h["upload-offset"], first.len().to_string().as_str());
+    let (s, _, _) = call(&app, patch(&url, first.len() as u64, rest.to_vec())).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+
+    let id = up["id"].as_str().expect("id");
+    let submit = || {
+        let mut r = post(
+            &format!("/v1/jobs?upload={id}"),
+            CONTAINER_MEDIA_TYPE,
+            vec![],
+        );
+        r.headers_mut()
+            .insert("idempotency-key", "up-1".parse().expect("hv"));
+        r
+    };
+    let (s, _, job) = call(&app, submit()).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{job}");
+    assert_eq!(job["status"], "queued");
+    // A retry of that submit (its answer lost) gets the same job.
+    let (s, _, again) = call(&app, submit()).await;
+    assert_eq!((s, &again["id"]), (StatusCode::OK, &job["id"]), "{again}");
+    // The upload became the job's inputs: it is gone.
+    let (s, _, b) = call(
+        &app,
+        post(
+            &format!("/v1/jobs?upload={id}"),
+            CONTAINER_MEDIA_TYPE,
+            vec![],
+        ),
+    )
+    .await;
+    assert_eq!((s, code(&b)), (StatusCode::NOT_FOUND, "not_found"), "{b}");
+    let (s, _, b) = call(&app, patch("/v1/uploads/not-a-uuid", 0, vec![1])).await;
+    assert_eq!((s, code(&b)), (StatusCode::NOT_FOUND, "not_found"), "{b}");
+    // Auth holds on uploads as on jobs.
+    let anon = Request::post("/v1/uploads")
+        .body(Body::empty())
+        .expect("request");
+    let (s, _, _) = call(&app, anon).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn an_upload_past_the_body_limit_is_refused() {
+    let app = app();
+    let mut big = post("/v1/uploads", "application/json", vec![]);
+    big.headers_mut().insert(
+        "upload-length",
+        ((1u64 << 20) + 1).to_string().parse().expect("hv"),
+    );
+    let (s, _, b) = call(&app, big).await;
+    assert_eq!(
+        (s, code(&b)),
+        (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+        "{b}"
+    );
+    let (_, _, up) = call(&app, post("/v1/uploads", "application/json", vec![])).await;
+    let url = up["url"].as_str().expect("url").to_owned();
+    let (s, _, b) = call(&app, patch(&url, 0, vec![0; (1 << 20) + 10])).await;
+    assert_eq!(
+        (s, code(&b)),
+        (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+        "{b}"
+    );
 }

@@ -13,7 +13,9 @@ records):
   writer wins): the terminal record;
 - ``expired:<id>`` (web): the record of a succeeded job whose result is gone;
 - ``cancel:<id>`` (web, on cancel);
-- ``info`` (GPU container, on its first job): its worker's ``/v1/info``.
+- ``preview:<id>`` (GPU job): the job's latest preview;
+- ``info`` (GPU container, on its first job): its worker's ``/v1/info``;
+- ``v2*`` (web): what Comfy API v2 adds (``web_v2`` documents them).
 
 Doorbells make waiting cheap: whoever writes a record of job ``<id>`` rings
 channel ``<id>`` with its number, and a cancel rings ``<id>.cancel``.
@@ -57,6 +59,10 @@ class JobStore(Protocol):
 
     async def put_if_absent(self, key: str, value: str) -> bool:
         """Store ``value`` unless ``key`` exists; True when this call stored it."""
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Remove ``key`` (nothing when it is absent)."""
         ...
 
     async def ring(self, channel: str, seq: int) -> None:

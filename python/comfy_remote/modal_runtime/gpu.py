@@ -304,6 +304,7 @@ class _Mirror:
         async with self._lock:
             rec = self._last.with_preview(preview)
             await self._store.put(state.state_key(self._job_id), rec.to_json())
+            await self._store.put(state.preview_key(self._job_id), json.dumps(preview))
             self._last = rec
         await self._store.ring(self._job_id, rec.seq)
 
@@ -336,3 +337,15 @@ class _Mirror:
             await self._store.put_if_absent(state.final_key(self._job_id), rec.to_json())
             self._last = rec
         await self._store.ring(self._job_id, rec.seq)
+
+
+def fetch_models(plan: str, mount: str) -> list[str]:
+    """Fetch the model files of the project's ``build/models.json`` that the Volume at ``mount``
+    lacks (each checked against its sha256; the native module does the work). Returns the paths
+    fetched, so the caller commits the Volume only when something changed."""
+    if not os.path.isfile(plan):
+        return []
+    fetched: list[str] = json.loads(_native.fetch_models(plan, mount, log=log.info))
+    for path in fetched:
+        log.info("fetched model %s onto the Volume", path)
+    return fetched

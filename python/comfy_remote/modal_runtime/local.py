@@ -79,6 +79,10 @@ class LocalStore:
             self._data[key] = value
             return True
 
+    async def delete(self, key: str) -> None:
+        with self._lock:
+            self._data.pop(key, None)
+
     async def ring(self, channel: str, seq: int) -> None:
         with self._lock:
             self._rung[channel] = max(self._rung.get(channel, 0), seq)

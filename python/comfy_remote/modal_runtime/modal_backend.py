@@ -110,6 +110,9 @@ class ModalStore:
     async def put_if_absent(self, key: str, value: str) -> bool:
         return bool(await self._dict.put.aio(key, value, skip_if_exists=True))
 
+    async def delete(self, key: str) -> None:
+        await self._dict.pop.aio(key, None)
+
     async def ring(self, channel: str, seq: int) -> None:
         try:
             await self._bells.put.aio(

@@ -52,6 +52,11 @@ def cancel_key(job_id: str) -> str:
     return f"cancel:{job_id}"
 
 
+def preview_key(job_id: str) -> str:
+    """The job's latest preview (a Comfy API v2 stream sends it on connect)."""
+    return f"preview:{job_id}"
+
+
 def idem_key(key: str) -> str:
     return f"idem:{key}"
 

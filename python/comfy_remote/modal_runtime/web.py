@@ -1,4 +1,5 @@
-"""The web front of a deployed app: protocol v1 (docs/protocol.md §4) over a ``Backend``.
+"""The web front of a deployed app: protocol v1 (docs/protocol.md §4) over a ``Backend``, and Comfy API v2
+(``web_v2``, §5.1) on the same jobs.
 
 CPU-only and stateless: every answer is built from the backend's call state
 and its store, so any number of web containers agree about every job. The
@@ -26,7 +27,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from comfy_remote import _native
-from comfy_remote.modal_runtime import state
+from comfy_remote.modal_runtime import state, web_v2
 from comfy_remote.modal_runtime.backend import Backend, CallState, ResultExpired
 from comfy_remote.modal_runtime.state import SLOTS, Record, now
 
@@ -68,7 +69,8 @@ def _error(code: str, message: str, details: Any = None) -> Exception:
 
 
 class _ProtocolMiddleware:
-    """Every response carries ``Comfy-Remote-Protocol``; ``/v1/*`` and ``/metrics`` need the token;
+    """Every response carries ``Comfy-Remote-Protocol``; ``/v1/*``, ``/api/v2/*`` (but its health) and
+    ``/metrics`` need the token;
     an unexpected exception is a 500 with the error body (details go to the log)."""
 
     def __init__(self, app: Any, front: Any, counters: dict[str, int]) -> None:
@@ -95,7 +97,9 @@ class _ProtocolMiddleware:
             await send(message)
 
         path = scope.get("path", "")
-        if path.startswith("/v1/") or path == "/metrics":
+        guarded = path.startswith("/v1/") or path == "/metrics" or (
+            path.startswith(web_v2.PREFIX + "/") and path != web_v2.PREFIX + "/health")
+        if guarded:
             auth = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"authorization"), None)
             try:
                 self.front.check_auth(auth)
@@ -122,7 +126,7 @@ def create_app(
 ) -> FastAPI:
     """The ASGI app.
 
-    ``token`` (from the app's modal.Secret) makes ``/v1/*`` and ``/metrics``
+    ``token`` (from the app's modal.Secret) makes ``/v1/*``, ``/api/v2/*`` and ``/metrics``
     require ``Authorization: Bearer``. ``max_body_bytes`` defaults to the
     worker's. Job URLs are absolute from ``public_url``, else from the
     ``Host`` the client used; ``trust_forwarded`` lets ``X-Forwarded-Host``
@@ -224,6 +228,36 @@ def create_app(
         return str(front.job_view(None if rec.view is None else json.dumps(rec.view), job_id=job_id,
                                   created_at=meta["created_at"], base=base, canceling=canceling))
 
+    async def result_response(job_id: str, data: bytes, request: Request) -> Response:
+        """A result as the request asks for it: the JSON form, or the container packed,
+        whole or ranged (the rules and headers from the native module)."""
+        accept = request.headers.get("accept", "")
+        if "application/json" in accept and CONTAINER not in accept:
+            return _json(front.json_form(data))
+        status, headers, body = await asyncio.to_thread(
+            front.result_answer, data, job_id=job_id, headers=dict(request.headers))
+        return Response(body, status_code=status, headers=dict(headers))
+
+    async def waited(job_id: str, meta: dict[str, Any], secs: int, request: Request) -> Response | None:
+        """``Prefer: wait``: the answer to a submit whose job ended within ``secs`` (the result,
+        or the final JobView), or None to answer 202 as usual."""
+        try:
+            data = await backend.result(meta["call_id"], timeout=secs)
+        except (asyncio.TimeoutError, TimeoutError):
+            return None
+        except Exception:  # the call failed or was canceled: its record says how
+            loaded = await load(job_id, check_call=True, meta=meta)
+            if loaded is None or not loaded[1].terminal:
+                return None
+            resp = _json(await view_text(job_id, meta, loaded[1], base_of(request)), 200)
+        else:
+            resp = await result_response(job_id, data, request)
+        text = await view_text(job_id, meta, Record(0), base_of(request), canceling=False)
+        resp.headers["comfy-remote-job"] = job_id
+        resp.headers["location"] = json.loads(text)["poll_url"]
+        resp.headers["preference-applied"] = f"wait={secs}"
+        return resp
+
     async def must_load(job_id: str, *, check_call: bool) -> tuple[dict[str, Any], Record]:
         loaded = await load(job_id_of(job_id), check_call=check_call)
         if loaded is None:
@@ -282,6 +316,22 @@ def create_app(
             await asyncio.sleep(0.05)
         return _json(await view_text(first, *loaded, base), 200)
 
+    async def start(job_id: str, container: bytes, sha: str) -> dict[str, Any]:
+        """Spawn the job's GPU call and record the job; a failed spawn is recorded as a failed job."""
+        meta: dict[str, Any] = {"call_id": None, "created_at": now(), "body_sha256": sha}
+        try:
+            meta["call_id"] = await backend.spawn(job_id, container, CONTAINER)
+        except Exception:
+            log.exception("spawning job %s failed", job_id)
+            await store.put(state.job_key(job_id), json.dumps(meta))
+            await settle(job_id, Record(0), state.final_key(job_id), {
+                "status": "failed", "updated_at": now(),
+                "error": {"code": "internal", "message": "the job could not be started; see the server's log"}})
+            raise
+        await store.put(state.job_key(job_id), json.dumps(meta))
+        counters["submitted"] += 1
+        return meta
+
     @app.post("/v1/jobs")
     async def submit(request: Request) -> Response:
         h = request.headers
@@ -299,18 +349,12 @@ def create_app(
         if key is not None and not await store.put_if_absent(
                 state.idem_key(key), json.dumps({"job_id": job_id, "body_sha256": sha})):
             return await replay(key, sha, base)
-        meta = {"call_id": None, "created_at": now(), "body_sha256": sha}
-        try:
-            meta["call_id"] = await backend.spawn(job_id, container or body, CONTAINER)
-        except Exception:
-            log.exception("spawning job %s failed", job_id)
-            await store.put(state.job_key(job_id), json.dumps(meta))
-            await settle(job_id, Record(0), state.final_key(job_id), {
-                "status": "failed", "updated_at": now(),
-                "error": {"code": "internal", "message": "the job could not be started; see the server's log"}})
-            raise
-        await store.put(state.job_key(job_id), json.dumps(meta))
-        counters["submitted"] += 1
+        meta = await start(job_id, container or body, sha)
+        secs = front.prefer_wait(dict(h))
+        if secs:
+            answer = await waited(job_id, meta, secs, request)
+            if answer is not None:
+                return answer
         # The job as accepted (whatever a GPU container did with it since).
         text = await view_text(job_id, meta, Record(0), base, canceling=False)
         return _json(text, 202, {"Location": json.loads(text)["poll_url"]})
@@ -320,8 +364,8 @@ def create_app(
         meta, rec = await must_load(job_id, check_call=True)
         return _json(await view_text(job_id, meta, rec, base_of(request)))
 
-    @app.post("/v1/jobs/{job_id}/cancel")
-    async def cancel(job_id: str, request: Request) -> Response:
+    async def cancel_job(job_id: str) -> tuple[dict[str, Any], Record]:
+        """Ask for the job's cancel; the job as it is then."""
         meta, rec = await must_load(job_id, check_call=True)
         if not rec.terminal:
             await store.put(state.cancel_key(job_id), "true")
@@ -334,6 +378,11 @@ def create_app(
                     "status": "canceled", "updated_at": now(),
                     "error": {"code": "canceled", "message": "the job was canceled"}})
             meta, rec = await must_load(job_id, check_call=False)
+        return meta, rec
+
+    @app.post("/v1/jobs/{job_id}/cancel")
+    async def cancel(job_id: str, request: Request) -> Response:
+        meta, rec = await cancel_job(job_id)
         return _json(await view_text(job_id, meta, rec, base_of(request)), 202)
 
     @app.get("/v1/jobs/{job_id}/result")
@@ -348,10 +397,7 @@ def create_app(
                 await settle(job_id, rec, state.expired_key(job_id), {"status": "expired", "updated_at": now()})
                 st = "expired"
             else:
-                accept = request.headers.get("accept", "")
-                if "application/json" in accept and CONTAINER not in accept:
-                    return _json(front.json_form(data))
-                return Response(data, media_type=CONTAINER)
+                return await result_response(job_id, data, request)
         if st == "expired":
             raise _error("expired", "this job's result was deleted by the retention policy")
         if st in state.TERMINAL:
@@ -365,6 +411,19 @@ def create_app(
         return StreamingResponse(stream, media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
+    async def result_of(meta: dict[str, Any], job_id: str) -> bytes:
+        """The call's result; ``ResultExpired`` once the backend dropped it (the job then reads ``expired``)."""
+        try:
+            return await backend.result(meta["call_id"], timeout=RESULT_WAIT_S)
+        except ResultExpired:
+            _, rec = await must_load(job_id, check_call=False)
+            await settle(job_id, rec, state.expired_key(job_id), {"status": "expired", "updated_at": now()})
+            raise
+
+    web_v2.mount(app, workflow_path=workflow_path, backend=backend, max_body_bytes=max_body_bytes,
+                 jobs=web_v2.Jobs(must_load=must_load, view_text=view_text, start=start, cancel=cancel_job,
+                                  events=lambda job_id, base, last: _events(job_id, base, last, load, view_text, store),
+                                  base_of=base_of, result=result_of))
     return app
 
 

@@ -1,8 +1,11 @@
 """Modal Deployment node: scaffold, check and (optionally) deploy a remote workflow to Modal; outputs the service URL.
 
 Thin: the native module (Rust, crates/deploy) does the work; this node
-declares the widgets, resolves paths against ComfyUI's directories and relays
-the lifecycle's log lines to the node's progress text.
+declares the widgets, resolves paths against ComfyUI's directories, hands over
+what the ComfyUI it runs in knows (its node definitions, custom node folders
+and model folders: UI-format workflows are converted with them, and the packs
+and model files a workflow needs are found there) and relays the lifecycle's
+log lines to the node's progress text.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import asyncio
 import json
 import logging
 import os
+import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +52,40 @@ def resolve_workflow(path: str) -> Path:
     return p
 
 
+def local_comfyui() -> dict[str, Any]:
+    """What the running ComfyUI offers the deploy: its ``/object_info`` (asked of its own server),
+    its custom node folders and model folders (``folder_paths``), and the ``uv`` that resolves
+    the image's packages (a dependency of this package). Empty outside ComfyUI."""
+    out: dict[str, Any] = {}
+    try:
+        import folder_paths
+    except ImportError:  # outside ComfyUI (unit tests)
+        return out
+    out["custom_nodes"] = list(folder_paths.get_folder_paths("custom_nodes"))
+    out["model_dirs"] = {
+        name: list(paths)
+        for name, (paths, _exts) in folder_paths.folder_names_and_paths.items()
+        if name not in ("custom_nodes", "configs")
+    }
+    # The server of the ComfyUI this runs in; never imported here (importing it starts ComfyUI's
+    # model management), so a script that only has ComfyUI on its path reads no /object_info.
+    server = sys.modules.get("server")
+    instance = getattr(getattr(server, "PromptServer", None), "instance", None)
+    if instance is not None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{instance.port}/object_info", timeout=120) as r:
+                out["object_info"] = r.read().decode("utf-8")
+        except Exception as e:  # noqa: BLE001 - without it only API-format workflows convert
+            log.warning("could not read this ComfyUI's /object_info (%s): UI-format workflows will not convert", e)
+    try:
+        import uv
+
+        out["uv"] = uv.find_uv_bin()
+    except Exception:  # noqa: BLE001 - the native module then looks on PATH
+        pass
+    return out
+
+
 def _project_dir(explicit: str, app_name: str, workflow: Path) -> Path:
     if explicit.strip():
         return Path(os.path.expanduser(explicit.strip()))
@@ -62,12 +101,13 @@ class ModalDeployment(io.ComfyNode):
             display_name="Modal Deployment",
             category=CATEGORY,
             description=(
-                "Generates a Modal project for a remote workflow (exported with Export (API)), checks its nodes "
-                "and models, and deploys it when 'deploy' is on. Outputs the service URL for the Remote API node "
-                "(empty when not deployed). Needs the `modal` client and `modal token new`."
+                "Generates a Modal project for a remote workflow (saved with Save or Export (API)), finds the "
+                "custom node packs and model files it needs in this ComfyUI, resolves the image's packages, and "
+                "deploys it when 'deploy' is on (uploading the models the Volume lacks). Outputs the service URL for "
+                "the Remote API node (empty when not deployed). Needs the `modal` client and `modal token new`."
             ),
             inputs=[
-                io.String.Input("workflow_path", default="", tooltip="The remote workflow, API format (.json)."),
+                io.String.Input("workflow_path", default="", tooltip="The remote workflow (.json), as Save or Export (API) wrote it."),
                 io.String.Input("app_name", default="", tooltip="Modal app name; default comfy-remote-<file name>."),
                 io.String.Input("gpu", default="H100", tooltip="Modal GPU type, or a fallback list: H100,A100-80GB. Saved in the project's modal_config.json; empty: use the project's setting."),
                 io.String.Input("pip_packages", default="", multiline=True, tooltip="Extra pip requirements, one per line."),
@@ -78,7 +118,7 @@ class ModalDeployment(io.ComfyNode):
                 io.Boolean.Input("delete_remote_app", default=False, tooltip="Stop the deployed app first (`modal app stop -y`)."),
                 io.String.Input("config_path", default="", optional=True, tooltip="modal_config.json (default: the project's own)."),
                 io.String.Input("project_dir", default="", optional=True, tooltip="Where to generate (default: <ComfyUI user dir>/comfy-remote/modal/<app>)."),
-                io.String.Input("wheel_path", default="", optional=True, tooltip="comfy-remote wheel for the image (default: $COMFY_REMOTE_WHEEL)."),
+                io.String.Input("wheel_path", default="", optional=True, tooltip="comfy-remote wheel for the image: a .whl, a folder of wheels, a glob or a URL (default: $COMFY_REMOTE_WHEEL; without one a released comfy-remote comes from the package registry, see \"comfy_remote\" in modal_config.json)."),
             ],
             outputs=[
                 io.String.Output("service_url", display_name="service_url"),
@@ -106,7 +146,7 @@ class ModalDeployment(io.ComfyNode):
         wheel_path: str = "",
     ) -> io.NodeOutput:
         if not workflow_path.strip():
-            raise ValueError("Modal Deployment: set workflow_path to a remote workflow saved with Export (API)")
+            raise ValueError("Modal Deployment: set workflow_path to a remote workflow (.json, saved with Save or Export (API))")
         workflow = resolve_workflow(workflow_path)
         out = _project_dir(project_dir, app_name, workflow)
         hidden = getattr(cls, "hidden", None)
@@ -141,6 +181,7 @@ class ModalDeployment(io.ComfyNode):
             force_rebuild=force_rebuild,
             delete_remote=delete_remote_app,
             log=progress,
+            **(await asyncio.to_thread(local_comfyui)),
         )
         report = json.loads(await asyncio.to_thread(_native.modal_deploy, str(workflow), str(out), **kwargs))
         url: str = report.get("url") or ""
@@ -149,7 +190,10 @@ class ModalDeployment(io.ComfyNode):
         else:
             message = f"generated {report['project']['dir']} (not deployed: turn on 'deploy' to get a service URL)"
         message = "\n".join([message, *report.get("warnings", [])])
-        return io.NodeOutput(url, message, ui=ui.PreviewText(message))
+        # The URL, for the frontend extension: a Remote API node linked to
+        # service_url shows the deployment's inputs and outputs.
+        shown = {**ui.PreviewText(message).as_dict(), "comfy_remote_service_url": [url]}
+        return io.NodeOutput(url, message, ui=shown)
 
 
 NODES: list[type[io.ComfyNode]] = [ModalDeployment]

@@ -2,15 +2,27 @@
 Remote Result Pick node (one value out of a multi-output result).
 
 The node is thin: values go through ``comfy_remote.codec``; HTTP, retries,
-event streams, polling and cancel are the native client's
-(``comfy_remote._native.Client``). What stays here is ComfyUI's part:
-the schema, progress bar and text, previews and interrupts.
+event streams, polling, cancel and the matching of inputs to the remote
+signature are the native client's (``comfy_remote._native.Client``). What
+stays here is ComfyUI's part: the schema, progress bar and text, previews
+and interrupts.
+
+Its shape follows the endpoint. Where this ComfyUI's schema accepts inputs
+it does not declare (``compat.ACCEPTS_ALL_INPUTS``), the pack's frontend
+extension (``web/comfy_remote.js``) shows one input per remote input, named
+``input:<name>`` in the prompt and matched by name, and one output per
+Remote Output, whose names it keeps in the ``remote_outputs`` widget (a JSON
+list, one name per output slot; ``""`` is the result: the value, or a
+REMOTE_RESULT bundle of several). Without a known signature, and on older
+ComfyUI, inputs are positional (``value0``, ``value1``, ...) and the one
+output is the result.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io as _bytesio
+import json
 import logging
 import os
 import sys
@@ -23,13 +35,21 @@ from typing import Any
 from comfy_api.latest import io
 
 from comfy_remote import _native, codec, secrets
-from comfy_remote._native import DEFAULT_ENDPOINT, ENV, Client, RemoteError
+from comfy_remote._native import DEFAULT_ENDPOINT, ENV, NAMED_INPUT_PREFIX, Client, RemoteError
+from comfy_remote.nodes import compat
 
 CATEGORY = "comfy-remote"
 MAX_INPUTS = 32
 # Older ComfyUI (before 0.3.76) has no io.Autogrow: a fixed set of optional inputs.
 FALLBACK_INPUTS = 8
-HAS_AUTOGROW = hasattr(io, "Autogrow") and hasattr(getattr(io, "Autogrow"), "TemplatePrefix")
+HAS_AUTOGROW = compat.HAS_AUTOGROW
+# Named inputs and one output per Remote Output (see the module's docstring).
+NAMED = compat.ACCEPTS_ALL_INPUTS
+# Output slots the node declares where it is NAMED: the result, then one per Remote Output.
+MAX_OUTPUTS = 16
+OUTPUTS_KEY = "remote_outputs"
+# The type of the bundle several outputs come back as.
+RESULT_TYPE = "REMOTE_RESULT"
 # How often the interrupt flag is checked while waiting on the remote job.
 INTERRUPT_CHECK_S = 0.1
 
@@ -42,13 +62,14 @@ _clients: OrderedDict[tuple[Any, ...], Client] = OrderedDict()
 _clients_lock = threading.Lock()
 
 
-def _client(url: str, headers: list[tuple[str, str]], timeout: float | None, mode: str) -> Client:
+def _client(url: str, headers: list[tuple[str, str]], timeout: float | None, mode: str,
+            images_8bit: bool = False) -> Client:
     """The shared client for these settings, created on first use."""
-    key = (url, tuple(headers), timeout, mode)
+    key = (url, tuple(headers), timeout, mode, images_8bit)
     with _clients_lock:
         client = _clients.get(key)
         if client is None:
-            client = Client(url, headers=headers, timeout=timeout, mode=mode)
+            client = Client(url, headers=headers, timeout=timeout, mode=mode, images_8bit=images_8bit)
             _clients[key] = client
             while len(_clients) > MAX_CLIENTS:
                 _clients.popitem(last=False)
@@ -107,6 +128,10 @@ class RemoteResult(Mapping[str, Any]):
 
 
 def _value_inputs() -> list[Any]:
+    if NAMED:
+        # Undeclared: the frontend extension adds value<N> or input:<name>
+        # sockets, and accept_all_inputs hands them to execute().
+        return []
     tip = "A value for the remote workflow's Remote Input of the same position (any type)."
     if HAS_AUTOGROW:
         return [
@@ -125,15 +150,129 @@ def _value_inputs() -> list[Any]:
     return [io.AnyType.Input(f"value{i}", optional=True, tooltip=tip) for i in range(FALLBACK_INPUTS)]
 
 
+def _outputs() -> list[Any]:
+    result = io.AnyType.Output(
+        "result",
+        tooltip="The remote result as a Comfy value of its type. With several Remote Outputs: a "
+        "REMOTE_RESULT bundle (pick values with Remote Result Pick), unless the node shows one "
+        "output per Remote Output.",
+    )
+    if not NAMED:
+        return [result]
+    more = [
+        io.AnyType.Output(f"output{i}", tooltip="The remote workflow's Remote Output shown on this socket.")
+        for i in range(1, MAX_OUTPUTS)
+    ]
+    return [result, *more]
+
+
+def _slot(key: str) -> str | None:
+    """``value<N>`` for a positional input key: ``value<N>``, or
+    ``values.value<N>`` as the Autogrow input was saved in the prompt."""
+    key = key.removeprefix("values.")
+    return key if key.startswith("value") and key[5:].isdigit() else None
+
+
 def collect_values(values: Mapping[str, Any] | None, kwargs: Mapping[str, Any]) -> list[tuple[str, Any]]:
-    """The connected inputs as ``[("value0", v), ...]`` in slot order, from
-    either the Autogrow dict or the fallback's ``value<N>`` keyword arguments."""
+    """The connected inputs: positional ones as ``("value<N>", v)`` in slot
+    order (from the Autogrow dict or ``value<N>`` keyword arguments), then
+    named ones as ``("input:<name>", v)`` in the order given."""
     source: dict[str, Any] = {}
-    if values:
-        source.update(values)
-    source.update({k: v for k, v in kwargs.items() if k.startswith("value") and k[5:].isdigit()})
-    slots = sorted((int(k[5:]), k) for k in source if k.startswith("value") and k[5:].isdigit())
-    return [(k, source[k]) for _, k in slots if source[k] is not None]
+    for key, value in [*(values or {}).items(), *kwargs.items()]:
+        slot = _slot(key)
+        if slot is not None:
+            source[slot] = value
+    slots = sorted((int(k[5:]), k) for k in source)
+    positional = [(k, source[k]) for _, k in slots if source[k] is not None]
+    named = [(k, v) for k, v in kwargs.items() if k.startswith(NAMED_INPUT_PREFIX) and v is not None]
+    return positional + named
+
+
+def output_slots(spec: str | None) -> list[str]:
+    """The remote output each output slot gives, from the ``remote_outputs``
+    value (``""``: the result). Empty or absent: the one result slot."""
+    if spec is None or not str(spec).strip():
+        return [""]
+    try:
+        names = json.loads(spec)
+    except ValueError:
+        names = None
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ValueError(
+            f"Remote API: {OUTPUTS_KEY} must be a JSON list of Remote Output names, one per output "
+            f'socket ("" for the result), e.g. ["image", "mask"]; got {str(spec)[:80]!r}'
+        )
+    if len(names) > MAX_OUTPUTS:
+        raise ValueError(f"Remote API: {OUTPUTS_KEY} names {len(names)} outputs; the node has {MAX_OUTPUTS}")
+    return names
+
+
+def linked_slots(prompt: Any, node_id: Any) -> set[int]:
+    """The output slots of node ``node_id`` that nodes of ``prompt`` (the
+    local prompt, read here and never sent) take an input from."""
+    if not isinstance(prompt, dict) or node_id is None:
+        return set()
+    me = str(node_id)
+    linked: set[int] = set()
+    for node in prompt.values():
+        for value in ((node or {}).get("inputs") or {}).values():
+            if isinstance(value, list) and len(value) == 2 and str(value[0]) == me and isinstance(value[1], int):
+                linked.add(value[1])
+    return linked
+
+
+def check_links(slots: list[str], linked: set[int]) -> None:
+    """Fail, before anything is sent, when a link leaves an output slot the node does not fill."""
+    beyond = sorted(i for i in linked if i >= len(slots))
+    if beyond:
+        raise ValueError(
+            f"Remote API: output socket {beyond[0]} is linked but the node fills {len(slots)} "
+            f"({', '.join(n or 'result' for n in slots)}); set the node's endpoint again to show "
+            "its outputs, or remove the link"
+        )
+
+
+def _no_such_output(name: str, have: list[str]) -> ValueError:
+    return ValueError(
+        f"Remote API: output {name!r} is linked, but the endpoint's workflow does not return it "
+        f"(it returns {', '.join(have) or 'nothing'}); set the node's endpoint again to show its "
+        "outputs, or remove the link"
+    )
+
+
+def check_output_names(slots: list[str], signature: Mapping[str, Any] | None, linked: set[int]) -> None:
+    """Fail, before anything is sent, when a linked socket names an output
+    the endpoint's signature does not have (nothing to check without one)."""
+    if signature is None:
+        return
+    have = [o["name"] for o in signature["outputs"]]
+    for i, name in enumerate(slots):
+        if name and name not in have and i in linked:
+            raise _no_such_output(name, have)
+
+
+def result_value(outputs: list[tuple[str, str | None, Any]]) -> Any:
+    """The result: the value of a single output, else a RemoteResult bundle."""
+    return outputs[0][2] if len(outputs) == 1 else RemoteResult(outputs)
+
+
+def slot_values(slots: list[str], outputs: list[tuple[str, str | None, Any]], linked: set[int]) -> list[Any]:
+    """One value per output slot: the result for ``""``, else the output of
+    that name. A linked slot whose output the endpoint no longer returns is
+    named in the error; an unlinked one gives None."""
+    result = result_value(outputs)
+    by_name = {name: value for name, _, value in outputs}
+    values = []
+    for i, name in enumerate(slots):
+        if name == "":
+            values.append(result)
+        elif name in by_name:
+            values.append(by_name[name])
+        elif i in linked:
+            raise _no_such_output(name, list(by_name))
+        else:
+            values.append(None)
+    return values
 
 
 def _interrupted() -> bool:
@@ -162,10 +301,8 @@ class _Reporter:
         if self.node_id is None:
             return
         if self.api is None:
-            from comfy_api.latest import ComfyAPI
-
-            self.api = ComfyAPI()
-        await self.api.execution.set_progress(
+            self.api = compat.execution_api()
+        await self.api.set_progress(
             value=round(fraction * 100.0, 2), max_value=100.0, node_id=self.node_id, preview_image=preview
         )
 
@@ -183,15 +320,19 @@ class _Reporter:
 
 async def run_remote(
     client: Client, items: list[tuple[str, Any]], reporter: _Reporter, trace: _Trace | None = None
-) -> Any:
-    """Send ``items``, follow the job, return the result value (or a RemoteResult)."""
+) -> list[tuple[str, str | None, Any]]:
+    """Send ``items``, follow the job, return its outputs ``[(name, type, value)]`` in order."""
     trace = trace or _Trace()
     local = [(name, codec.infer_type(value)) for name, value in items]
     reporter.say("connecting")
     names = await asyncio.to_thread(client.plan_inputs, local)
     trace("planned")
     payload = [(remote, typ, value) for remote, (_, typ), (_, value) in zip(names, local, items)]
-    body = await asyncio.to_thread(codec.encode, payload)
+    # Packed as far as the endpoint reads packed tensors (an 8-bit-origin
+    # image travels as its 8-bit values, losslessly).
+    signature = await asyncio.to_thread(client.signature)
+    codecs = tuple(signature["codecs"]) if signature else ()
+    body = await asyncio.to_thread(lambda: codec.encode(payload, codecs=codecs))
     trace(f"encoded {len(body)} bytes")
     reporter.say("uploading")
     job = await asyncio.to_thread(client.start, body)
@@ -227,9 +368,7 @@ async def run_remote(
                 trace("decoded")
                 await reporter.progress(1.0)
                 reporter.say(f"done: {', '.join(n for n, _, _ in outputs)}")
-                if len(outputs) == 1:
-                    return outputs[0][2]
-                return RemoteResult(outputs)
+                return outputs
     except asyncio.CancelledError:
         job.cancel()
         raise
@@ -263,7 +402,7 @@ class RemoteAPI(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return compat.schema(
             node_id=_native.REMOTE_API,
             display_name="Remote API",
             category=CATEGORY,
@@ -308,6 +447,15 @@ class RemoteAPI(io.ComfyNode):
                     "secret (Modal-Secret). Empty = none.",
                 ),
                 io.Combo.Input(
+                    "transfer",
+                    options=["exact", "8-bit"],
+                    default="exact",
+                    optional=True,
+                    tooltip="exact: results come back bit for bit. 8-bit: IMAGE and MASK results "
+                    "travel rounded to 8 bits (about a quarter of the bytes, less with compression); "
+                    "only for images that will be saved as 8-bit files.",
+                ),
+                io.Combo.Input(
                     "protocol",
                     options=["auto", "native", "json"],
                     default="auto",
@@ -323,15 +471,11 @@ class RemoteAPI(io.ComfyNode):
                     "When connected it overrides the endpoint widget.",
                 ),
             ],
-            outputs=[
-                io.AnyType.Output(
-                    "result",
-                    tooltip="The remote result as a Comfy value of its type. With several Remote "
-                    "Outputs: a REMOTE_RESULT bundle; pick values with Remote Result Pick.",
-                )
-            ],
-            # Only the node id: the local workflow (prompt, extra_pnginfo) is never sent.
-            hidden=[io.Hidden.unique_id],
+            outputs=_outputs(),
+            # The node id (progress, previews) and, read here, never sent, the
+            # local prompt: which output sockets are linked.
+            hidden=[io.Hidden.unique_id, io.Hidden.prompt],
+            accept_all_inputs=NAMED,
         )
 
     @classmethod
@@ -343,6 +487,7 @@ class RemoteAPI(io.ComfyNode):
         modal_key: str = "",
         modal_secret: str = "",
         protocol: str = "auto",
+        transfer: str = "exact",
         endpoint_url: str | None = None,
         values: Mapping[str, Any] | None = None,
         **kwargs: Any,
@@ -350,19 +495,53 @@ class RemoteAPI(io.ComfyNode):
         url = (endpoint_url or endpoint or "").strip()
         if not url:
             raise ValueError("Remote API: no endpoint URL; set the endpoint widget or connect endpoint_url")
+        hidden = cls.hidden
+        node_id = hidden.unique_id if hidden else None
+        slots = output_slots(kwargs.get(OUTPUTS_KEY))
+        linked = linked_slots(hidden.prompt if hidden else None, node_id)
+        check_links(slots, linked)
         trace = _Trace()
         headers = secrets.auth_headers(token, modal_key, modal_secret)
-        client = _client(url, headers, timeout or None, protocol or "auto")
-        reporter = _Reporter(cls.hidden.unique_id if cls.hidden else None)
+        client = _client(url, headers, timeout or None, protocol or "auto", images_8bit=transfer == "8-bit")
+        reporter = _Reporter(node_id)
         trace("client ready")
         try:
-            result = await run_remote(client, collect_values(values, kwargs), reporter, trace)
+            if slots != [""]:
+                check_output_names(slots, await asyncio.to_thread(client.signature), linked)
+            outputs = await run_remote(client, collect_values(values, kwargs), reporter, trace)
         except RemoteError as e:
             if getattr(e, "kind", "") == "canceled" and _interrupted():
                 _raise_interrupt()
             raise RuntimeError(f"Remote API ({url}): {e}") from e
+        result = slot_values(slots, outputs, linked) if NAMED else [result_value(outputs)]
         trace("returning")
-        return io.NodeOutput(result)
+        return io.NodeOutput(*result, ui=await _shape_ui(url, client))
+
+
+async def _shape_ui(url: str, client: Client) -> dict[str, Any] | None:
+    """The shape the run saw (the client holds the signature it checked the
+    inputs against), for the frontend extension: an endpoint_url link is
+    known only once the node ran. Nothing without a signature (a client in
+    `native` mode takes the endpoint on trust and holds none)."""
+    try:
+        signature = await asyncio.to_thread(client.signature)
+    except RemoteError:
+        return None
+    return None if signature is None else {"comfy_remote_shape": [shape_view(url, signature)]}
+
+
+def shape_view(url: str, signature: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What the frontend extension shows for an endpoint: its inputs and
+    outputs (None for an endpoint of the simple JSON shape, which has no
+    signature: positional inputs, one result)."""
+    if signature is None:
+        return {"endpoint": url, "inputs": None, "outputs": None}
+    pick = ("name", "type", "optional")
+    return {
+        "endpoint": url,
+        "inputs": [{k: i[k] for k in pick} for i in signature["inputs"]],
+        "outputs": [{k: o[k] for k in ("name", "type")} for o in signature["outputs"]],
+    }
 
 
 class RemoteResultPick(io.ComfyNode):

@@ -1,12 +1,15 @@
 """Remote Input / Remote Output: the ingress and egress of a remote workflow.
 
-The worker (``comfy-remote serve``) sets the advanced ``remote_job`` input
-of each node in the prompt it queues: a Remote Input reads its value from
-the job's input container, a Remote Output writes ``outputs/<name>.crc``
-into the job directory. With ``remote_job`` empty (designing the workflow
-locally) a Remote Input passes its ``default`` through and a Remote Output
-shows a preview. Because ``remote_job`` differs per job, ComfyUI's cache
-never serves one job's values to another.
+The worker (``comfy-remote serve``) sets the key ``_native.JOB_KEY`` in the
+inputs of each of these nodes in the prompt it queues (docs/protocol.md §6):
+a Remote Input reads its value from the job's input container, a Remote
+Output writes its container into the job directory. The nodes do not
+declare that key, so it is no widget and never saved into a workflow; each
+reads it from its own entry of the prompt (ComfyUI's hidden PROMPT and
+UNIQUE_ID). Without it (designing the workflow locally) a Remote Input
+passes its ``default`` through and a Remote Output shows a preview. ComfyUI's
+cache signature covers every key of a node's inputs, so one job's values are
+never served to another.
 """
 
 from __future__ import annotations
@@ -48,6 +51,26 @@ def _check_name(name: str, node: str) -> str:
     return _native.io_name(node, name or "")
 
 
+def _hidden() -> list[io.Hidden]:
+    """What the nodes ask ComfyUI for to find their own entry of the prompt
+    (a new list each time: ComfyUI adds to a schema's list as it finalizes it)."""
+    return [io.Hidden.prompt, io.Hidden.unique_id]
+
+
+def job_path(hidden: Any) -> str:
+    """The path the worker set for this node's job, or "" when run locally.
+
+    ``hidden`` is the node's ``cls.hidden`` (``prompt``: the prompt as
+    queued, ``unique_id``: this node's id in it)."""
+    prompt = getattr(hidden, "prompt", None)
+    node_id = getattr(hidden, "unique_id", None)
+    if not isinstance(prompt, dict) or node_id is None:
+        return ""
+    inputs = (prompt.get(str(node_id)) or {}).get("inputs") or {}
+    value = inputs.get(_native.JOB_KEY)
+    return value if isinstance(value, str) else ""
+
+
 class RemoteInput(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -60,18 +83,33 @@ class RemoteInput(io.ComfyNode):
                 "run locally, it passes `default` through."
             ),
             inputs=[
-                io.String.Input("name", default="input"),
-                io.Combo.Input("type", options=TYPES, default="*"),
-                io.AnyType.Input("default", optional=True),
-                io.String.Input("remote_job", default="", optional=True, advanced=True,
-                                tooltip="Set by the worker; leave empty."),
+                io.String.Input(
+                    "name",
+                    default="input",
+                    tooltip="The input's name: what a job sends it as, and what the Remote API node shows.",
+                ),
+                io.Combo.Input(
+                    "type",
+                    options=TYPES,
+                    default="*",
+                    tooltip="The Comfy type the input takes (* = any). A job's value of another type is refused; "
+                    "the output socket takes this type, so links are checked while you build the workflow.",
+                ),
+                io.AnyType.Input(
+                    "default",
+                    optional=True,
+                    tooltip="The value used when a job sends none (and when you run the workflow locally). "
+                    "Connected: the input is optional for callers.",
+                ),
             ],
-            outputs=[io.AnyType.Output(display_name="value")],
+            outputs=[io.AnyType.Output(display_name="value", tooltip="The job's value (or the default).")],
+            hidden=_hidden(),
         )
 
     @classmethod
-    def execute(cls, name: str, type: str, default: Any = None, remote_job: str = "") -> io.NodeOutput:
+    def execute(cls, name: str, type: str, default: Any = None) -> io.NodeOutput:
         name = _check_name(name, "Remote Input")
+        remote_job = job_path(cls.hidden)
         if remote_job:
             entries = _entries(remote_job)
             if name in entries:
@@ -117,24 +155,27 @@ class RemoteOutput(io.ComfyNode):
             category=CATEGORY,
             description="A named output of a remote workflow: what a job returns.",
             inputs=[
-                io.String.Input("name", default="output"),
-                io.AnyType.Input("value"),
-                io.String.Input("remote_job", default="", optional=True, advanced=True,
-                                tooltip="Set by the worker; leave empty."),
+                io.String.Input(
+                    "name",
+                    default="output",
+                    tooltip="The output's name: what a job returns it as, and what the Remote API node shows.",
+                ),
+                io.AnyType.Input("value", tooltip="The value a job returns under this name."),
             ],
             outputs=[],
+            hidden=_hidden(),
             is_output_node=True,
         )
 
     @classmethod
-    def execute(cls, name: str, value: Any, remote_job: str = "") -> io.NodeOutput:
+    def execute(cls, name: str, value: Any) -> io.NodeOutput:
         from comfy_remote import codec
 
         name = _check_name(name, "Remote Output")
+        remote_job = job_path(cls.hidden)
         if remote_job:
-            out_dir = os.path.join(remote_job, "outputs")
-            os.makedirs(out_dir, exist_ok=True)
-            final = os.path.join(out_dir, f"{name}.crc")
+            final = os.fspath(_native.job_output_file(remote_job, name))
+            os.makedirs(os.path.dirname(final), exist_ok=True)
             tmp = f"{final}.{os.getpid()}.tmp"
             # Streamed: header, then the tensors straight from their memory
             # (no container-sized buffer); renamed into place when complete.

@@ -2,8 +2,10 @@
 
 - ``CRTestSlow``: passes an image through after ``steps`` steps of
   ``seconds_per_step`` each; every step reports progress with a small preview
-  through ComfyUI's progress bar hook (the path samplers use) and honours an
-  interrupt within ~10 ms. With ``CR_TEST_NODES_TRACE=/path`` set in
+  through ComfyUI's progress bar hook (the path samplers use) or, with
+  ``progress_api`` set to ``set_progress``, through the V3 API's
+  ``execution.set_progress`` (which ComfyUI reports only in
+  ``progress_state``), and honours an interrupt within ~10 ms. With ``CR_TEST_NODES_TRACE=/path`` set in
   ComfyUI's environment it appends ``{"step": k, "t": <unix time>}`` lines to
   that file just before reporting step ``k`` (the benchmark's clock).
 - ``CRTestFail``: raises a clear error when ``fail`` is true, else passes the
@@ -57,16 +59,31 @@ class CRTestSlow(io.ComfyNode):
                 io.Image.Input("image"),
                 io.Int.Input("steps", default=4, min=0, max=100_000),
                 io.Float.Input("seconds_per_step", default=0.05, min=0.0, max=3600.0, step=0.001),
+                io.Combo.Input("progress_api", options=["hook", "set_progress"], default="hook", optional=True),
             ],
+            hidden=[io.Hidden.unique_id],
             outputs=[io.Image.Output()],
         )
 
     @classmethod
-    def execute(cls, image, steps: int, seconds_per_step: float) -> io.NodeOutput:
+    def execute(cls, image, steps: int, seconds_per_step: float, progress_api: str = "hook") -> io.NodeOutput:
         import comfy.model_management
         import comfy.utils
 
-        bar = comfy.utils.ProgressBar(steps)
+        if progress_api == "set_progress":
+            from comfy_api.latest import ComfyAPISync
+
+            api = ComfyAPISync()
+            node_id = cls.hidden.unique_id
+
+            def report(k: int, preview) -> None:
+                api.execution.set_progress(value=k, max_value=steps, node_id=node_id, preview_image=preview[1])
+        else:
+            bar = comfy.utils.ProgressBar(steps)
+
+            def report(k: int, preview) -> None:
+                bar.update_absolute(k, steps, preview)
+
         for k in range(1, steps + 1):
             end = time.monotonic() + seconds_per_step
             while True:
@@ -76,7 +93,7 @@ class CRTestSlow(io.ComfyNode):
                     break
                 time.sleep(min(left, INTERRUPT_CHECK_S))
             _trace(k)
-            bar.update_absolute(k, steps, _preview(image, k))
+            report(k, _preview(image, k))
         return io.NodeOutput(image.clone())
 
 

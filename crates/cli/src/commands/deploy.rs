@@ -13,10 +13,10 @@ use crate::{exit, output};
 
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Settings given by flags (--app, --gpu, --pip, --apt, --torch-stack) are saved in the project's modal_config.json, and later runs use them; each one saved is logged.\n\nExit status: 0 ok, 1 Modal failed (deploy, or reading the service URL), 2 bad input (workflow, config, wheel, node check, a flag), 4 `modal` is not installed."
+    after_help = "Settings given by flags (--app, --gpu, --pip, --apt, --torch-stack, --source) are saved in the project's modal_config.json, and later runs use them; each one saved is logged.\n\nExit status: 0 ok, 1 Modal failed (deploy, or reading the service URL), 2 bad input (workflow, config, wheel, node check, a flag), 4 `modal` is not installed."
 )]
 pub struct DeployArgs {
-    /// The remote workflow, in API format (ComfyUI: Workflow > Export (API)).
+    /// The remote workflow: saved with ComfyUI's Save (UI format; needs --object-info) or Workflow > Export (API).
     pub workflow: PathBuf,
     /// modal_config.json to use (default: the project's own, else all defaults); its relative custom node paths are relative to it.
     #[arg(long, short = 'c')]
@@ -39,12 +39,24 @@ pub struct DeployArgs {
     /// Torch stack preset, e.g. torch-2.11 (the default) or seed-2.3 (the table is in docs/deploy.md). Saved in the project's config.
     #[arg(long)]
     pub torch_stack: Option<String>,
-    /// The comfy-remote wheel to install in the image: a .whl, a directory of wheels (the one of this version for Linux x86_64 is picked) or a glob (default: $COMFY_REMOTE_WHEEL, else target/wheels of the source checkout you are in).
+    /// Where the image gets comfy-remote (always this version): auto (a --wheel or --sdist given, else target/wheels of the checkout you are in, else the package registry for a release build), registry (comfy-remote==VERSION from PyPI), wheel, or sdist (built inside the image; the registry's sdist without --sdist). Saved in the project's config.
+    #[arg(long, value_parser = ["auto", "registry", "wheel", "sdist"])]
+    pub source: Option<String>,
+    /// The comfy-remote wheel to install in the image: a .whl, a directory of wheels (the one of this version for Linux x86_64 is picked), a glob, or an http(s) URL (the comfy_remote_server wheel is taken from beside it).
     #[arg(long, env = comfy_remote_protocol::env::WHEEL)]
     pub wheel: Option<PathBuf>,
-    /// A ComfyUI checkout whose core node types the check uses (default: $COMFYUI_DIR, else ComfyUI 0.33.0's list).
+    /// The comfy-remote sdist to build inside the image: a .tar.gz, a directory of sdists, a glob, or an http(s) URL (the comfy_remote_server sdist is taken from beside it).
+    #[arg(long)]
+    pub sdist: Option<PathBuf>,
+    /// The ComfyUI the workflow was made in: its core node types are checked, its custom_nodes/ and models/ searched for the packs and model files the workflow needs (default: $COMFYUI_DIR, else ComfyUI 0.33.0's node list and nothing local).
     #[arg(long, env = comfy_remote_protocol::env::COMFYUI_DIR)]
     pub comfyui: Option<PathBuf>,
+    /// Where that ComfyUI keeps custom_nodes/ and models/ when not in its directory (ComfyUI's own --base-directory).
+    #[arg(long, value_name = "DIR")]
+    pub base_directory: Option<PathBuf>,
+    /// The node definitions of that ComfyUI: the URL of it running (e.g. http://127.0.0.1:8188) or a saved copy of its /object_info. Needed for a UI-format workflow; also names the pack of each custom node.
+    #[arg(long, value_name = "URL_OR_FILE")]
+    pub object_info: Option<String>,
     /// Generate (and check) the project only; print its directory, not a URL.
     #[arg(long)]
     pub no_deploy: bool,
@@ -97,7 +109,8 @@ fn fail(err: DeployError, json: bool) -> anyhow::Result<i32> {
         DeployError::ToolMissing { .. } => exit::UNAVAILABLE,
         DeployError::CommandFailed { .. }
         | DeployError::NoUrl { .. }
-        | DeployError::Spawn { .. } => exit::FAILED,
+        | DeployError::Spawn { .. }
+        | DeployError::Fetch { .. } => exit::FAILED,
         _ => exit::USAGE,
     };
     report_failure(&err.to_string(), code, json)
@@ -139,14 +152,30 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<i32> {
         pip: args.pip.clone(),
         apt: args.apt.clone(),
         torch_stack: args.torch_stack.clone(),
+        source: args.source.clone(),
     };
+    let base = args.base_directory.clone().or_else(|| args.comfyui.clone());
+    let mut local = base
+        .as_deref()
+        .map(comfy_remote_deploy::LocalComfy::from_base)
+        .unwrap_or_default();
+    if let Some(source) = &args.object_info {
+        local = match local.with_object_info(source) {
+            Ok(l) => l,
+            Err(e) => return fail(e, args.json),
+        };
+    }
     let req = match lifecycle::request(
         &args.workflow,
         args.config.as_deref(),
         args.out.as_deref(),
         &overrides,
-        args.wheel.clone(),
+        comfy_remote_deploy::install::Given {
+            wheel: args.wheel.clone(),
+            sdist: args.sdist.clone(),
+        },
         args.comfyui.clone(),
+        local,
     ) {
         Ok(r) => r,
         Err(e) => return fail(e, args.json),

@@ -40,7 +40,7 @@ fn find_server(argv0: Option<&Path>) -> Option<PathBuf> {
 pub fn execute(argv0: Option<&Path>, args: Args) -> anyhow::Result<i32> {
     let Some(server) = find_server(argv0) else {
         eprintln!(
-            "error: `serve` runs the worker, which this installation does not include; install it with `pip install comfy-remote-server=={}` (Linux, macOS) and run `{SERVER_EXE} serve`",
+            "error: `serve` runs the worker, which this installation does not include; install it with `pip install comfy-remote-server=={}` and run `{SERVER_EXE} serve`",
             env!("CARGO_PKG_VERSION")
         );
         return Ok(exit::USAGE);

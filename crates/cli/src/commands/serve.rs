@@ -6,23 +6,25 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use comfy_remote_protocol::api::DEFAULT_LISTEN;
-use comfy_remote_protocol::env::{CACHE, COMFYUI_DIR, TOKEN as ENV_TOKEN};
+use comfy_remote_protocol::env::{COMFYUI_DIR, TOKEN as ENV_TOKEN};
 use comfy_remote_protocol::Limits;
+use comfy_remote_worker::api_v2::{self, V2Config, V2};
 use comfy_remote_worker::jobs::defaults;
-use comfy_remote_worker::{AppState, ComfyMode, EngineConfig, Worker, WorkerError, Workflow};
+use comfy_remote_worker::{AppState, ComfyMode, EngineConfig, Worker, WorkerError, WorkflowFile};
 use tokio_util::sync::CancellationToken;
 
 use crate::exit;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The remote workflow (ComfyUI API format, with Remote Input/Output nodes).
+    /// The remote workflow, with Remote Input/Output nodes: ComfyUI's API format, or the UI format
+    /// its Save writes (converted with this ComfyUI's node definitions).
     #[arg(long, value_name = "FILE")]
     pub workflow: PathBuf,
     /// ComfyUI checkout to start and supervise (runs `python main.py` there).
     #[arg(long, value_name = "DIR", env = COMFYUI_DIR)]
     pub comfyui: Option<PathBuf>,
-    /// Python that runs ComfyUI [default: DIR/venv or DIR/.venv, else python3].
+    /// Python that runs ComfyUI [default: DIR/venv or DIR/.venv, on Windows also the portable build's python_embeded, else python3 (python on Windows)].
     #[arg(long, value_name = "PATH")]
     pub python: Option<PathBuf>,
     /// Extra argument for ComfyUI's main.py (repeat), e.g. --comfyui-arg=--cpu.
@@ -74,31 +76,43 @@ pub struct Args {
     /// Seconds to wait for ComfyUI to answer at start.
     #[arg(long, default_value_t = 600)]
     pub startup_timeout: u64,
-}
-
-/// `$COMFY_REMOTE_CACHE`, else `~/.cache/comfy-remote`.
-fn cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os(CACHE) {
-        return PathBuf::from(d);
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
-    home.join(".cache").join("comfy-remote")
+    /// Comfy API v2 (/api/v2): run any API-format workflow a job submits,
+    /// not only the served one (as comfy-api-proxy does), behind the token.
+    #[arg(long)]
+    pub allow_any_workflow: bool,
+    /// Largest asset upload (Comfy API v2), in bytes.
+    #[arg(long, default_value_t = api_v2::defaults::MAX_ASSET_BYTES)]
+    pub max_asset_bytes: u64,
+    /// Comfy API v2 event streams open at once; beyond: 429 too_many_streams.
+    #[arg(long, default_value_t = api_v2::defaults::MAX_EVENT_STREAMS)]
+    pub max_event_streams: usize,
 }
 
 fn absolute(p: &std::path::Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
+/// ComfyUI's own Python: its venv (`bin/python`, on Windows
+/// `Scripts\python.exe`), on Windows also the portable build's
+/// `python_embeded\python.exe` beside the ComfyUI folder; else the
+/// Python on PATH.
 fn default_python(dir: &std::path::Path) -> PathBuf {
-    for v in ["venv", ".venv"] {
-        let p = dir.join(v).join("bin").join("python");
-        if p.exists() {
-            return p;
-        }
+    let (bin, exe) = if cfg!(windows) {
+        ("Scripts", "python.exe")
+    } else {
+        ("bin", "python")
+    };
+    let mut candidates: Vec<PathBuf> = ["venv", ".venv"]
+        .iter()
+        .map(|v| dir.join(v).join(bin).join(exe))
+        .collect();
+    if cfg!(windows) {
+        candidates.push(dir.join("..").join("python_embeded").join(exe));
     }
-    PathBuf::from("python3")
+    candidates
+        .into_iter()
+        .find(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from(if cfg!(windows) { "python" } else { "python3" }))
 }
 
 /// An `http://` or `https://` URL with a host (`--comfyui-url`).
@@ -156,7 +170,7 @@ fn start_error(err: &WorkerError) -> (i32, String) {
 }
 
 pub fn execute(args: Args) -> anyhow::Result<i32> {
-    let workflow = match Workflow::load(&args.workflow) {
+    let workflow = match WorkflowFile::load(&args.workflow) {
         Ok(w) => w,
         Err(e) => {
             eprintln!("error: {e}");
@@ -211,7 +225,7 @@ pub fn execute(args: Args) -> anyhow::Result<i32> {
     let spool = args
         .spool
         .clone()
-        .unwrap_or_else(|| cache_dir().join("worker"));
+        .unwrap_or_else(|| comfy_remote_protocol::env::cache_dir().join("worker"));
     let mut config = EngineConfig::new(spool);
     config.max_body_bytes = args.max_body_bytes;
     config.limits = Limits {
@@ -256,6 +270,25 @@ pub fn execute(args: Args) -> anyhow::Result<i32> {
             token.as_deref(),
             args.public_url.clone(),
         );
+        let v2 = match V2::open(
+            worker.engine.clone(),
+            V2Config {
+                allow_any_workflow: args.allow_any_workflow,
+                max_asset_bytes: args.max_asset_bytes,
+                max_event_streams: args.max_event_streams.max(1),
+            },
+            token.as_deref(),
+            args.public_url.clone(),
+        ) {
+            Ok(v) => v,
+            Err(e) => {
+                worker.stop().await;
+                let (code, msg) = start_error(&e);
+                eprintln!("error: {msg}");
+                return Ok(code);
+            }
+        };
+        let v2_janitor = tokio::spawn(v2.clone().janitor());
         let info = comfy_remote_worker::api::info_document(&worker.engine);
         let names = |v: &[comfy_remote_protocol::api::SignatureItem]| {
             v.iter()
@@ -267,16 +300,18 @@ pub fn execute(args: Args) -> anyhow::Result<i32> {
             inputs = %names(&info.inputs),
             outputs = %names(&info.outputs),
             auth = token.is_some(),
-            "comfy-remote worker listening on http://{addr}"
+            any_workflow = args.allow_any_workflow,
+            "comfy-remote worker listening on http://{addr} (protocol v1 at /v1, Comfy API v2 at /api/v2)"
         );
         let served = comfy_remote_worker::serve(
             listener,
-            comfy_remote_worker::router(state),
+            comfy_remote_worker::router(state).merge(api_v2::router(v2)),
             shutdown.clone(),
         )
         .await;
         shutdown.cancel();
         worker.stop().await;
+        let _ = v2_janitor.await;
         tracing::info!("worker stopped");
         served.context("serving HTTP")?;
         Ok(exit::OK)

@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use comfy_remote_protocol::api::{JobStatus, JobView, Progress, CONTAINER_MEDIA_TYPE};
-use reqwest::header::ACCEPT;
-use reqwest::Url;
+use reqwest::header::{ACCEPT, ETAG, IF_RANGE, RANGE};
+use reqwest::{StatusCode, Url};
 use tokio::sync::{mpsc, watch};
 
 use super::upload::Upload;
 use super::{join, Client, ConnectSlot, ViewSlot, LAST_CONNECT_ERROR};
 use crate::error::{ClientError, Result};
-use crate::http::read_body;
+use crate::http::append_body;
 use crate::status::{JobDoc, ResultRef};
 
 /// How a job begins: submitted now, or one submitted before.
@@ -162,6 +162,62 @@ impl Client {
         Err(ClientError::Canceled { job_id: id })
     }
 
+    /// Download a result. A connection lost mid-body is resumed where it
+    /// broke (`Range` with the ETag as `If-Range`, so the bytes are of one
+    /// version), up to the retry policy's attempts; a server that answers
+    /// a range with the whole body is read again from the start.
+    async fn download(&self, url: &Url) -> Result<Vec<u8>> {
+        let mut out: Vec<u8> = Vec::new();
+        let mut etag: Option<String> = None;
+        let mut breaks = 0u32;
+        loop {
+            let from = out.len();
+            let resp = self
+                .send("GET", url, || {
+                    let r = self
+                        .result_headers(self.http.get(url.clone()))
+                        .header(ACCEPT, CONTAINER_MEDIA_TYPE)
+                        .timeout(self.opts.request_timeout);
+                    match (&etag, from) {
+                        (Some(tag), n) if n > 0 => r
+                            .header(RANGE, format!("bytes={n}-"))
+                            .header(IF_RANGE, tag.as_str()),
+                        _ => r,
+                    }
+                })
+                .await?;
+            if resp.status() != StatusCode::PARTIAL_CONTENT {
+                out.clear();
+            }
+            etag = resp
+                .headers()
+                .get(ETAG)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            if out.is_empty() {
+                if let Some(len) = resp.content_length().and_then(|l| usize::try_from(l).ok()) {
+                    let _ = out.try_reserve_exact(len);
+                }
+            }
+            match append_body(resp, &mut out).await {
+                Ok(()) => return Ok(out),
+                Err(source) => {
+                    breaks += 1;
+                    let resumable = etag.is_some() && !out.is_empty();
+                    if breaks >= self.opts.retry.max_attempts.max(1) || !resumable {
+                        return Err(ClientError::Unreachable {
+                            url: url.to_string(),
+                            attempts: breaks,
+                            source,
+                        });
+                    }
+                    tracing::debug!(%url, bytes = out.len(), "result download broke; resuming");
+                    tokio::time::sleep(self.opts.retry.backoff(breaks - 1)).await;
+                }
+            }
+        }
+    }
+
     pub(super) async fn finish(&self, at: &Url, doc: JobDoc) -> Result<Vec<u8>> {
         let job_id = doc.id.clone().unwrap_or_default();
         match doc.status {
@@ -201,18 +257,7 @@ impl Client {
         };
         match result {
             ResultRef::Inline(bytes) => Ok(bytes),
-            ResultRef::Url(u) => {
-                let url = join(at, &u)?;
-                let resp = self
-                    .send("GET", &url, || {
-                        self.http
-                            .get(url.clone())
-                            .header(ACCEPT, CONTAINER_MEDIA_TYPE)
-                            .timeout(self.opts.request_timeout)
-                    })
-                    .await?;
-                read_body(&url, resp).await
-            }
+            ResultRef::Url(u) => self.download(&join(at, &u)?).await,
             ResultRef::Plain(json) => {
                 // The protocol's one JSON-to-value reading (§2.3 without blobs).
                 let text = serde_json::to_vec(&json).map_err(|e| {

@@ -1,9 +1,11 @@
 //! The async client: resolve the endpoint (`GET /v1/info`, cached), send
-//! requests with retries, cancel. Submitting is in [`upload`], following a
+//! requests with retries, cancel. Submitting is in [`upload`] (a large body
+//! in pieces in [`resumable`]), following a
 //! job to its result in [`job`] and [`follow`].
 
 mod follow;
 mod job;
+mod resumable;
 mod upload;
 
 use std::future::Future;
@@ -57,9 +59,17 @@ pub struct ClientOptions {
     /// Follow the SSE stream when the endpoint offers one (else poll).
     pub use_events: bool,
     /// How long the endpoint's protocol and signature (`GET /v1/info`) are
-    /// trusted before they are asked again; a client reused for many jobs
-    /// asks at most this often.
+    /// trusted before they are asked again (with its ETag: an unchanged
+    /// signature costs an empty 304); a client reused for many jobs asks at
+    /// most this often.
     pub signature_ttl: Duration,
+    /// How long a submit waits for the job to end (`Prefer: wait`), so a
+    /// short job costs one round trip; its progress shows only after this.
+    /// `None` or zero: never wait.
+    pub submit_wait: Option<Duration>,
+    /// Let IMAGE and MASK results be rounded to 8 bits (§2.7; lossy: only
+    /// for results that will be saved as 8-bit images).
+    pub images_8bit: bool,
 }
 
 impl ClientOptions {
@@ -76,6 +86,8 @@ impl ClientOptions {
             mode: Mode::Auto,
             use_events: true,
             signature_ttl: Duration::from_secs(10),
+            submit_wait: Some(Duration::from_secs(1)),
+            images_8bit: false,
         }
     }
 }
@@ -91,6 +103,8 @@ enum Resolved {
 struct Known {
     resolved: Resolved,
     fetched: Option<Instant>,
+    /// The info document's ETag, to revalidate it for the price of a 304.
+    etag: Option<String>,
 }
 
 /// An HTTP client bound to one endpoint. Cheap to share (`Arc`); reuse it
@@ -187,6 +201,7 @@ impl Client {
         .map(|resolved| Known {
             resolved,
             fetched: None,
+            etag: None,
         });
         Ok(Client {
             http,
@@ -287,16 +302,39 @@ impl Client {
             }
         }
         let url = join(&self.base, "v1/info")?;
+        let etag = guard.as_ref().and_then(|k| k.etag.clone());
+        let mut new_etag = None;
         let resolved = match self
             .send("GET", &url, || {
-                self.http
+                let r = self
+                    .http
                     .get(url.clone())
                     .header(ACCEPT, "application/json")
-                    .timeout(self.opts.request_timeout)
+                    .timeout(self.opts.request_timeout);
+                match &etag {
+                    Some(tag) => r.header("If-None-Match", tag.as_str()),
+                    None => r,
+                }
             })
             .await
         {
+            // Unchanged: what we know is fresh again.
+            Err(ClientError::Http { status: 304, .. }) if guard.is_some() => {
+                if let Some(k) = guard.as_mut() {
+                    k.fetched = Some(Instant::now());
+                    return Ok(match &k.resolved {
+                        Resolved::Native(s) => s.clone(),
+                        Resolved::Json => None,
+                    });
+                }
+                return Ok(None);
+            }
             Ok(resp) => {
+                new_etag = resp
+                    .headers()
+                    .get(reqwest::header::ETAG)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
                 let body = read_body(&url, resp).await?;
                 match serde_json::from_slice::<Signature>(&body) {
                     Ok(sig) if sig.protocol.starts_with("comfy-remote/") => {
@@ -324,8 +362,24 @@ impl Client {
         *guard = Some(Known {
             resolved,
             fetched: Some(Instant::now()),
+            etag: new_etag,
         });
         Ok(sig)
+    }
+
+    /// The headers of a request whose answer may be a result: the packings
+    /// this client reads (all of them: the codec is the protocol's), and the
+    /// 8-bit transfer when asked for (§2.7).
+    pub(crate) fn result_headers(&self, r: RequestBuilder) -> RequestBuilder {
+        let r = r.header(
+            comfy_remote_protocol::api::HEADER_CODECS,
+            comfy_remote_protocol::packed::CODECS.join(", "),
+        );
+        if self.opts.images_8bit {
+            r.header(comfy_remote_protocol::api::HEADER_IMAGES, "8bit")
+        } else {
+            r
+        }
     }
 
     /// Forget a fetched signature so the next call asks again (after the
@@ -355,7 +409,6 @@ impl Client {
         ))
     }
 
-    /// Submit container bytes once (retried with one idempotency key).
     /// Ask the endpoint to cancel a job. `Ok(false)` when it has no way to.
     pub async fn cancel(&self, at: &Url, doc: &JobDoc) -> Result<bool> {
         let url = match (&doc.cancel_url, &doc.poll_url, &doc.id) {

@@ -6,14 +6,17 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use bytes::Bytes;
-use comfy_remote_protocol::api::{CONTAINER_MEDIA_TYPE, HEADER_IDEMPOTENCY_KEY, JSON_FORM_FORMAT};
+use comfy_remote_protocol::api::{
+    JobStatus, CONTAINER_MEDIA_TYPE, FEATURE_UPLOADS, FEATURE_WAIT, HEADER_IDEMPOTENCY_KEY,
+    HEADER_JOB, JSON_FORM_FORMAT, UPLOAD_MIN_BYTES,
+};
 use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
 use reqwest::Url;
 
 use super::{join, Client};
 use crate::error::{ClientError, Result};
-use crate::http::read_json;
-use crate::status::JobDoc;
+use crate::http::{is_container, read_body, read_json};
+use crate::status::{JobDoc, ResultRef};
 
 /// The body of a submit: container bytes in memory, or a container file
 /// streamed from disk (reopened for every retry, sent with its
@@ -40,10 +43,21 @@ impl From<Vec<u8>> for Upload {
 /// out in few, large writes.
 const UPLOAD_CHUNK: usize = 256 << 10;
 
-fn upload_error(path: &Path, source: std::io::Error) -> ClientError {
+pub(super) fn upload_error(path: &Path, source: std::io::Error) -> ClientError {
     ClientError::Upload {
         path: path.display().to_string(),
         source,
+    }
+}
+
+/// The size of a body.
+async fn upload_len(upload: &Upload) -> Result<u64> {
+    match upload {
+        Upload::Bytes(b) => Ok(b.len() as u64),
+        Upload::File(path) => Ok(tokio::fs::metadata(path)
+            .await
+            .map_err(|e| upload_error(path, e))?
+            .len()),
     }
 }
 
@@ -75,8 +89,23 @@ impl Client {
         idempotency_key: &str,
     ) -> Result<(Url, JobDoc)> {
         let native = self.is_native().await?;
+        let features = self
+            .signature()
+            .await?
+            .map(|s| s.features)
+            .unwrap_or_default();
+        let serves = |f: &str| features.iter().any(|g| g == f);
         let (url, content_type, upload) = if native {
-            (join(&self.base, "v1/jobs")?, CONTAINER_MEDIA_TYPE, upload)
+            let mut url = join(&self.base, "v1/jobs")?;
+            let len = upload_len(&upload).await?;
+            if serves(FEATURE_UPLOADS) && len >= UPLOAD_MIN_BYTES {
+                // Large: in pieces that survive a broken connection.
+                let id = self.upload_resumable(&upload, len).await?;
+                url.query_pairs_mut().append_pair("upload", &id);
+                (url, CONTAINER_MEDIA_TYPE, Upload::Bytes(Bytes::new()))
+            } else {
+                (url, CONTAINER_MEDIA_TYPE, upload)
+            }
         } else {
             // The JSON form carries the container as base64: it needs the
             // bytes in memory either way.
@@ -98,13 +127,30 @@ impl Client {
                 Upload::Bytes(Bytes::from(form.to_string())),
             )
         };
+        // A native endpoint that waits may answer with the result itself.
+        let wait = self
+            .opts
+            .submit_wait
+            .filter(|w| native && !w.is_zero() && serves(FEATURE_WAIT));
+        // A submit that waits may be answered with the result container.
+        let accept = match wait {
+            Some(_) => format!("application/json, {CONTAINER_MEDIA_TYPE}"),
+            None => "application/json".to_owned(),
+        };
         let request = || {
-            self.http
+            let mut r = self
+                .http
                 .post(url.clone())
                 .header(CONTENT_TYPE, content_type)
-                .header(ACCEPT, "application/json")
+                .header(ACCEPT, accept.as_str())
                 .header(HEADER_IDEMPOTENCY_KEY, idempotency_key)
-                .timeout(self.opts.request_timeout)
+                .timeout(self.opts.request_timeout);
+            if let Some(w) = wait {
+                r = self
+                    .result_headers(r)
+                    .header("Prefer", format!("wait={}", w.as_secs().max(1)));
+            }
+            r
         };
         let sent = self
             .send_with("POST", &url, || async {
@@ -154,6 +200,23 @@ impl Client {
                 return Err(e);
             }
         };
+        if is_container(&resp) {
+            // The job ended while the submit waited: this is its result.
+            let id = resp
+                .headers()
+                .get(HEADER_JOB)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let at = resp.url().clone();
+            let bytes = read_body(&url, resp).await?;
+            let doc = JobDoc {
+                id,
+                status: Some(JobStatus::Succeeded),
+                result: Some(ResultRef::Inline(bytes)),
+                ..JobDoc::default()
+            };
+            return Ok((at, doc));
+        }
         let (at, json) = read_json(&url, resp).await?;
         let doc = JobDoc::parse(&json).map_err(|r| ClientError::protocol(at.as_str(), r))?;
         Ok((at, doc))

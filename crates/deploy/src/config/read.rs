@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 
 use super::{
-    gpu_form, AuthConfig, ComfyUiSource, CustomNodePack, DeployConfig, Gpu, Range, VolumeConfig,
-    APP_NAME_FORM, CONFIG_VERSION, DEFAULT_VOLUME_MOUNT,
+    gpu_form, AuthConfig, ComfyUiSource, CustomNodePack, DeployConfig, Gpu, InstallConfig,
+    ModelSource, Range, Source, VolumeConfig, APP_NAME_FORM, CONFIG_VERSION, DEFAULT_VOLUME_MOUNT,
 };
 use crate::error::{DeployError, Result};
 use crate::stacks::{self, TorchChoice};
@@ -34,8 +34,10 @@ const TOP_KEYS: &[&str] = &[
     "env",
     "custom_nodes",
     "volume",
+    "models",
     "check_models",
     "auth",
+    "comfy_remote",
 ];
 const COMFYUI_KEYS: &[&str] = &["repo", "ref"];
 const TORCH_KEYS: &[&str] = &[
@@ -48,7 +50,9 @@ const TORCH_KEYS: &[&str] = &[
 ];
 const PACK_KEYS: &[&str] = &["name", "path", "git", "ref", "nodes"];
 const VOLUME_KEYS: &[&str] = &["name", "mount", "create"];
+const MODEL_KEYS: &[&str] = &["url", "hf", "file", "revision", "sha256"];
 const AUTH_KEYS: &[&str] = &["proxy_auth", "token_secret"];
+const INSTALL_KEYS: &[&str] = &["source", "index_url"];
 
 const TEXT: &str = "a string";
 const TEXTS: &str = "a list of strings";
@@ -117,8 +121,10 @@ pub(super) fn document(text: &str) -> Result<DeployConfig> {
         env: env(&doc)?,
         custom_nodes: custom_nodes(&doc)?,
         volume: volume(&doc)?,
+        models: models(&doc)?,
         check_models: doc.bool("check_models")?.unwrap_or(d.check_models),
         auth: auth(&doc)?,
+        comfy_remote: install(&doc)?,
     })
 }
 
@@ -259,6 +265,39 @@ fn volume(doc: &Obj<'_>) -> Result<Option<VolumeConfig>> {
     }))
 }
 
+fn models(doc: &Obj<'_>) -> Result<BTreeMap<String, ModelSource>> {
+    let form = "an object of \"<folder>/<file>\" -> {\"url\": URL, \"sha256\": HEX} or {\"hf\": \"org/repo\", \"file\": PATH, \"revision\": REV, \"sha256\": HEX}";
+    let Some(v) = doc.get("models") else {
+        return Ok(BTreeMap::new());
+    };
+    let Value::Object(map) = v else {
+        return Err(invalid("models", form, v));
+    };
+    let mut out = BTreeMap::new();
+    for (key, entry) in map {
+        let path = format!("models.{key}");
+        let o = Obj::new(entry, &path, form, MODEL_KEYS)?;
+        let Some(sha256) = o.string("sha256", "the file's SHA-256 (64 hex digits)")? else {
+            return Err(DeployError::Config {
+                message: format!(
+                    "\"{path}\" needs a \"sha256\": the download is checked against it"
+                ),
+            });
+        };
+        out.insert(
+            key.clone(),
+            ModelSource {
+                url: o.string("url", "an http:// or https:// URL")?,
+                hf: o.string("hf", "a Hugging Face repository, org/name")?,
+                file: o.string("file", "a path in the repository")?,
+                revision: o.string("revision", "a branch, tag or commit")?,
+                sha256,
+            },
+        );
+    }
+    Ok(out)
+}
+
 fn auth(doc: &Obj<'_>) -> Result<AuthConfig> {
     let form = "an object {\"proxy_auth\": true, \"token_secret\": null}";
     let Some(v) = doc.get("auth") else {
@@ -270,6 +309,30 @@ fn auth(doc: &Obj<'_>) -> Result<AuthConfig> {
         proxy_auth: o.bool("proxy_auth")?.unwrap_or(d.proxy_auth),
         token_secret: o.string("token_secret", "null or a Modal Secret name")?,
     })
+}
+
+fn install(doc: &Obj<'_>) -> Result<InstallConfig> {
+    let form = "an object {\"source\": \"auto\", \"index_url\": null}";
+    let Some(v) = doc.get("comfy_remote") else {
+        return Ok(InstallConfig::default());
+    };
+    let o = Obj::new(v, "comfy_remote", form, INSTALL_KEYS)?;
+    let source = match o.get("source") {
+        None => Source::default(),
+        Some(Value::String(s)) if Source::parse(s).is_some() => {
+            Source::parse(s).unwrap_or_default()
+        }
+        Some(other) => return Err(invalid(&o.path("source"), &Source::form(), other)),
+    };
+    let index_url = o.string("index_url", "null or an http(s) URL of a package index")?;
+    if let Some(url) = index_url.as_ref().filter(|u| !crate::wheels::is_url(u)) {
+        return Err(invalid(
+            &o.path("index_url"),
+            "null or an http(s) URL of a package index",
+            &Value::String(url.clone()),
+        ));
+    }
+    Ok(InstallConfig { source, index_url })
 }
 
 /// `an object`, `a string`, ...: what a value is, for the top-level error.

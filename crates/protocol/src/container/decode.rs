@@ -178,6 +178,7 @@ pub fn read_layout(prefix: &[u8], total_len: u64, limits: &Limits) -> Result<Lay
     let mut parser = TreeParser::new(&infos, limits.max_depth);
     let entries = parser.document(&tree)?;
     parser.finish()?;
+    check_packed(&entries, limits)?;
     for s in &mut slots {
         s.start += header_end;
         s.end += header_end;
@@ -187,6 +188,62 @@ pub fn read_layout(prefix: &[u8], total_len: u64, limits: &Limits) -> Result<Lay
         entries,
         slots,
     })
+}
+
+/// Packed tensors are held to the limits of tensors by the shape they
+/// declare, and all of them together unpack to at most `max_total_bytes`:
+/// a small container cannot ask for a large allocation.
+fn check_packed(entries: &[NodeEntry], limits: &Limits) -> Result<(), CodecError> {
+    fn walk(node: &Node, limits: &Limits, total: &mut u64) -> Result<(), CodecError> {
+        match node {
+            Node::Packed {
+                blob, dtype, shape, ..
+            } => {
+                let name = format!("t{blob}");
+                if shape.len() > limits.max_rank {
+                    return Err(CodecError::RankTooLarge {
+                        tensor: name,
+                        rank: shape.len(),
+                        limit: limits.max_rank,
+                    });
+                }
+                let numel = Tensor::numel(shape).ok_or_else(|| CodecError::ShapeOverflow {
+                    shape: shape.clone(),
+                })? as u64;
+                if numel > limits.max_elements {
+                    return Err(CodecError::TooManyElements {
+                        tensor: name,
+                        elements: numel,
+                        limit: limits.max_elements,
+                    });
+                }
+                *total = total.saturating_add(numel.saturating_mul(dtype.size() as u64));
+                if *total > limits.max_total_bytes {
+                    return Err(CodecError::TooLarge {
+                        size: *total,
+                        limit: limits.max_total_bytes,
+                    });
+                }
+            }
+            Node::List(items) | Node::Tuple(items) => {
+                for i in items {
+                    walk(i, limits, total)?;
+                }
+            }
+            Node::Dict(members) => {
+                for (_, v) in members {
+                    walk(v, limits, total)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+    let mut total = 0u64;
+    for e in entries {
+        walk(&e.value, limits, &mut total)?;
+    }
+    Ok(())
 }
 
 fn metadata_tree(value: &Json) -> Result<String, CodecError> {
@@ -298,7 +355,7 @@ pub fn decode<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Payload<'a>, Codec
         entries.push(Entry {
             name: e.name.clone(),
             comfy_type: e.comfy_type.clone().map(ComfyType),
-            value: resolve(&e.value, &layout.slots, bytes, &e.name)?,
+            value: resolve(&e.value, &layout.slots, bytes, &e.name, limits)?,
         });
     }
     Ok(Payload { entries })
@@ -309,6 +366,7 @@ fn resolve<'a>(
     slots: &[Slot],
     bytes: &'a [u8],
     entry: &str,
+    limits: &Limits,
 ) -> Result<Value<'a>, CodecError> {
     let data = |i: usize| -> Result<(&Slot, &'a [u8]), CodecError> {
         let slot = slots.get(i).ok_or_else(|| CodecError::Container {
@@ -326,7 +384,7 @@ fn resolve<'a>(
     let list = |items: &[Node]| -> Result<Vec<Value<'a>>, CodecError> {
         items
             .iter()
-            .map(|n| resolve(n, slots, bytes, entry))
+            .map(|n| resolve(n, slots, bytes, entry, limits))
             .collect()
     };
     Ok(match node {
@@ -340,7 +398,7 @@ fn resolve<'a>(
         Node::Dict(members) => Value::Dict(
             members
                 .iter()
-                .map(|(k, v)| Ok((k.clone(), resolve(v, slots, bytes, entry)?)))
+                .map(|(k, v)| Ok((k.clone(), resolve(v, slots, bytes, entry, limits)?)))
                 .collect::<Result<_, CodecError>>()?,
         ),
         Node::Tensor(i) => {
@@ -363,5 +421,25 @@ fn resolve<'a>(
             data: Cow::Borrowed(data(*blob)?.1),
             signature: sig.clone(),
         },
+        // Unpacked into memory of its own (the one decode that copies).
+        Node::Packed {
+            blob,
+            codec,
+            dtype,
+            shape,
+        } => {
+            let plain = crate::packed::unpack(
+                *codec,
+                *dtype,
+                shape,
+                data(*blob)?.1,
+                limits.max_total_bytes,
+            )?;
+            Value::Tensor(Tensor {
+                dtype: *dtype,
+                shape: shape.clone(),
+                data: Cow::Owned(plain),
+            })
+        }
     })
 }

@@ -8,6 +8,7 @@ use std::io::Write;
 use safetensors::tensor::{Metadata, TensorInfo};
 
 use super::{CodecError, LEN_PREFIX, MAX_ENCODE_DEPTH};
+use crate::packed::PackOptions;
 use crate::tree::{write_document, Node, NodeEntry, Path, INLINE_STR_MAX, METADATA_KEY};
 use crate::value::{DType, Payload, Tensor, Value};
 
@@ -405,7 +406,11 @@ fn renumber<'a>(
             });
             *node = Node::LongStr(out.len() - 1);
         }
-        Node::Tensor(i) | Node::Bytes(i) | Node::LongStr(i) | Node::Pickle { blob: i, .. } => {
+        Node::Tensor(i)
+        | Node::Bytes(i)
+        | Node::LongStr(i)
+        | Node::Pickle { blob: i, .. }
+        | Node::Packed { blob: i, .. } => {
             let blob =
                 slots
                     .get_mut(*i)
@@ -431,10 +436,96 @@ fn renumber<'a>(
     Ok(())
 }
 
+/// Pack the tensors of a flattened tree where `opts` allows and it pays
+/// (§2.7): a `$t` node becomes `$packed` and its blob the packed bytes.
+/// `bytes(i)` gives the data of blob `i` when it is external. IMAGE (1, 3
+/// or 4 channels) and MASK entries are rounded to 8 bits only when
+/// `opts.quantize_images` says so.
+pub fn pack_tree<'b>(
+    entries: &mut [NodeEntry],
+    blobs: &mut [Blob<'_>],
+    opts: &PackOptions,
+    bytes: &dyn Fn(usize) -> Option<&'b [u8]>,
+) -> Result<(), CodecError> {
+    if opts.is_empty() {
+        return Ok(());
+    }
+    fn walk<'b>(
+        node: &mut Node,
+        image: bool,
+        blobs: &mut [Blob<'_>],
+        opts: &PackOptions,
+        bytes: &dyn Fn(usize) -> Option<&'b [u8]>,
+    ) -> Result<(), CodecError> {
+        match node {
+            Node::Tensor(i) => {
+                let idx = *i;
+                let Some(blob) = blobs.get_mut(idx) else {
+                    return Ok(());
+                };
+                let packed = match &blob.source {
+                    BlobSource::Slice(s) => {
+                        crate::packed::pack(blob.dtype, &blob.shape, s, opts, image)?
+                    }
+                    BlobSource::Owned(v) => {
+                        crate::packed::pack(blob.dtype, &blob.shape, v, opts, image)?
+                    }
+                    BlobSource::External(e) => match bytes(*e) {
+                        Some(s) => crate::packed::pack(blob.dtype, &blob.shape, s, opts, image)?,
+                        None => None,
+                    },
+                };
+                if let Some((codec, packed)) = packed {
+                    *node = Node::Packed {
+                        blob: idx,
+                        codec,
+                        dtype: blob.dtype,
+                        shape: std::mem::take(&mut blob.shape),
+                    };
+                    blob.dtype = DType::U8;
+                    blob.shape = vec![packed.len()];
+                    blob.source = BlobSource::Owned(packed);
+                }
+            }
+            Node::List(items) | Node::Tuple(items) => {
+                for item in items {
+                    walk(item, false, blobs, opts, bytes)?;
+                }
+            }
+            Node::Dict(members) => {
+                for (_, item) in members {
+                    walk(item, false, blobs, opts, bytes)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+    for e in entries {
+        // Rounded only where an 8-bit image file is what the values become:
+        // an IMAGE of 1, 3 or 4 channels, a MASK.
+        let image = match (&e.comfy_type.as_deref(), &e.value) {
+            (Some("IMAGE"), Node::Tensor(i)) => blobs
+                .get(*i)
+                .is_some_and(|b| matches!(b.shape.as_slice(), [_, _, _, 1 | 3 | 4])),
+            (Some("MASK"), Node::Tensor(i)) => blobs.get(*i).is_some_and(|b| b.shape.len() == 3),
+            _ => false,
+        };
+        walk(&mut e.value, image, blobs, opts, bytes)?;
+    }
+    Ok(())
+}
+
 /// Encode a payload into container bytes. Deterministic: the same payload
 /// always gives the same bytes.
 pub fn encode(payload: &Payload<'_>) -> Result<Vec<u8>, CodecError> {
-    let (entries, blobs) = flatten(payload)?;
+    encode_with(payload, &PackOptions::default())
+}
+
+/// [`encode`], packing tensors as `opts` allows (§2.7).
+pub fn encode_with(payload: &Payload<'_>, opts: &PackOptions) -> Result<Vec<u8>, CodecError> {
+    let (mut entries, mut blobs) = flatten(payload)?;
+    pack_tree(&mut entries, &mut blobs, opts, &|_| None)?;
     Prepared::new(&entries, blobs)?.to_vec()
 }
 
@@ -447,6 +538,17 @@ pub fn encode_to_writer<W: Write + ?Sized>(
     payload: &Payload<'_>,
     w: &mut W,
 ) -> Result<u64, WriteError> {
-    let (entries, blobs) = flatten(payload)?;
+    encode_to_writer_with(payload, w, &PackOptions::default())
+}
+
+/// [`encode_to_writer`], packing tensors as `opts` allows (§2.7); packed
+/// tensors are held in memory in their (small) packed form.
+pub fn encode_to_writer_with<W: Write + ?Sized>(
+    payload: &Payload<'_>,
+    w: &mut W,
+    opts: &PackOptions,
+) -> Result<u64, WriteError> {
+    let (mut entries, mut blobs) = flatten(payload)?;
+    pack_tree(&mut entries, &mut blobs, opts, &|_| None)?;
     Prepared::new(&entries, blobs)?.write_to(w, no_external)
 }

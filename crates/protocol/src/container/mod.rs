@@ -16,7 +16,8 @@ mod encode;
 pub use crate::error::CodecError;
 pub use decode::{decode, header_len, read_layout, Layout, Slot};
 pub use encode::{
-    encode, encode_to_writer, flatten, prepare_tree, Blob, BlobSource, Prepared, WriteError,
+    encode, encode_to_writer, encode_to_writer_with, encode_with, flatten, pack_tree, prepare_tree,
+    Blob, BlobSource, Prepared, WriteError,
 };
 
 /// Hard limits the decoder enforces before it allocates or trusts anything.

@@ -29,7 +29,16 @@ pub struct SubmitRequest<S> {
     /// `?retry=true`: run again from the start after a worker restart.
     pub retryable: bool,
     pub idempotency_key: Option<String>,
-    pub body: S,
+    pub body: SubmitBody<S>,
+}
+
+/// Where a submit's container comes from.
+#[derive(Debug)]
+pub enum SubmitBody<S> {
+    /// The request body, streamed.
+    Stream(S),
+    /// A finished upload (§4.9), already in the spool: taken, not copied.
+    Upload(PathBuf),
 }
 
 /// What a submit did.
@@ -67,7 +76,7 @@ impl Drop for Spooled {
     }
 }
 
-fn internal(e: impl fmt::Display) -> SubmitError {
+pub(super) fn internal(e: impl fmt::Display) -> SubmitError {
     SubmitError::Internal(e.to_string())
 }
 
@@ -89,41 +98,31 @@ impl Engine {
     {
         let max = self.config.max_body_bytes;
         let cap = req.media.limit(max);
-        let known_key = match req.idempotency_key.clone() {
+        let known = match req.idempotency_key.clone() {
             Some(k) => self
                 .store
                 .run(move |s| s.by_idempotency_key(&k))
                 .await
-                .map_err(internal)?
-                .is_some(),
-            None => false,
+                .map_err(internal)?,
+            None => None,
         };
-        if !known_key {
-            let active = self
-                .store
-                .run(|s| s.active_count())
-                .await
-                .map_err(internal)?;
-            if active >= self.config.max_active_jobs {
-                return Err(Refusal::new(
-                    ErrorCode::TooManyRequests,
-                    format!(
-                        "this worker already holds {} unfinished jobs; retry later",
-                        self.config.max_active_jobs
-                    ),
-                )
-                .into());
+        if let (SubmitBody::Upload(path), Some(row)) = (&req.body, &known) {
+            // A retried submit of an upload its first try consumed.
+            if !tokio::fs::try_exists(path).await.unwrap_or(false) {
+                return Ok(Submitted::Replayed(row.clone()));
             }
         }
+        self.check_capacity(known.is_some()).await?;
 
         let tmp = self
             .tmp_dir()
             .join(format!("{}.part", uuid::Uuid::new_v4()));
         let mut spooled = Spooled(Some(tmp.clone()));
-        let (total, body_sha256) = match req.media {
-            SubmitMedia::Container => spool(req.body, &tmp, cap).await?,
-            SubmitMedia::Json => {
-                let (buf, total, sha) = read_all(req.body, cap).await?;
+        let (total, body_sha256) = match (req.body, req.media) {
+            (SubmitBody::Upload(path), _) => take_upload(&path, &tmp, cap).await?,
+            (SubmitBody::Stream(body), SubmitMedia::Container) => spool(body, &tmp, cap).await?,
+            (SubmitBody::Stream(body), SubmitMedia::Json) => {
+                let (buf, total, sha) = read_all(body, cap).await?;
                 if total.is_some() {
                     let data = json_body_container(&buf, &self.config.limits)
                         .map_err(|e| Refusal::bad_payload(&e))?;
@@ -197,8 +196,32 @@ impl Engine {
         }
     }
 
+    /// The limit on unfinished jobs (429 beyond it); a replay of a known
+    /// idempotency key (`known_key`) passes.
+    pub(super) async fn check_capacity(&self, known_key: bool) -> Result<(), SubmitError> {
+        if known_key {
+            return Ok(());
+        }
+        let active = self
+            .store
+            .run(|s| s.active_count())
+            .await
+            .map_err(internal)?;
+        if active >= self.config.max_active_jobs {
+            return Err(Refusal::new(
+                ErrorCode::TooManyRequests,
+                format!(
+                    "this worker already holds {} unfinished jobs; retry later",
+                    self.config.max_active_jobs
+                ),
+            )
+            .into());
+        }
+        Ok(())
+    }
+
     /// A job was inserted: make it live and wake the dispatcher.
-    async fn accepted(&self, row: &JobRow) {
+    pub(super) async fn accepted(&self, row: &JobRow) {
         self.metrics
             .submitted
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -237,6 +260,39 @@ where
     }
     out.flush().await.map_err(internal)?;
     Ok((Some(total), hex::encode(hasher.finalize())))
+}
+
+/// Move a finished upload to `tmp` and hash it (on a blocking thread: it
+/// may be gigabytes). `Ok((None, _))` when it is over `cap` bytes.
+async fn take_upload(
+    upload: &std::path::Path,
+    tmp: &std::path::Path,
+    cap: u64,
+) -> Result<(Option<u64>, String), SubmitError> {
+    let len = tokio::fs::metadata(upload)
+        .await
+        .map_err(|_| {
+            SubmitError::from(Refusal::new(
+                ErrorCode::NotFound,
+                "upload not found (it was submitted already, or expired)",
+            ))
+        })?
+        .len();
+    if len > cap {
+        return Ok((None, String::new()));
+    }
+    tokio::fs::rename(upload, tmp).await.map_err(internal)?;
+    let path = tmp.to_path_buf();
+    let sha = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+        let mut f = std::fs::File::open(path)?;
+        let mut h = Sha256::new();
+        std::io::copy(&mut f, &mut h)?;
+        Ok(hex::encode(h.finalize()))
+    })
+    .await
+    .map_err(internal)?
+    .map_err(internal)?;
+    Ok((Some(len), sha))
 }
 
 /// Read a JSON body into memory (it is parsed whole), at most `cap` bytes.

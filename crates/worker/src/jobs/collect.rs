@@ -73,6 +73,19 @@ pub(super) fn collect_outputs(
             value: entry.value,
         });
     }
+    write_container(dir, entries).map_err(|e| match e {
+        comfy_remote_protocol::WriteError::Codec(e) => fail(format!("encoding the result: {e}")),
+        e => fail(format!("writing the result: {e}")),
+    })
+}
+
+/// `entries` as the job's result container, streamed into a temporary
+/// file and renamed into place (the combined result is never held in
+/// memory); the outputs' names and types, and the container's size.
+pub(super) fn write_container(
+    dir: &Path,
+    entries: Vec<Entry<'_>>,
+) -> Result<(Vec<ValueInfo>, u64), comfy_remote_protocol::WriteError> {
     let infos = entries
         .iter()
         .map(|e| ValueInfo {
@@ -80,28 +93,16 @@ pub(super) fn collect_outputs(
             comfy_type: types::type_of(e).0,
         })
         .collect();
-    // Streamed from the mapped outputs into the file: the combined result
-    // is never held in memory.
     let tmp = dir.join(format!("{}.tmp", layout::RESULT_FILE));
     let written = (|| -> Result<u64, comfy_remote_protocol::WriteError> {
         let mut w = std::io::BufWriter::with_capacity(64 << 10, std::fs::File::create(&tmp)?);
         let n = comfy_remote_protocol::encode_to_writer(&Payload { entries }, &mut w)?;
         std::io::Write::flush(&mut w)?;
+        std::fs::rename(&tmp, layout::result_file(dir))?;
         Ok(n)
     })();
-    let len = match written {
-        Ok(n) => n,
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(match e {
-                comfy_remote_protocol::WriteError::Codec(e) => {
-                    fail(format!("encoding the result: {e}"))
-                }
-                e => fail(format!("writing the result: {e}")),
-            });
-        }
-    };
-    std::fs::rename(&tmp, layout::result_file(dir))
-        .map_err(|e| fail(format!("writing the result: {e}")))?;
-    Ok((infos, len))
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    Ok((infos, written?))
 }

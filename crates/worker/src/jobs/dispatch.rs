@@ -130,24 +130,24 @@ impl Engine {
                 p.step = None;
                 p.text = "collecting outputs".into();
                 live.publish(EventData::Progress(p));
-                let outputs_sig = self.workflow.outputs.clone();
-                // Outputs come from our own node, not from a client: the
-                // request limits do not apply, only sanity bounds.
-                let limits = Limits {
-                    max_total_bytes: 1 << 40,
-                    ..Limits::default()
+                let collected = if super::prompt::is_prompt_job(&dir) {
+                    self.collect_prompt_outputs(&prompt_id, &dir).await
+                } else {
+                    let outputs_sig = self.workflow.outputs.clone();
+                    // Outputs come from our own node, not from a client: the
+                    // request limits do not apply, only sanity bounds.
+                    let limits = Limits {
+                        max_total_bytes: 1 << 40,
+                        ..Limits::default()
+                    };
+                    let d = dir.clone();
+                    tokio::task::spawn_blocking(move || collect_outputs(&d, &outputs_sig, &limits))
+                        .await
+                        .unwrap_or_else(|e| Err(internal_error(e)))
                 };
-                let d = dir.clone();
-                match tokio::task::spawn_blocking(move || {
-                    collect_outputs(&d, &outputs_sig, &limits)
-                })
-                .await
-                {
-                    Ok(Ok((infos, bytes))) => {
-                        (JobStatus::Succeeded, None, infos, Some(bytes as i64))
-                    }
-                    Ok(Err(e)) => (JobStatus::Failed, Some(e), vec![], None),
-                    Err(e) => (JobStatus::Failed, Some(internal_error(e)), vec![], None),
+                match collected {
+                    Ok((infos, bytes)) => (JobStatus::Succeeded, None, infos, Some(bytes as i64)),
+                    Err(e) => (JobStatus::Failed, Some(e), vec![], None),
                 }
             }
         };
@@ -195,13 +195,37 @@ impl Engine {
         }
         let mut generation = comfy.generation.clone();
         let gen0 = *generation.borrow_and_update();
-        let prompt = self.workflow.prompt_for_job(dir);
+        // A job of the served workflow, or one that runs its own graph.
+        let own = match self.own_prompt(dir).await {
+            Ok(own) => own,
+            Err(e) => return Outcome::Failed(internal_error(e)),
+        };
+        let prompt = match &own {
+            Some(o) => o.prompt.clone(),
+            None => self.workflow.prompt_for_job(dir),
+        };
+        let empty = serde_json::Map::new();
+        let nodes = prompt.as_object().unwrap_or(&empty);
+        let extra = self.extra_data(id);
         let mut tries = 0;
         loop {
-            match comfy.client.queue_prompt(&prompt, prompt_id, seq).await {
+            let placed = match &own {
+                Some(o) => self.place_uploads(dir, o).await,
+                None => Ok(()),
+            };
+            let queued = match placed {
+                Ok(()) => {
+                    comfy
+                        .client
+                        .queue_prompt(&prompt, prompt_id, seq, extra.as_ref())
+                        .await
+                }
+                Err(msg) => Err(QueueError::Unavailable(msg)),
+            };
+            match queued {
                 Ok(()) => break,
                 Err(QueueError::Rejected(body)) => {
-                    return Outcome::Failed(validation_error(&body, &self.workflow))
+                    return Outcome::Failed(validation_error(&body, nodes))
                 }
                 Err(QueueError::Unavailable(msg)) => {
                     tries += 1;
@@ -223,7 +247,7 @@ impl Engine {
         }
         let _ = posted.send(());
         tracing::info!(job = %id, prompt = %prompt_id, "prompt queued in ComfyUI");
-        let mut tracker = Tracker::new(&self.workflow);
+        let mut tracker = Tracker::new(nodes);
         let mut started = false;
         let mut cancel_requested = false;
         let mut tick = tokio::time::interval(Duration::from_secs(2));

@@ -8,6 +8,9 @@
 //! - `outcome`: ComfyUI's answers (validation errors, history, node
 //!   failures) as job errors that carry no server internals;
 //! - `collect`: the Remote Outputs' files as the result container;
+//! - [`prompt`]: jobs that run a graph of their own (Comfy API v2 with
+//!   `--allow-any-workflow`): their files in, their files out;
+//! - `results`: the result a client downloads (packed copies, made once);
 //! - `retention`: expiry of results and of jobs stuck waiting for ComfyUI.
 //!
 //! Execution is serialized by ComfyUI's own queue: the dispatcher keeps at
@@ -20,6 +23,8 @@ mod collect;
 mod dispatch;
 mod outcome;
 mod progress;
+pub mod prompt;
+mod results;
 mod retention;
 
 use std::collections::HashMap;
@@ -44,7 +49,8 @@ use crate::metrics::Metrics;
 use crate::store::{now_ms, JobRow, Store};
 use comfy_remote_contract::Workflow;
 
-pub use admission::{SubmitError, SubmitRequest, Submitted};
+pub use admission::{SubmitBody, SubmitError, SubmitRequest, Submitted};
+pub use prompt::{PromptJob, Upload};
 
 /// Limits and policies of the engine.
 #[derive(Debug, Clone)]
@@ -128,6 +134,8 @@ pub struct Engine {
     event_base: AtomicU64,
     /// Since when (ms) ComfyUI has not answered; `None` while it answers.
     down_since: Mutex<Option<i64>>,
+    /// Per-prompt `extra_data` of unfinished jobs (never stored).
+    extra: Mutex<HashMap<String, serde_json::Value>>,
     pub shutdown: CancellationToken,
 }
 
@@ -166,6 +174,7 @@ impl Engine {
             in_flight: AtomicUsize::new(0),
             event_base: AtomicU64::new(0),
             down_since: Mutex::new(None),
+            extra: Mutex::new(HashMap::new()),
             shutdown,
         })
     }
@@ -312,6 +321,12 @@ impl Engine {
             urls,
             created_at: rfc3339(row.created_at),
             updated_at: rfc3339(row.updated_at),
+            // Handed to ComfyUI is not started: only its first event is.
+            started_at: row.started_at.map(rfc3339),
+            finished_at: row
+                .finished_at
+                .filter(|_| row.status.is_terminal())
+                .map(rfc3339),
             result,
             error: row.error.clone(),
         }
@@ -385,9 +400,14 @@ impl Engine {
     /// inputs can be gigabytes).
     async fn cleanup_inputs(&self, id: &str) {
         let dir = self.job_dir(id);
+        self.extra
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
         let _ = tokio::task::spawn_blocking(move || {
             let _ = std::fs::remove_file(layout::inputs_file(&dir));
             let _ = std::fs::remove_dir_all(layout::outputs_dir(&dir));
+            prompt::cleanup(&dir);
         })
         .await;
     }

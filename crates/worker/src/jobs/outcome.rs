@@ -7,8 +7,6 @@
 use comfy_remote_protocol::api::{ErrorCode, ErrorInfo};
 use serde_json::{json, Value};
 
-use comfy_remote_contract::Workflow;
-
 /// Outcome of a prompt in ComfyUI.
 pub(super) enum Outcome {
     Success,
@@ -41,7 +39,7 @@ pub(super) fn internal_error(e: impl std::fmt::Display) -> ErrorInfo {
 /// failed node its id and type, the input and ComfyUI's message. The body
 /// itself is logged, not sent: its details can list the server's model
 /// files (`value_not_in_list` names every allowed value).
-pub(super) fn validation_error(body: &Value, wf: &Workflow) -> ErrorInfo {
+pub(super) fn validation_error(body: &Value, prompt: &serde_json::Map<String, Value>) -> ErrorInfo {
     tracing::warn!(body = %body, "ComfyUI rejected the prompt");
     let mut errors = Vec::new();
     if let Some(nodes) = body.get("node_errors").and_then(Value::as_object) {
@@ -50,7 +48,7 @@ pub(super) fn validation_error(body: &Value, wf: &Workflow) -> ErrorInfo {
                 .get("class_type")
                 .and_then(Value::as_str)
                 .or_else(|| {
-                    wf.prompt
+                    prompt
                         .get(node)
                         .and_then(|n| n.get("class_type"))
                         .and_then(Value::as_str)
@@ -242,6 +240,8 @@ mod tests {
             .contains("/srv/comfy"));
     }
 
+    use comfy_remote_contract::Workflow;
+
     fn wf() -> Workflow {
         Workflow::parse(
             "w",
@@ -259,7 +259,7 @@ mod tests {
                 "message": "Value 500 bigger than max of 31", "details": "blur_radius",
                 "extra_info": {"input_name": "blur_radius", "received_value": 500}}],
                 "class_type": "ImageBlur"}}});
-        let e = validation_error(&body, &wf());
+        let e = validation_error(&body, &wf().prompt);
         assert_eq!(e.code, ErrorCode::ValidationFailed);
         assert_eq!(
             e.message,
@@ -280,7 +280,7 @@ mod tests {
                 "extra_info": {"input_name": "ckpt_name", "received_value": "mine.safetensors",
                     "input_config": [["secret-a.safetensors", "secret-b.ckpt"], {}]}}],
                 "class_type": "CheckpointLoaderSimple"}}});
-        let e = validation_error(&body, &wf());
+        let e = validation_error(&body, &wf().prompt);
         let text = serde_json::to_string(&e).expect("json");
         assert!(!text.contains("secret"), "{text}");
         assert!(

@@ -8,7 +8,6 @@ use comfy_remote_protocol::api::{NodeRef, Phase, Progress, Step};
 use serde_json::Value;
 
 use crate::comfyui::ComfyEvent;
-use comfy_remote_contract::Workflow;
 
 /// Turns ComfyUI's per-node events into one monotonic progress.
 pub(super) struct Tracker {
@@ -20,9 +19,8 @@ pub(super) struct Tracker {
 }
 
 impl Tracker {
-    pub(super) fn new(wf: &Workflow) -> Self {
-        let classes: HashMap<_, _> = wf
-            .prompt
+    pub(super) fn new(prompt: &serde_json::Map<String, Value>) -> Self {
+        let classes: HashMap<_, _> = prompt
             .iter()
             .map(|(id, n)| {
                 (

@@ -74,6 +74,8 @@ impl Engine {
             }
             Err(e) => tracing::error!("retention sweep: {e}"),
         }
+        let spool = self.config.spool_dir.clone();
+        let _ = tokio::task::spawn_blocking(move || crate::uploads::sweep(&spool)).await;
         // Forget finished live jobs after a while; their final state is in the store.
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         if live.len() > 256 {

@@ -15,9 +15,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
-use comfy_remote_protocol::{types, CodecError, ComfyType, DType, Entry, Limits, Tensor, Value};
-
-use super::{dtype_from_st, f32_tensor};
+use comfy_remote_protocol::media::{InputFormat, INPUT_EXTENSIONS};
+use comfy_remote_protocol::{types, CodecError, ComfyType, Entry, Limits, Value};
 
 /// What one `--input` says, before it is read or converted.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,8 +43,6 @@ pub fn input_name(spec: &str) -> Option<&str> {
     let name = name.trim();
     (!name.is_empty()).then_some(name)
 }
-
-const KNOWN_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "wav", "safetensors"];
 
 /// Parse one `--input` without reading anything but the file system's
 /// answer to "is this a file".
@@ -82,7 +79,7 @@ pub fn parse_spec(spec: &str) -> anyhow::Result<InputSpec> {
         if path.is_file() {
             if !ext
                 .as_deref()
-                .is_some_and(|e| KNOWN_EXTENSIONS.contains(&e))
+                .is_some_and(|e| INPUT_EXTENSIONS.contains(&e))
             {
                 bail!(
                     "--input {name}: {} has an unsupported extension; use .png, .jpg, .jpeg, .wav, .safetensors, json:VALUE or text:VALUE",
@@ -97,7 +94,7 @@ pub fn parse_spec(spec: &str) -> anyhow::Result<InputSpec> {
             );
         } else if ext
             .as_deref()
-            .is_some_and(|e| KNOWN_EXTENSIONS.contains(&e))
+            .is_some_and(|e| INPUT_EXTENSIONS.contains(&e))
         {
             bail!(
                 "--input {name}: no such file {}; use text:VALUE to send it as a string",
@@ -138,11 +135,19 @@ pub fn to_entry(spec: &InputSpec, declared: Option<&str>) -> anyhow::Result<Entr
             }
             entry(None, Value::Str(text.clone()))
         }
-        Source::File(path) => match extension(path).as_deref() {
-            Some("png" | "jpg" | "jpeg") => entry(Some(ComfyType::IMAGE), read_image(path)?),
-            Some("wav") => entry(Some(ComfyType::AUDIO), read_wav(path)?),
-            _ => entry(None, read_safetensors(path)?),
-        },
+        Source::File(path) => {
+            let format = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(InputFormat::of_name)
+                .unwrap_or(InputFormat::Safetensors);
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let value = format
+                .read(&bytes)
+                .with_context(|| format!("reading {}", path.display()))?;
+            entry(format.comfy_type(), value)
+        }
         Source::Literal(text) => {
             let value = match declared {
                 Some(d) => literal_as(name, d, text)?,
@@ -208,72 +213,6 @@ fn literal_as(name: &str, declared: &str, raw: &str) -> anyhow::Result<Value<'st
             bail!("--input {name} is LATENT; give a .safetensors file with a `samples` tensor (got {raw:?})")
         }
         _ => literal(raw),
-    })
-}
-
-/// PNG/JPEG -> IMAGE `[1,H,W,3]` f32 in 0..1, as ComfyUI's LoadImage makes it.
-pub fn read_image(path: &Path) -> anyhow::Result<Value<'static>> {
-    let img = image::open(path)
-        .with_context(|| format!("reading image {}", path.display()))?
-        .to_rgb8();
-    let (w, h) = img.dimensions();
-    let values: Vec<f32> = img.as_raw().iter().map(|&b| f32::from(b) / 255.0).collect();
-    f32_tensor(vec![1, h as usize, w as usize, 3], &values)
-}
-
-/// WAV -> AUDIO `{waveform [1,C,T] f32, sample_rate}`.
-pub fn read_wav(path: &Path) -> anyhow::Result<Value<'static>> {
-    let mut r =
-        hound::WavReader::open(path).with_context(|| format!("reading WAV {}", path.display()))?;
-    let spec = r.spec();
-    let channels = usize::from(spec.channels.max(1));
-    let samples: Vec<f32> = match spec.sample_format {
-        hound::SampleFormat::Float => r.samples::<f32>().collect::<Result<_, _>>()?,
-        hound::SampleFormat::Int => {
-            let scale = (1i64 << (spec.bits_per_sample.clamp(1, 32) - 1)) as f32;
-            r.samples::<i32>()
-                .map(|s| s.map(|v| v as f32 / scale))
-                .collect::<Result<_, _>>()?
-        }
-    };
-    let frames = samples.len() / channels;
-    let mut planar = vec![0f32; frames * channels];
-    for (i, s) in samples.iter().take(frames * channels).enumerate() {
-        planar[(i % channels) * frames + i / channels] = *s;
-    }
-    Ok(Value::Dict(vec![
-        (
-            "waveform".into(),
-            f32_tensor(vec![1, channels, frames], &planar)?,
-        ),
-        (
-            "sample_rate".into(),
-            Value::Int(i64::from(spec.sample_rate)),
-        ),
-    ]))
-}
-
-/// safetensors -> the single tensor, or a dict of name -> tensor (a LATENT
-/// when it has `samples`).
-pub fn read_safetensors(path: &Path) -> anyhow::Result<Value<'static>> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .with_context(|| format!("{} is not a safetensors file", path.display()))?;
-    let mut items = Vec::new();
-    let mut names = st.names();
-    names.sort();
-    for name in names {
-        let view = st.tensor(name)?;
-        let dtype: DType = dtype_from_st(view.dtype()).with_context(|| {
-            format!("{}: tensor {name} has an unsupported dtype", path.display())
-        })?;
-        let t = Tensor::new(dtype, view.shape().to_vec(), view.data().to_vec())?;
-        items.push((name.to_owned(), Value::Tensor(t)));
-    }
-    Ok(match items.len() {
-        0 => bail!("{} holds no tensors", path.display()),
-        1 => items.pop().map(|(_, v)| v).unwrap_or(Value::None),
-        _ => Value::Dict(items),
     })
 }
 

@@ -18,7 +18,7 @@ use comfy_remote_client::{Client, ClientError, ClientOptions, JobEvent, Signatur
 use comfy_remote_contract::inputs::unknown_input_message;
 use comfy_remote_protocol::api::{Phase, SignatureItem};
 use comfy_remote_protocol::env;
-use comfy_remote_protocol::{types, Limits, Payload};
+use comfy_remote_protocol::{types, Limits, PackOptions, Payload};
 
 use crate::commands::io::inputs::{self, InputSpec};
 use crate::commands::io::outputs;
@@ -316,6 +316,9 @@ fn submit_and_write(args: &Args) -> Result<Success, Failure> {
     }
     // 0 means no limit, as on the Remote API node.
     opts.job_timeout = args.timeout.filter(|&t| t > 0).map(Duration::from_secs);
+    // Images are written as 8-bit PNGs, rounded as `packed::quantize`
+    // rounds: results may travel rounded, the files are the same.
+    opts.images_8bit = true;
     // A bad URL is a usage error, found before any input file is read.
     let client = Client::new(opts)
         .map(Arc::new)
@@ -341,11 +344,15 @@ fn submit_and_write(args: &Args) -> Result<Success, Failure> {
                 .block_on(client.signature())
                 .map_err(|e| Failure::client(&e, None, args))?;
             let payload = entries_for(&specs, signature.as_ref())?;
+            // Packed as far as the endpoint reads packed tensors (§2.7).
+            let packing = signature.as_ref().map_or_else(PackOptions::default, |s| {
+                PackOptions::for_codecs(s.codecs.iter().map(String::as_str))
+            });
             // The inputs are streamed into a temporary container file and
             // dropped before anything is sent: the upload then streams from
             // disk, so the container is never held in memory (the file goes
             // when `upload` does).
-            let upload = write_inputs(payload).map_err(|e| Failure::local(e, None))?;
+            let upload = write_inputs(payload, &packing).map_err(|e| Failure::local(e, None))?;
             let job = {
                 let _guard = rt.enter();
                 client.spawn_upload(Upload::File(upload.path().to_path_buf()))
@@ -390,14 +397,18 @@ fn write_outputs(args: &Args, bytes: &[u8]) -> anyhow::Result<Vec<serde_json::Va
 /// Encode the inputs into a new temporary file (deleted on drop), consuming
 /// them: tensors are written straight from the decoded inputs, which are
 /// freed before the upload starts.
-fn write_inputs(payload: Payload<'_>) -> anyhow::Result<tempfile::NamedTempFile> {
+fn write_inputs(
+    payload: Payload<'_>,
+    packing: &PackOptions,
+) -> anyhow::Result<tempfile::NamedTempFile> {
     let file = tempfile::Builder::new()
         .prefix("comfy-remote-inputs-")
         .suffix(".crc")
         .tempfile()
         .context("creating a temporary file for the inputs")?;
     let mut w = std::io::BufWriter::with_capacity(64 << 10, file);
-    comfy_remote_protocol::encode_to_writer(&payload, &mut w).context("encoding the inputs")?;
+    comfy_remote_protocol::encode_to_writer_with(&payload, &mut w, packing)
+        .context("encoding the inputs")?;
     drop(payload);
     w.into_inner()
         .map_err(|e| e.into_error())

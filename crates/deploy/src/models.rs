@@ -1,0 +1,407 @@
+//! Model files found and brought: each model file the workflow names is matched to the local file
+//! (its size and SHA-256, cached by path and mtime), or to a URL of `"models"` in the config; the
+//! Volume gets what it lacks.
+//!
+//! Uploads go through `modal volume put` before `modal deploy`. The Volume keeps a manifest of
+//! what comfy-remote put there (`/.comfy-remote/models.json`: path -> size and SHA-256), so a file
+//! already there with the same size and hash is not uploaded again. A URL source is fetched by the
+//! GPU container at its first start ([`crate::fetch`]) and checked against its hash.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use comfy_remote_contract::models::ModelRef;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::{DeployConfig, VolumeConfig};
+use crate::error::{DeployError, Result};
+use crate::local::LocalComfy;
+use crate::runner::{Runner, Sink};
+
+/// Where the Volume's manifest of uploaded models lives on it.
+pub const MANIFEST: &str = "/.comfy-remote/models.json";
+
+/// Where one model file comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Origin {
+    /// A file of the local ComfyUI, uploaded to the Volume.
+    Local { path: PathBuf },
+    /// A URL (plain, or a Hugging Face file) fetched onto the Volume at the first start.
+    Url { url: String },
+    /// Neither: expected on the Volume already (nothing local was given to look in).
+    Volume,
+}
+
+/// One model file of the plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModelPlan {
+    /// The models folder on the Volume (`checkpoints`, ...).
+    pub folder: String,
+    pub file: String,
+    /// `<node id>:<input>` where the workflow names it.
+    pub used_by: String,
+    pub origin: Origin,
+    pub size: Option<u64>,
+    pub sha256: Option<String>,
+}
+
+impl ModelPlan {
+    /// The file's path on the Volume, `/<folder>/<file>`.
+    pub fn remote(&self) -> String {
+        format!("/{}/{}", self.folder, self.file)
+    }
+
+    /// `<folder>/<file>`, the key of `"models"` and of the manifest.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.folder, self.file)
+    }
+}
+
+/// The local file a model name resolves to in `dirs`.
+fn find_in(dirs: &[PathBuf], file: &str) -> Option<PathBuf> {
+    dirs.iter().map(|d| d.join(file)).find(|p| p.is_file())
+}
+
+/// Plan where each model file comes from. A file neither local nor in `"models"` stops the
+/// deploy (when `check_models` is on and a local ComfyUI was given to look in).
+pub fn plan(
+    refs: &[ModelRef],
+    local: &LocalComfy,
+    config: &DeployConfig,
+    cache: &Path,
+) -> Result<Vec<ModelPlan>> {
+    let mut out: Vec<ModelPlan> = Vec::new();
+    let mut missing = Vec::new();
+    for r in refs {
+        if out
+            .iter()
+            .any(|p| p.file == r.file && r.folder.as_deref().map_or(true, |f| f == p.folder))
+        {
+            continue;
+        }
+        let configured = config.models.iter().find(|(key, _)| match &r.folder {
+            Some(f) => **key == format!("{f}/{}", r.file),
+            None => key.split_once('/').is_some_and(|(_, file)| file == r.file),
+        });
+        if let Some((key, source)) = configured {
+            let (folder, file) = key.split_once('/').unwrap_or((key, ""));
+            out.push(ModelPlan {
+                folder: folder.to_owned(),
+                file: file.to_owned(),
+                used_by: r.used_by.clone(),
+                origin: Origin::Url {
+                    url: source.fetch_url(),
+                },
+                size: None,
+                sha256: Some(source.sha256.to_ascii_lowercase()),
+            });
+            continue;
+        }
+        let found = match &r.folder {
+            Some(f) => local
+                .model_dirs
+                .get(f)
+                .and_then(|dirs| find_in(dirs, &r.file))
+                .map(|p| (f.clone(), p)),
+            None => local
+                .model_dirs
+                .iter()
+                .find_map(|(f, dirs)| find_in(dirs, &r.file).map(|p| (f.clone(), p))),
+        };
+        match found {
+            Some((folder, path)) => {
+                let (size, sha256) = file_hash(&path, cache)?;
+                out.push(ModelPlan {
+                    folder,
+                    file: r.file.clone(),
+                    used_by: r.used_by.clone(),
+                    origin: Origin::Local { path },
+                    size: Some(size),
+                    sha256: Some(sha256),
+                });
+            }
+            None if r.folder.is_none() && local.model_dirs.is_empty() => {}
+            None => {
+                if local.model_dirs.is_empty() || !config.check_models {
+                    out.push(ModelPlan {
+                        folder: r.folder.clone().unwrap_or_default(),
+                        file: r.file.clone(),
+                        used_by: r.used_by.clone(),
+                        origin: Origin::Volume,
+                        size: None,
+                        sha256: None,
+                    });
+                } else {
+                    missing.push(format!("{} (node {})", r.display(), r.used_by));
+                }
+            }
+        }
+    }
+    if !missing.is_empty() {
+        return Err(DeployError::ModelsNotFound {
+            files: missing,
+            searched: local.describe_models(),
+        });
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+struct CachedHash {
+    size: u64,
+    mtime_ns: u128,
+    sha256: String,
+}
+
+/// A file's size and SHA-256; the hash is cached (in `cache`/model-hashes.json) by path, size and
+/// mtime, so an unchanged multi-gigabyte checkpoint is read once.
+pub fn file_hash(path: &Path, cache: &Path) -> Result<(u64, String)> {
+    let read_err = |source| DeployError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(read_err)?;
+    let mtime_ns = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    let key = std::fs::canonicalize(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .to_string_lossy()
+        .into_owned();
+    let cache_path = cache.join("model-hashes.json");
+    let mut cache: BTreeMap<String, CachedHash> = std::fs::read_to_string(&cache_path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    if let Some(c) = cache.get(&key) {
+        if c.size == meta.len() && c.mtime_ns == mtime_ns {
+            return Ok((c.size, c.sha256.clone()));
+        }
+    }
+    let mut f = std::fs::File::open(path).map_err(read_err)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(read_err)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    let sha256 = hex::encode(h.finalize());
+    cache.insert(
+        key,
+        CachedHash {
+            size: meta.len(),
+            mtime_ns,
+            sha256: sha256.clone(),
+        },
+    );
+    // The cache only saves time: a failure to write it is not an error.
+    if let Some(dir) = cache_path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if let Ok(text) = serde_json::to_string_pretty(&cache) {
+        let _ = std::fs::write(&cache_path, text);
+    }
+    Ok((meta.len(), sha256))
+}
+
+/// Bytes a deploy uploads at most (the Volume may have some files already).
+pub fn upload_bytes(plan: &[ModelPlan]) -> u64 {
+    plan.iter()
+        .filter(|m| matches!(m.origin, Origin::Local { .. }))
+        .filter_map(|m| m.size)
+        .sum()
+}
+
+/// `1.2 GiB`, `340 KiB`, `12 B`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// The manifest of the Volume: path on the Volume -> (size, SHA-256).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Manifest {
+    pub files: BTreeMap<String, ManifestEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ManifestEntry {
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// What [`sync_volume`] did.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct SyncReport {
+    pub uploaded: Vec<String>,
+    pub already_there: Vec<String>,
+    pub bytes_uploaded: u64,
+}
+
+/// Give the Volume the local model files it lacks (`modal volume put`), keeping its manifest.
+pub fn sync_volume(
+    plan: &[ModelPlan],
+    volume: &VolumeConfig,
+    work: &Path,
+    runner: &Runner,
+    sink: Sink<'_>,
+) -> Result<SyncReport> {
+    let local: Vec<&ModelPlan> = plan
+        .iter()
+        .filter(|m| matches!(m.origin, Origin::Local { .. }))
+        .collect();
+    let mut report = SyncReport::default();
+    if local.is_empty() {
+        return Ok(report);
+    }
+    if volume.create {
+        // An existing Volume makes `create` fail; that is fine.
+        let out = runner.run_unchecked(&runner.modal(&["volume", "create", &volume.name]), sink)?;
+        let all = format!("{}{}", out.stdout, out.stderr);
+        if out.code != 0 && !all.contains("already exists") {
+            sink(&format!(
+                "modal volume create {} failed; trying the uploads anyway",
+                volume.name
+            ));
+        }
+    }
+    std::fs::create_dir_all(work).map_err(|source| DeployError::Write {
+        path: work.to_path_buf(),
+        source,
+    })?;
+    let manifest_path = work.join("volume-models.json");
+    let _ = std::fs::remove_file(&manifest_path);
+    let m = manifest_path.to_string_lossy().into_owned();
+    let got = runner.run_unchecked(
+        &runner.modal(&["volume", "get", "--force", &volume.name, MANIFEST, &m]),
+        sink,
+    )?;
+    let mut manifest: Manifest = if got.code == 0 {
+        std::fs::read_to_string(&manifest_path)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default()
+    } else {
+        Manifest::default()
+    };
+    for model in local {
+        let Origin::Local { path } = &model.origin else {
+            continue;
+        };
+        let (Some(size), Some(sha256)) = (model.size, model.sha256.clone()) else {
+            continue;
+        };
+        let remote = model.remote();
+        let entry = ManifestEntry { size, sha256 };
+        if manifest.files.get(&remote) == Some(&entry) {
+            sink(&format!(
+                "model {} is on Volume {} already (same size and sha256): not uploaded",
+                model.key(),
+                volume.name
+            ));
+            report.already_there.push(remote);
+            continue;
+        }
+        let p = path.to_string_lossy().into_owned();
+        runner.run(
+            &runner.modal(&["volume", "put", "--force", &volume.name, &p, &remote]),
+            sink,
+        )?;
+        report.bytes_uploaded += size;
+        report.uploaded.push(remote.clone());
+        manifest.files.insert(remote, entry);
+        // Written after each file, so an interrupted sync does not upload it again.
+        write_manifest(&manifest, &manifest_path, volume, runner, sink)?;
+    }
+    Ok(report)
+}
+
+fn write_manifest(
+    manifest: &Manifest,
+    path: &Path,
+    volume: &VolumeConfig,
+    runner: &Runner,
+    sink: Sink<'_>,
+) -> Result<()> {
+    let text = serde_json::to_string_pretty(manifest).unwrap_or_default();
+    std::fs::write(path, text).map_err(|source| DeployError::Write {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let p = path.to_string_lossy().into_owned();
+    runner.run(
+        &runner.modal(&["volume", "put", "--force", &volume.name, &p, MANIFEST]),
+        sink,
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_read_like_a_person_writes_them() {
+        assert_eq!(human_bytes(12), "12 B");
+        assert_eq!(human_bytes(2048), "2.0 KiB");
+        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
+    }
+
+    #[test]
+    fn local_files_are_found_hashed_and_missing_ones_refused() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let ckpt = tmp.path().join("models").join("checkpoints");
+        std::fs::create_dir_all(&ckpt).expect("mkdir");
+        std::fs::write(ckpt.join("tiny.safetensors"), b"abc").expect("write");
+        let local = LocalComfy::from_base(tmp.path());
+        let refs = vec![
+            ModelRef {
+                folder: None,
+                file: "tiny.safetensors".into(),
+                used_by: "4:weights".into(),
+            },
+            ModelRef {
+                folder: Some("checkpoints".into()),
+                file: "tiny.safetensors".into(),
+                used_by: "5:ckpt_name".into(),
+            },
+        ];
+        let p = plan(&refs, &local, &DeployConfig::default(), tmp.path()).expect("plan");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].remote(), "/checkpoints/tiny.safetensors");
+        assert_eq!(p[0].size, Some(3));
+        assert_eq!(
+            p[0].sha256.as_deref(),
+            Some("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        );
+        let missing = vec![ModelRef {
+            folder: Some("loras".into()),
+            file: "nope.safetensors".into(),
+            used_by: "7:lora_name".into(),
+        }];
+        let e = plan(&missing, &local, &DeployConfig::default(), tmp.path()).expect_err("missing");
+        assert!(
+            e.to_string()
+                .contains("loras/nope.safetensors (node 7:lora_name)"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,341 @@
+//! Jobs that run a graph of their own rather than the served workflow
+//! (Comfy API v2 on a worker started with `--allow-any-workflow`):
+//! admission (the graph and the files it reads, kept in the job directory
+//! so the job survives a restart), the files put into ComfyUI's input
+//! directory before the prompt is queued, and the files the prompt wrote,
+//! read back from ComfyUI into the job's result container.
+//!
+//! ```text
+//! <job dir>/prompt.json         the API-format graph to queue
+//! <job dir>/uploads.json        [{subfolder, filename, file}]: what goes into ComfyUI's input directory
+//! <job dir>/uploads/<file>      those files' bytes
+//! <job dir>/files/<n>           the prompt's output files, while they are collected
+//! <job dir>/result.crc          one entry per output file: `<node id>/<file name>` (bytes), or a node's text
+//! ```
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use comfy_remote_protocol::api::{ErrorCode, ErrorInfo, ValueInfo};
+use comfy_remote_protocol::{Entry, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value as Json};
+use sha2::{Digest, Sha256};
+
+use super::admission::{internal, SubmitError};
+use super::Engine;
+use crate::store::{Inserted, JobRow, NewJob};
+
+/// How often and how many times the history of a prompt that ended is
+/// asked for before it is there (ComfyUI stores it after the end event).
+const HISTORY_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+const HISTORY_TRIES: u32 = 250;
+
+/// The graph a prompt job runs.
+pub const PROMPT_FILE: &str = "prompt.json";
+const UPLOADS_FILE: &str = "uploads.json";
+const UPLOADS_DIR: &str = "uploads";
+const FILES_DIR: &str = "files";
+
+/// A job that runs `prompt` (API format).
+#[derive(Debug, Clone)]
+pub struct PromptJob {
+    pub prompt: Map<String, Json>,
+    /// Files the graph reads from ComfyUI's input directory.
+    pub uploads: Vec<Upload>,
+    /// Run again from the start after a worker restart.
+    pub retryable: bool,
+    /// ComfyUI's per-prompt `extra_data`, kept in memory only: a job run
+    /// again after a restart runs without it.
+    pub extra_data: Option<Json>,
+}
+
+/// A file placed into ComfyUI's input directory as `subfolder/filename`.
+#[derive(Debug, Clone)]
+pub struct Upload {
+    /// Where its bytes are now (hard-linked, else copied, into the job).
+    pub source: PathBuf,
+    pub subfolder: String,
+    pub filename: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct UploadEntry {
+    subfolder: String,
+    filename: String,
+    file: String,
+}
+
+/// What a prompt job's directory says it runs.
+#[derive(Debug)]
+pub(super) struct OwnPrompt {
+    pub prompt: Json,
+    uploads: Vec<UploadEntry>,
+}
+
+/// Does the job in `dir` run a graph of its own?
+pub fn is_prompt_job(dir: &Path) -> bool {
+    dir.join(PROMPT_FILE).is_file()
+}
+
+/// The graph a job ran, when it ran one of its own.
+pub fn prompt_of(dir: &Path) -> Option<Map<String, Json>> {
+    let text = std::fs::read(dir.join(PROMPT_FILE)).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+impl Engine {
+    /// Admit a job that runs `job.prompt`: the limit on unfinished jobs,
+    /// then its directory and record. ComfyUI validates the graph when it
+    /// is queued (a refusal fails the job with `validation_failed`).
+    pub async fn submit_prompt(&self, job: PromptJob) -> Result<JobRow, SubmitError> {
+        self.check_capacity(false).await?;
+        let id = uuid::Uuid::new_v4().to_string();
+        let dir = self.job_dir(&id);
+        let text = serde_json::to_vec(&Json::Object(job.prompt)).map_err(internal)?;
+        let sha = hex::encode(Sha256::digest(&text));
+        let uploads = job.uploads;
+        let d = dir.clone();
+        let stored = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
+            std::fs::create_dir_all(d.join(UPLOADS_DIR))?;
+            let mut total = text.len() as u64;
+            let mut entries = Vec::with_capacity(uploads.len());
+            for (i, u) in uploads.iter().enumerate() {
+                let file = i.to_string();
+                let dest = d.join(UPLOADS_DIR).join(&file);
+                // A hard link costs nothing and keeps the bytes when the asset expires.
+                if std::fs::hard_link(&u.source, &dest).is_err() {
+                    std::fs::copy(&u.source, &dest)?;
+                }
+                total += std::fs::metadata(&dest)?.len();
+                entries.push(UploadEntry {
+                    subfolder: u.subfolder.clone(),
+                    filename: u.filename.clone(),
+                    file,
+                });
+            }
+            std::fs::write(d.join(UPLOADS_FILE), serde_json::to_vec(&entries)?)?;
+            // Last: a directory with a prompt is complete.
+            std::fs::write(d.join(PROMPT_FILE), &text)?;
+            Ok(total)
+        })
+        .await
+        .map_err(internal)?;
+        let total = match stored {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = tokio::fs::remove_dir_all(&dir).await;
+                return Err(internal(e));
+            }
+        };
+        let new = NewJob {
+            id: id.clone(),
+            retryable: job.retryable,
+            idempotency_key: None,
+            body_sha256: sha,
+            input_bytes: total as i64,
+        };
+        match self.store.run(move |s| s.insert(&new)).await {
+            Ok(Inserted::New(row)) => {
+                if let Some(extra) = job.extra_data {
+                    self.extra
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(id.clone(), extra);
+                }
+                tracing::info!(job = %id, bytes = total, "job accepted (its own graph)");
+                self.accepted(&row).await;
+                Ok(row)
+            }
+            Ok(_) => Err(internal("a new job id was taken")),
+            Err(e) => {
+                let _ = tokio::fs::remove_dir_all(&dir).await;
+                Err(internal(e))
+            }
+        }
+    }
+
+    /// The graph of a prompt job in `dir` (`Ok(None)` for a job of the
+    /// served workflow).
+    pub(super) async fn own_prompt(&self, dir: &Path) -> Result<Option<OwnPrompt>, String> {
+        let d = dir.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let text = match std::fs::read(d.join(PROMPT_FILE)) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(format!("reading the job's graph: {e}")),
+            };
+            let prompt: Json = serde_json::from_slice(&text).map_err(|e| e.to_string())?;
+            let uploads = match std::fs::read(d.join(UPLOADS_FILE)) {
+                Ok(u) => serde_json::from_slice(&u).map_err(|e| e.to_string())?,
+                Err(_) => Vec::new(),
+            };
+            Ok(Some(OwnPrompt { prompt, uploads }))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    /// Put a prompt job's files into ComfyUI's input directory.
+    pub(super) async fn place_uploads(&self, dir: &Path, own: &OwnPrompt) -> Result<(), String> {
+        for u in &own.uploads {
+            let bytes = tokio::fs::read(dir.join(UPLOADS_DIR).join(&u.file))
+                .await
+                .map_err(|e| format!("reading the job's file {}: {e}", u.filename))?;
+            self.comfy
+                .client
+                .upload_input(&u.subfolder, &u.filename, bytes)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// The partner-node `extra_data` a job was submitted with (memory only).
+    pub(super) fn extra_data(&self, id: &str) -> Option<Json> {
+        self.extra
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// Read back the files a succeeded prompt wrote (ComfyUI's history
+    /// names them) into the job's result container.
+    pub(super) async fn collect_prompt_outputs(
+        &self,
+        prompt_id: &str,
+        dir: &Path,
+    ) -> Result<(Vec<ValueInfo>, u64), ErrorInfo> {
+        let fail = |message: String| ErrorInfo {
+            code: ErrorCode::ExecutionFailed,
+            message,
+            details: Json::Null,
+        };
+        // ComfyUI records a prompt's history just after it reports the
+        // prompt's end: wait for the record rather than read no outputs.
+        let mut history = None;
+        for _ in 0..HISTORY_TRIES {
+            history = self
+                .comfy
+                .client
+                .history(prompt_id)
+                .await
+                .map_err(|e| fail(format!("reading the prompt's outputs from ComfyUI: {e}")))?;
+            if history.is_some() {
+                break;
+            }
+            tokio::time::sleep(HISTORY_POLL).await;
+        }
+        let history = history.ok_or_else(|| {
+            fail("ComfyUI kept no history of the prompt, so its outputs are unknown".to_owned())
+        })?;
+        let files_dir = dir.join(FILES_DIR);
+        tokio::fs::create_dir_all(&files_dir)
+            .await
+            .map_err(super::outcome::internal_error)?;
+        // (entry name, what it holds)
+        let mut collected: Vec<(String, Collected)> = Vec::new();
+        let mut names = HashSet::new();
+        let mut unique = |base: String| {
+            let mut name = base.clone();
+            let mut n = 1;
+            while !names.insert(name.clone()) {
+                n += 1;
+                name = format!("{base} ({n})");
+            }
+            name
+        };
+        let empty = Map::new();
+        let outputs = history
+            .get("outputs")
+            .and_then(Json::as_object)
+            .unwrap_or(&empty);
+        for (node_id, out) in outputs {
+            let Some(out) = out.as_object() else { continue };
+            for (key, items) in out {
+                let Some(items) = items.as_array() else {
+                    continue;
+                };
+                for item in items {
+                    if let Some(filename) = item.get("filename").and_then(Json::as_str) {
+                        let s = |k: &str, d: &'static str| {
+                            item.get(k).and_then(Json::as_str).unwrap_or(d).to_owned()
+                        };
+                        let (sub, kind) = (s("subfolder", ""), s("type", "output"));
+                        let bytes = self
+                            .comfy
+                            .client
+                            .view(filename, &sub, &kind)
+                            .await
+                            .map_err(|e| {
+                                fail(format!(
+                                    "reading output {filename:?} of node {node_id}: {e}"
+                                ))
+                            })?;
+                        let path = files_dir.join(collected.len().to_string());
+                        tokio::fs::write(&path, &bytes)
+                            .await
+                            .map_err(super::outcome::internal_error)?;
+                        let base = filename.rsplit('/').next().unwrap_or(filename);
+                        collected
+                            .push((unique(format!("{node_id}/{base}")), Collected::File(path)));
+                    } else if let (Some(text), "text") = (item.as_str(), key.as_str()) {
+                        collected.push((
+                            unique(format!("{node_id}/text")),
+                            Collected::Text(text.to_owned()),
+                        ));
+                    }
+                }
+            }
+        }
+        let d = dir.to_path_buf();
+        tokio::task::spawn_blocking(move || write_result(&d, collected))
+            .await
+            .map_err(super::outcome::internal_error)?
+    }
+}
+
+enum Collected {
+    File(PathBuf),
+    Text(String),
+}
+
+/// The result container of a prompt job: its files as bytes (mapped, so
+/// they are streamed into the container, never held together).
+fn write_result(
+    dir: &Path,
+    collected: Vec<(String, Collected)>,
+) -> Result<(Vec<ValueInfo>, u64), ErrorInfo> {
+    let maps = collected
+        .iter()
+        .map(|(_, c)| match c {
+            Collected::File(p) => crate::fsutil::map(p).map(Some),
+            Collected::Text(_) => Ok(None),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(super::outcome::internal_error)?;
+    let entries: Vec<Entry<'_>> = collected
+        .iter()
+        .zip(&maps)
+        .map(|((name, c), map)| Entry {
+            name: name.clone(),
+            comfy_type: None,
+            value: match (c, map) {
+                (Collected::Text(t), _) => Value::Str(t.clone()),
+                (_, Some(m)) => Value::Bytes(std::borrow::Cow::Borrowed(&m[..])),
+                (_, None) => Value::None,
+            },
+        })
+        .collect();
+    let written = super::collect::write_container(dir, entries);
+    drop(maps);
+    let _ = std::fs::remove_dir_all(dir.join(FILES_DIR));
+    written.map_err(super::outcome::internal_error)
+}
+
+/// A finished prompt job's files that only served the run.
+pub(super) fn cleanup(dir: &Path) {
+    let _ = std::fs::remove_dir_all(dir.join(UPLOADS_DIR));
+    let _ = std::fs::remove_dir_all(dir.join(FILES_DIR));
+}

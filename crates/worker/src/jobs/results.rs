@@ -1,0 +1,94 @@
+//! The result a client downloads: the outputs container as collected, or a
+//! packed copy of it for a client that reads packed tensors (§2.7), made
+//! once per packing and kept beside it in the job directory (so a resumed
+//! download gets the same bytes, and retention deletes it with the job).
+
+use std::path::PathBuf;
+
+use comfy_remote_contract::layout;
+use comfy_remote_protocol::{Limits, PackOptions};
+
+use super::Engine;
+use crate::error::WorkerError;
+
+/// The file name of the result packed with `opts` (`result.crc` unpacked).
+fn variant_name(opts: &PackOptions) -> String {
+    let tag = opts.tag();
+    if tag.is_empty() {
+        layout::RESULT_FILE.to_owned()
+    } else {
+        format!("result.{tag}.{}", layout::CONTAINER_EXT)
+    }
+}
+
+impl Engine {
+    /// The result of job `id` for a client that reads `opts`: the stored
+    /// container, or its packed copy (made now when it does not exist yet,
+    /// on a blocking thread).
+    pub async fn result_file(&self, id: &str, opts: &PackOptions) -> Result<PathBuf, WorkerError> {
+        let dir = self.job_dir(id);
+        let plain = layout::result_file(&dir);
+        if opts.is_empty() {
+            return Ok(plain);
+        }
+        let packed = dir.join(variant_name(opts));
+        if tokio::fs::try_exists(&packed).await.unwrap_or(false) {
+            return Ok(packed);
+        }
+        let opts = opts.clone();
+        tokio::task::spawn_blocking(move || -> Result<PathBuf, WorkerError> {
+            let io = |what: &str, e: std::io::Error| WorkerError::io(what.to_owned(), e);
+            let map = crate::fsutil::map(&plain).map_err(|e| io("reading the result", e))?;
+            // Our own container: only sanity bounds apply.
+            let limits = Limits {
+                max_total_bytes: 1 << 40,
+                ..Limits::default()
+            };
+            let payload = comfy_remote_protocol::decode(&map, &limits)
+                .map_err(|e| WorkerError::Comfy(format!("the stored result is unreadable: {e}")))?;
+            let tmp = packed.with_extension(format!("{}.tmp", std::process::id()));
+            let file = std::fs::File::create(&tmp).map_err(|e| io("packing the result", e))?;
+            let mut w = std::io::BufWriter::new(file);
+            let written = comfy_remote_protocol::encode_to_writer_with(&payload, &mut w, &opts)
+                .map_err(|e| WorkerError::Comfy(format!("packing the result: {e}")))
+                .and_then(|_| {
+                    std::io::Write::flush(&mut w).map_err(|e| io("packing the result", e))
+                });
+            if let Err(e) = written {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+            std::fs::rename(&tmp, &packed).map_err(|e| io("packing the result", e))?;
+            Ok(packed)
+        })
+        .await
+        .map_err(|e| WorkerError::Task(e.to_string()))?
+    }
+
+    /// Wait up to `secs` for job `id` to end; its row when it has.
+    pub async fn wait_terminal(
+        &self,
+        id: &str,
+        secs: u64,
+    ) -> Result<Option<crate::store::JobRow>, WorkerError> {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+        let Some(live) = self.live(id) else {
+            return Ok(self.job(id).await?.filter(|r| r.status.is_terminal()));
+        };
+        let mut sub = live.subscribe(None).rx;
+        loop {
+            if live.is_done() {
+                return Ok(self.job(id).await?.filter(|r| r.status.is_terminal()));
+            }
+            tokio::select! {
+                r = sub.recv() => {
+                    if matches!(r, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
+                        return Ok(None);
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => return Ok(None),
+                _ = self.shutdown.cancelled() => return Ok(None),
+            }
+        }
+    }
+}

@@ -1,0 +1,429 @@
+#!/usr/bin/env python3
+"""Comfy API v2 head to head: `comfy-remote serve --allow-any-workflow` and comfy-api-proxy
+(the reference implementation, PyPI, pinned in requirements-test.txt), both in front of the
+same ComfyUI, in the same run, on the same graph (LoadImage -> CRTestSlow -> SaveImage, the
+image an uploaded asset). Prints a Markdown section for docs/benchmarks.md.
+
+1. Added latency per job: submit, SSE until the terminal status, GET the job, download its
+   output; minus the same prompt POSTed to ComfyUI directly (poll /history every 1 ms,
+   GET /view), paired per iteration.
+2. ComfyUI event -> SSE event: CRTestSlow notes each step's wall-clock time just before it
+   reports it (CR_TEST_NODES_TRACE); the client notes when that step's `progress` arrives.
+3. Status polls: GET /api/v2/jobs/{id} of a finished job from 1 and 32 keep-alive clients
+   (crates/worker/examples/load.rs), 3 s each.
+4. A 100 MB asset upload (multipart, streamed from a file): time, and the server's peak
+   RSS above its RSS before (sampled every 2 ms).
+5. 200 concurrent submits: answers, submit latency, time until every accepted job ended.
+
+Needs COMFYUI_DIR, a release build (`cargo build --release -p comfy-remote-cli
+-p comfy-remote-worker --example load`), the wheel in target/wheels and comfy-api-proxy
+installed in this Python. Usage: scripts/bench_v2.py [--iterations N] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import http.client
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests" / "conformance"))
+
+from harness import (  # noqa: E402
+    comfy_home, comfyui_python, free_port, request, sse, stop_process, wait_answers, wait_until, wheel,
+)
+
+TRACE = "CR_TEST_NODES_TRACE"
+TERMINAL = ("succeeded", "failed", "canceled", "expired")
+# Our worker serves this workflow; the benchmark's jobs run their own graph (--allow-any-workflow).
+SERVED = {
+    "1": {"class_type": "RemoteInput", "inputs": {"name": "image", "type": "IMAGE"}},
+    "2": {"class_type": "RemoteOutput", "inputs": {"name": "image", "value": ["1", 0]}},
+}
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def graph(image: object, steps: int, seconds: float, tag: str) -> dict:
+    """The head-to-head graph; `tag` makes each prompt distinct (ComfyUI caches identical ones)."""
+    return {
+        "1": {"class_type": "LoadImage", "inputs": {"image": image}},
+        "2": {"class_type": "CRTestSlow", "inputs": {"image": ["1", 0], "steps": steps, "seconds_per_step": seconds}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": f"bench-{tag}"}},
+    }
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(len(xs) * p))] if xs else float("nan")
+
+
+def ms(xs: list[float]) -> str:
+    return f"{statistics.median(xs):.1f} / {pct(xs, 0.9):.1f}" if xs else "n/a"
+
+
+class Server:
+    def __init__(self, name: str, proc: subprocess.Popen, url: str) -> None:
+        self.name, self.proc, self.url = name, proc, url
+
+    def post_json(self, path: str, body: dict) -> tuple[int, dict]:
+        r = request("POST", self.url + path, json.dumps(body).encode(), {"Content-Type": "application/json"})
+        return r.status, (r.json() if r.body else {})
+
+    def job(self, job_id: str) -> dict:
+        return request("GET", f"{self.url}/api/v2/jobs/{job_id}").json()
+
+
+def start_comfyui(py: Path, comfyui: Path, home: Path, trace: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    args = comfy_home(home)
+    logf = open(home / "comfyui.log", "ab")
+    proc = subprocess.Popen([str(py), "main.py", "--listen", "127.0.0.1", "--port", str(port), *args],
+                            cwd=comfyui, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, TRACE: str(trace)})
+    url = f"http://127.0.0.1:{port}"
+    wait_answers(proc, f"{url}/prompt", home / "comfyui.log", "ComfyUI")
+    return proc, url
+
+
+def start_ours(bin_: Path, comfy_url: str, work: Path) -> Server:
+    wf = work / "served.json"
+    wf.write_text(json.dumps(SERVED))
+    port = free_port()
+    logf = open(work / "ours.log", "ab")
+    proc = subprocess.Popen([str(bin_), "serve", "--workflow", str(wf), "--comfyui-url", comfy_url,
+                             "--listen", f"127.0.0.1:{port}", "--spool", str(work / "ours-spool"),
+                             "--allow-any-workflow", "--max-jobs", "256"],
+                            stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "RUST_LOG": "warn"})
+    url = f"http://127.0.0.1:{port}"
+    wait_answers(proc, f"{url}/readyz", work / "ours.log", "comfy-remote serve")
+    return Server("comfy-remote", proc, url)
+
+
+def start_proxy(comfy_url: str, work: Path) -> Server:
+    exe = shutil.which("comfy-api-proxy") or str(Path(sys.executable).parent / "comfy-api-proxy")
+    port = free_port()
+    logf = open(work / "proxy.log", "ab")
+    proc = subprocess.Popen([exe, "run", "--comfyui", comfy_url, "--port", str(port),
+                             "--state-dir", str(work / "proxy-state")],
+                            stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    wait_answers(proc, f"{url}/api/v2/health", work / "proxy.log", "comfy-api-proxy")
+    return Server("comfy-api-proxy", proc, url)
+
+
+def multipart(fields: dict[str, str], filename: str, size: int) -> tuple[bytes, bytes, str]:
+    boundary = "bench-" + uuid.uuid4().hex
+    head = b"".join(f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+                    for k, v in fields.items())
+    head += (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+             "Content-Type: application/octet-stream\r\n\r\n").encode()
+    return head, f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def upload(s: Server, path: Path, content_type: str) -> tuple[dict, float]:
+    """Stream `path` as an asset; returns (asset, seconds)."""
+    size = path.stat().st_size
+    head, tail, ctype = multipart({"content_type": content_type, "file_path": path.name}, path.name, size)
+    u = urlsplit(s.url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=3600)
+    t0 = time.perf_counter()
+    conn.putrequest("POST", "/api/v2/assets")
+    conn.putheader("Content-Type", ctype)
+    conn.putheader("Content-Length", str(len(head) + size + len(tail)))
+    conn.endheaders()
+    conn.send(head)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            conn.send(chunk)
+    conn.send(tail)
+    resp = conn.getresponse()
+    body = resp.read()
+    took = time.perf_counter() - t0
+    conn.close()
+    assert resp.status in (200, 201), (s.name, resp.status, body[:300])
+    return json.loads(body), took
+
+
+def ref(asset: dict) -> dict:
+    return {"__type": "core/ASSET", "info": {"id": asset["id"], "hash": asset.get("hash")}}
+
+
+def run_job(s: Server, g: dict) -> tuple[float, dict]:
+    """Submit, SSE to the terminal status, GET the job, download its first output."""
+    t0 = time.perf_counter()
+    st, j = s.post_json("/api/v2/jobs", {"workflow": g})
+    assert st == 201, (s.name, st, j)
+    for ev in sse(f"{s.url}/api/v2/jobs/{j['id']}/events"):
+        if ev.get("event") == "status" and (ev["data"] or {}).get("status") in TERMINAL:
+            break
+    done = s.job(j["id"])
+    assert done["status"] == "succeeded" and done["outputs"], (s.name, done)
+    out = done["outputs"][0]
+    content = request("GET", out["url"])
+    assert content.status == 200 and content.body[:4] == b"\x89PNG", (s.name, content.status)
+    return time.perf_counter() - t0, done
+
+
+def run_direct(comfy_url: str, g: dict) -> float:
+    t0 = time.perf_counter()
+    r = request("POST", f"{comfy_url}/prompt", json.dumps({"prompt": g, "client_id": "bench"}).encode(),
+                {"Content-Type": "application/json"})
+    pid = r.json()["prompt_id"]
+    while True:
+        h = request("GET", f"{comfy_url}/history/{pid}").json()
+        if pid in h:
+            break
+        time.sleep(0.001)
+    img = h[pid]["outputs"]["3"]["images"][0]
+    q = f"filename={img['filename']}&subfolder={img['subfolder']}&type={img['type']}"
+    assert request("GET", f"{comfy_url}/view?{q}").status == 200
+    return time.perf_counter() - t0
+
+
+def bench_latency(servers: list[Server], refs: dict[str, object], comfy_url: str, direct_name: str, n: int) -> dict:
+    res: dict[str, list[float]] = {"direct": [], **{s.name: [] for s in servers}}
+    for i in range(n + 2):
+        tag = uuid.uuid4().hex[:8]
+        d = run_direct(comfy_url, graph(direct_name, 1, 0.0, "d" + tag))
+        times = {s.name: run_job(s, graph(refs[s.name], 1, 0.0, s.name[:5] + tag))[0] for s in servers}
+        if i >= 2:
+            res["direct"].append(d * 1000)
+            for k, v in times.items():
+                res[k].append(v * 1000)
+    return res
+
+
+def bench_events(s: Server, asset_ref: object, trace: Path, steps: int, jobs: int) -> dict:
+    lat: list[float] = []
+    delivered = 0
+    for i in range(jobs):
+        trace.write_text("")
+        # A step time of its own per job: ComfyUI would serve an identical CRTestSlow from its cache.
+        seconds = 0.05 + (i + 1) * 1e-6 * (2 if s.name == "comfy-remote" else 1)
+        st, j = s.post_json("/api/v2/jobs", {"workflow": graph(asset_ref, steps, seconds, uuid.uuid4().hex[:8])})
+        assert st == 201, j
+        arrived: dict[int, float] = {}
+        for ev in sse(f"{s.url}/api/v2/jobs/{j['id']}/events"):
+            now = time.time()
+            d = ev["data"] or {}
+            if ev.get("event") == "progress" and d.get("current_node") == "2" and d.get("step"):
+                arrived.setdefault(int(d["step"]), now)
+            if ev.get("event") == "status" and d.get("status") in TERMINAL:
+                break
+        stamps = {}
+        for line in trace.read_text().splitlines():
+            rec = json.loads(line)
+            stamps[rec["step"]] = rec["t"]
+        for k, t in arrived.items():
+            if k in stamps:
+                lat.append((t - stamps[k]) * 1000)
+        delivered += len(arrived)
+    return {"lat": lat, "delivered": delivered, "total": steps * jobs}
+
+
+def bench_polls(s: Server, job_id: str) -> list[dict]:
+    load = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target")) / "release" / "examples" / "load"
+    out = []
+    for c in (1, 32):
+        r = subprocess.run([str(load), f"{s.url}/api/v2/jobs/{job_id}", str(c), "3"], check=True,
+                           capture_output=True, text=True)
+        d = json.loads(r.stdout)
+        d["concurrency"] = c
+        out.append(d)
+    return out
+
+
+def rss(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def bench_upload(s: Server, path: Path) -> dict:
+    before = rss(s.proc.pid)
+    peak = [before]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], rss(s.proc.pid))
+            time.sleep(0.002)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    try:
+        asset, took = upload(s, path, "application/octet-stream")
+    finally:
+        stop.set()
+        t.join()
+    return {"seconds": took, "rss_before": before, "rss_added": peak[0] - before, "size": asset["size_bytes"]}
+
+
+def bench_burst(s: Server, asset_ref: object, n: int) -> dict:
+    def one(i: int) -> tuple[int, float, str | None]:
+        t0 = time.perf_counter()
+        try:
+            st, j = s.post_json("/api/v2/jobs", {"workflow": graph(asset_ref, 1, 0.0, f"burst{i}-{uuid.uuid4().hex[:6]}")})
+            return st, time.perf_counter() - t0, j.get("id")
+        except OSError:
+            return 0, time.perf_counter() - t0, None
+
+    t0 = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(n) as pool:
+        answers = list(pool.map(one, range(n)))
+    accepted = [jid for st, _, jid in answers if st == 201 and jid]
+    pending = set(accepted)
+    ended: dict[str, str] = {}
+    while pending:
+        for jid in list(pending):
+            st = s.job(jid)["status"]
+            if st in TERMINAL:
+                ended[jid] = st
+                pending.discard(jid)
+        time.sleep(0.2)
+    total = time.perf_counter() - t0
+    codes: dict[int, int] = {}
+    for st, _, _ in answers:
+        codes[st] = codes.get(st, 0) + 1
+    return {"codes": codes, "lat": [t * 1000 for _, t, _ in answers], "total_s": total,
+            "succeeded": sum(1 for v in ended.values() if v == "succeeded"), "accepted": len(accepted)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--iterations", type=int, default=20)
+    ap.add_argument("--out", type=Path, default=None, help="also write the section to this file")
+    args = ap.parse_args()
+    comfyui = Path(os.environ.get("COMFYUI_DIR") or sys.exit("set COMFYUI_DIR"))
+    target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
+    bin_ = target / "release" / "comfy-remote"
+    py = comfyui_python(comfyui, wheel())
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        trace = work / "trace.jsonl"
+        trace.write_text("")
+        comfy_proc, comfy_url = start_comfyui(py, comfyui, work / "comfy", trace)
+        servers: list[Server] = []
+        try:
+            servers = [start_ours(bin_, comfy_url, work), start_proxy(comfy_url, work)]
+            # One input image, uploaded to each server (and to ComfyUI for the direct baseline).
+            img = work / "bench.png"
+            from v2_client import png
+            from protocol_client import image
+
+            img.write_bytes(png(image(64, 64, seed=1)))
+            refs = {}
+            for s in servers:
+                a, _ = upload(s, img, "image/png")
+                refs[s.name] = ref(a)
+            body, tail, ctype = multipart({"type": "input", "overwrite": "true"}, img.name, 0)
+            data = body.replace(b'name="file"', b'name="image"') + img.read_bytes() + tail
+            r = request("POST", f"{comfy_url}/upload/image", data, {"Content-Type": ctype})
+            direct_name = r.json()["name"]
+
+            log("latency per job")
+            lat = bench_latency(servers, refs, comfy_url, direct_name, args.iterations)
+            log("event latency")
+            ev = {s.name: bench_events(s, refs[s.name], trace, 20, 3) for s in servers}
+            log("status polls")
+            polls = {}
+            for s in servers:
+                _, done = run_job(s, graph(refs[s.name], 1, 0.0, "poll" + uuid.uuid4().hex[:6]))
+                polls[s.name] = bench_polls(s, done["id"])
+            log("100 MB upload")
+            big = work / "big.bin"
+            with open(big, "wb") as f:
+                for _ in range(100):
+                    f.write(os.urandom(1_000_000))
+            up = {s.name: bench_upload(s, big) for s in servers}
+            big.unlink()
+            log("200 concurrent submits")
+            burst = {s.name: bench_burst(s, refs[s.name], 200) for s in servers}
+        finally:
+            for s in servers:
+                stop_process(s.proc)
+            stop_process(comfy_proc)
+    load_after = os.getloadavg()
+
+    ours, theirs = servers[0].name, servers[1].name
+    cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"],
+                         capture_output=True, text=True).stdout.strip()
+    added = {k: [v - d for v, d in zip(lat[k], lat["direct"])] for k in (ours, theirs)}
+    lines = [
+        "## Comfy API v2: comfy-remote vs comfy-api-proxy\n",
+        f"Produced by `scripts/bench_v2.py` on {os.cpu_count()} CPU cores ({cpu}), load average "
+        f"{load_before[0]:.1f} before and {load_after[0]:.1f} after; one ComfyUI on CPU behind both servers, in the "
+        f"same run: `comfy-remote serve --allow-any-workflow` and comfy-api-proxy 0.1.6, both running LoadImage "
+        f"(an uploaded asset, 64x64) -> CRTestSlow -> SaveImage. {args.iterations} iterations after 2 warm-ups, "
+        "interleaved. Ratios: how many times better ours is (higher is better).\n",
+        "| Measure | comfy-remote | comfy-api-proxy | ratio |",
+        "|---|---|---|---|",
+    ]
+
+    def row(name: str, a: float, b: float, fmt: str, better_low: bool = True) -> None:
+        if better_low and a <= 0 < b:
+            ratio = "ours at or below zero"
+        elif a > 0 and b > 0:
+            ratio = f"{(b / a if better_low else a / b):.1f}x"
+        else:
+            ratio = "n/a"
+        lines.append(f"| {name} | {fmt.format(a)} | {fmt.format(b)} | {ratio} |")
+
+    med = statistics.median
+    lines.append(f"| Job via SSE, total (median / p90 ms; ComfyUI directly: {ms(lat['direct'])}) | {ms(lat[ours])} | {ms(lat[theirs])} | {med(lat[theirs]) / med(lat[ours]):.1f}x |")
+    row("Added latency per job, median ms (paired, vs ComfyUI directly)", med(added[ours]), med(added[theirs]), "{:.1f}")
+    for s in (ours, theirs):
+        ev[s]["med"] = med(ev[s]["lat"]) if ev[s]["lat"] else float("nan")
+    row("ComfyUI step -> SSE `progress`, median ms", ev[ours]["med"], ev[theirs]["med"], "{:.1f}")
+    row("ComfyUI step -> SSE `progress`, p99 ms", pct(ev[ours]["lat"], 0.99), pct(ev[theirs]["lat"], 0.99), "{:.1f}")
+    lines.append(f"| Steps delivered as `progress` (20 steps of 50 ms, 3 jobs) | {ev[ours]['delivered']}/{ev[ours]['total']} | "
+                 f"{ev[theirs]['delivered']}/{ev[theirs]['total']} | {ev[ours]['delivered'] / max(ev[theirs]['delivered'], 1):.1f}x |")
+    for i, c in enumerate((1, 32)):
+        a, b = polls[ours][i], polls[theirs][i]
+        row(f"Status polls/s, {c} client{'s' if c > 1 else ''}", a["rps"], b["rps"], "{:.0f}", better_low=False)
+        row(f"Status poll p99 ms, {c} client{'s' if c > 1 else ''}", a["p99_ms"], b["p99_ms"], "{:.2f}")
+    row("100 MB asset upload, seconds", up[ours]["seconds"], up[theirs]["seconds"], "{:.2f}")
+    row("100 MB asset upload, server memory added (MiB)", up[ours]["rss_added"] / 2**20,
+        up[theirs]["rss_added"] / 2**20, "{:.1f}")
+    for s in (ours, theirs):
+        b = burst[s]
+        b["desc"] = (f"{b['accepted']}/200 accepted, {b['succeeded']} succeeded, answers "
+                     + ", ".join(f"{k}: {v}" for k, v in sorted(b["codes"].items())))
+    lines.append(f"| 200 concurrent submits | {burst[ours]['desc']} | {burst[theirs]['desc']} | |")
+    row("200 concurrent submits, submit p99 ms", pct(burst[ours]["lat"], 0.99), pct(burst[theirs]["lat"], 0.99), "{:.0f}")
+    row("200 concurrent submits, until all ended (s)", burst[ours]["total_s"], burst[theirs]["total_s"], "{:.1f}")
+    lines.append("")
+    lines.append(f"Errors in the status-poll loops: comfy-remote {polls[ours][0]['errors'] + polls[ours][1]['errors']}, "
+                 f"comfy-api-proxy {polls[theirs][0]['errors'] + polls[theirs][1]['errors']}. comfy-api-proxy throttles "
+                 "`progress` to about 2 a second by design; every step's latency counts only the steps a server "
+                 "delivered. The load loop and both servers share the two cores, so requests/s are floors. "
+                 "comfy-remote ran with `--max-jobs 256` (its default, 64, answers the rest `429 queue_full` with "
+                 "`Retry-After`, which comfy-sdk honours).")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
