@@ -480,6 +480,9 @@ async fn events(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     let live = engine.live(&id);
+    if live.is_some() {
+        engine.freshen_place(&row).await;
+    }
     let shutdown = engine.shutdown.clone();
     let stream = async_stream::stream! {
         let Some(live) = live else {

@@ -108,6 +108,11 @@ impl LiveJob {
         self.lock().done
     }
 
+    /// Whether anyone follows the job's events now.
+    pub fn is_watched(&self) -> bool {
+        self.tx.receiver_count() > 0
+    }
+
     /// The latest preview the job sent, if any.
     pub fn last_preview(&self) -> Option<PreviewEvent> {
         self.lock().last_preview.clone()

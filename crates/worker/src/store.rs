@@ -451,15 +451,38 @@ impl Store {
         })
     }
 
-    /// Jobs waiting: queued here, or handed to ComfyUI and not yet executing.
-    pub fn waiting_ids(&self) -> Result<Vec<String>, WorkerError> {
-        self.with(|c| {
-            let mut st = c.prepare(
-                "SELECT id FROM jobs WHERE status = 'queued' OR (status = 'running' AND started_at IS NULL) ORDER BY seq",
-            )?;
-            let rows = st.query_map([], |r| r.get(0))?;
-            rows.collect()
-        })
+    /// Jobs waiting (queued here, or handed to ComfyUI and not yet
+    /// executing), in queue order, each with its queue position as
+    /// [`Store::queue_position`] and [`Store::handed_position`] count it:
+    /// one query for the whole queue.
+    pub fn waiting_positions(&self) -> Result<Vec<(JobRow, u64)>, WorkerError> {
+        let active = self.with(|c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {COLUMNS} FROM jobs WHERE status IN ('queued','running','canceling') ORDER BY seq"
+            ))?;
+            let rows = st.query_map([], row_to_job)?;
+            rows.collect::<Result<Vec<_>, _>>()
+        })?;
+        let handed = |r: &JobRow| matches!(r.status, JobStatus::Running | JobStatus::Canceling);
+        let handed_total = active.iter().filter(|r| handed(r)).count() as u64;
+        let (mut queued_before, mut handed_before) = (0u64, 0u64);
+        let mut out = Vec::new();
+        for row in active {
+            let position = match row.status {
+                JobStatus::Queued => Some(queued_before + handed_total),
+                JobStatus::Running if row.started_at.is_none() => Some(handed_before),
+                _ => None,
+            };
+            if row.status == JobStatus::Queued {
+                queued_before += 1;
+            } else {
+                handed_before += 1;
+            }
+            if let Some(p) = position {
+                out.push((row, p));
+            }
+        }
+        Ok(out)
     }
 
     /// Jobs not yet finished.
@@ -619,6 +642,34 @@ mod tests {
         );
         assert!(store.cancel_if_queued("d").expect("cancel"));
         assert!(store.claim_next().expect("claim").is_none());
+    }
+
+    #[test]
+    fn the_whole_queue_gets_the_places_each_job_would_be_told() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Store::open(&dir.path().join("jobs.db")).expect("open");
+        for id in ["run", "handed1", "handed2", "q1", "q2", "q3"] {
+            store.insert(&new(id, None, "h")).expect("insert");
+        }
+        for _ in 0..3 {
+            store.claim_next().expect("claim");
+        }
+        store.mark_started("run").expect("started");
+        let got = store.waiting_positions().expect("positions");
+        let ids: Vec<&str> = got.iter().map(|(r, _)| r.id.as_str()).collect();
+        assert_eq!(ids, ["handed1", "handed2", "q1", "q2", "q3"]);
+        for (row, position) in &got {
+            let one_by_one = if row.status == JobStatus::Queued {
+                store.queue_position(row.seq)
+            } else {
+                store.handed_position(row.seq)
+            };
+            assert_eq!(*position, one_by_one.expect("position"), "{}", row.id);
+        }
+        assert_eq!(
+            got.iter().map(|(_, p)| *p).collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5]
+        );
     }
 
     #[test]

@@ -27,6 +27,25 @@ use crate::comfyui::{ComfyEvent, EventReceiver, QueueError, QueuePlace};
 use crate::live::{EventData, LiveJob};
 use crate::store::{now_ms, JobRow};
 
+/// One of the `comfy_queue_depth` places in ComfyUI's queue, held from a
+/// job's claim until ComfyUI is done with its prompt; dropping it lets the
+/// dispatcher hand over the next job.
+pub(super) struct Slot(Arc<Engine>);
+
+impl Slot {
+    fn take(engine: &Arc<Engine>) -> Slot {
+        engine.in_flight.fetch_add(1, Ordering::SeqCst);
+        Slot(engine.clone())
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.0.wake.notify_one();
+    }
+}
+
 impl Engine {
     /// Feed ComfyUI from the store until shutdown. Drivers are owned here.
     pub async fn dispatch(self: Arc<Self>) {
@@ -41,7 +60,7 @@ impl Engine {
                 let prompt_id = uuid::Uuid::new_v4().to_string();
                 match self.store.run(|s| s.claim_next()).await {
                     Ok(Some(row)) => {
-                        self.in_flight.fetch_add(1, Ordering::SeqCst);
+                        let slot = Slot::take(&self);
                         let live = self.live(&row.id).unwrap_or_else(|| {
                             self.add_live(&row.id, Progress::start(Phase::Starting))
                         });
@@ -51,9 +70,7 @@ impl Engine {
                         let (posted_tx, posted) = tokio::sync::oneshot::channel::<()>();
                         drivers.spawn(async move {
                             let id = row.id.clone();
-                            engine.drive(row, prompt_id, live, posted_tx).await;
-                            engine.in_flight.fetch_sub(1, Ordering::SeqCst);
-                            engine.wake.notify_one();
+                            engine.drive(row, prompt_id, live, posted_tx, slot).await;
                             tracing::debug!(job = %id, "driver finished");
                         });
                         self.refresh_queue_positions().await;
@@ -84,6 +101,7 @@ impl Engine {
         prompt_id: String,
         live: Arc<LiveJob>,
         posted: tokio::sync::oneshot::Sender<()>,
+        slot: Slot,
     ) {
         let id = row.id.clone();
         let t0 = Instant::now();
@@ -91,6 +109,9 @@ impl Engine {
         let rx = self.comfy.router.register(&prompt_id);
         let outcome = self.follow(&row, &prompt_id, &dir, &live, rx, posted).await;
         self.comfy.router.unregister(&prompt_id);
+        // ComfyUI is done with the prompt: the next one may go while this
+        // job's outputs are collected and recorded.
+        drop(slot);
         let (status, error, outputs, bytes) = match outcome {
             Outcome::Shutdown => return,
             Outcome::Lost { started: false } => {

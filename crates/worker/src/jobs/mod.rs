@@ -346,6 +346,16 @@ impl Engine {
         Some(JsonForm::from_container(&data))
     }
 
+    /// Before a reader subscribes to a waiting job: its place in the queue
+    /// moves without an event while no one follows it
+    /// ([`Engine::refresh_queue_positions`]), so publish it now, for the
+    /// reader's replay to end on the current place.
+    pub(crate) async fn freshen_place(&self, row: &JobRow) {
+        if waiting(row).is_some() {
+            self.publish_status(&row.id).await;
+        }
+    }
+
     /// Publish the job's current status (and `done` when terminal).
     async fn publish_status(&self, id: &str) {
         let Some(live) = self.live(id) else { return };
@@ -388,10 +398,20 @@ impl Engine {
     }
 
     /// Tell every waiting job its (new) queue position.
+    /// Tell the waiting jobs someone follows their new place in the queue
+    /// (one query for the whole queue; a view asked later computes its own).
     async fn refresh_queue_positions(&self) {
-        if let Ok(ids) = self.store.run(|s| s.waiting_ids()).await {
-            for id in ids {
-                self.publish_status(&id).await;
+        let watched = |id: &str| self.live(id).is_some_and(|l| l.is_watched());
+        let Ok(waiting) = self.store.run(|s| s.waiting_positions()).await else {
+            return;
+        };
+        for (row, position) in waiting {
+            if !watched(&row.id) {
+                continue;
+            }
+            if let Some(live) = self.live(&row.id) {
+                let view = self.view_at(&row, "", Some(position), None);
+                live.publish(EventData::Status(Box::new(view)));
             }
         }
     }
