@@ -425,8 +425,11 @@ def main() -> int:
                 "proxy": Relay(pport, mbit=mbit, rtt_ms=rtt),
                 "floor": Relay(echo.server_address[1], mbit=mbit, rtt_ms=rtt),
             }
-            ours_c = {k: Client(links[f"ours-{k}"].url, timeout=600.0) for k in ("image", "latent")}
-            codecs = {k: tuple(c.signature()["codecs"]) for k, c in ours_c.items()}
+            # The relay listens on loopback, where the client sends plain
+            # tensors by default; an endpoint on another host (what the relay
+            # stands for) gets them packed, so ask for that here.
+            ours_c = {k: Client(links[f"ours-{k}"].url, timeout=600.0, packing="always") for k in ("image", "latent")}
+            codecs = {k: tuple(c.upload_codecs()) for k, c in ours_c.items()}
             seed_c = {k: Client(links[f"seed-{k}"].url + "/run", timeout=600.0, mode="json", poll_interval=SEED_POLL_S)
                       for k in ("image", "latent")}
             os.environ["COMFY_BASE_URL"] = links["proxy"].url

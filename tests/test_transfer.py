@@ -176,6 +176,17 @@ def wait_stats(link: Relay, key: str, at_least: int) -> dict:
     return link.stats()
 
 
+def settled_stats(link: Relay) -> dict:
+    """The relay's counters once they stop moving (they are reported every 20 ms)."""
+    last = link.stats()
+    while True:
+        time.sleep(0.06)
+        now = link.stats()
+        if now == last:
+            return now
+        last = now
+
+
 def test_a_big_result_download_resumes_after_the_link_breaks(worker):
     img = noise_image(1024, 1024)  # a 12.6 MB result that packing cannot shrink
     body = codec.encode([("image", "IMAGE", img)])
@@ -202,3 +213,26 @@ def test_a_big_upload_resumes_after_the_link_breaks(worker):
     assert_identical(got["same"], img)
     # What arrived before each cut was kept: the body crossed about once.
     assert s["up_bytes"] < len(body) + (2 << 20), s
+
+
+def test_tensors_travel_packed_to_another_host_and_plain_to_this_one(worker):
+    """The default packs only where the link is slower than the packer: not to
+    this machine; `packing="always"` (what another host gets) packs both ways."""
+    img = photo(512, 512)
+    raw = img.numel() * 4
+    crossed = {}
+    for packing in ("auto", "always", "never"):
+        with Relay(int(worker.url.rsplit(":", 1)[1])) as link:
+            client = Client(link.url, headers=[("Authorization", f"Bearer {TOKEN}")], packing=packing)
+            codecs = client.upload_codecs()
+            got = run(client, codec.encode([("image", "IMAGE", img)], codecs=codecs))
+            crossed[packing] = (bool(codecs), settled_stats(link))
+        assert_identical(got["inverted"], 1.0 - img)
+        assert_identical(got["same"], img)
+    for packing in ("auto", "never"):  # the relay listens on loopback
+        packed, s = crossed[packing]
+        assert not packed and s["up_bytes"] > raw and s["down_bytes"] > 2 * raw, (packing, s)
+    packed, s = crossed["always"]
+    assert packed and s["up_bytes"] < raw // 3 and s["down_bytes"] < 2 * raw // 3, s
+    with pytest.raises(ValueError, match="COMFY_REMOTE_PACK.*auto, always, never"):
+        Client(worker.url, packing="sometimes")

@@ -127,6 +127,48 @@ def test_any_api_workflow_runs_with_allow_any_workflow(worker) -> None:
     assert wf["workflow"]["1"]["inputs"]["image"]["info"]["id"] == asset["id"]
 
 
+def ui_graph(prefix: str) -> dict:
+    """EmptyImage -> ImageInvert -> SaveImage as ComfyUI's editor saves it (the UI format)."""
+    def node(i: int, typ: str, inputs: list, links_out: list, widgets: list) -> dict:
+        return {"id": i, "type": typ, "mode": 0, "pos": [0, 0], "size": [200, 100], "flags": {}, "order": i - 1,
+                "inputs": inputs, "properties": {"Node name for S&R": typ}, "widgets_values": widgets,
+                "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": links_out}] if links_out else []}
+
+    return {
+        "last_node_id": 3, "last_link_id": 2, "groups": [], "config": {}, "extra": {}, "version": 0.4,
+        "nodes": [
+            node(1, "EmptyImage", [], [1], [8, 4, 1, 0]),
+            node(2, "ImageInvert", [{"name": "image", "type": "IMAGE", "link": 1}], [2], []),
+            node(3, "SaveImage", [{"name": "images", "type": "IMAGE", "link": 2}], [], [prefix]),
+        ],
+        "links": [[1, 1, 0, 2, 0, "IMAGE"], [2, 2, 0, 3, 0, "IMAGE"]],
+    }
+
+
+def test_a_ui_format_graph_is_converted_with_this_comfyuis_node_definitions(worker) -> None:
+    prefix = "v2-ui-" + uuid.uuid4().hex[:8]
+    r = submit(worker.url, ui_graph(prefix))
+    assert r.status == 201, r.body[:500]
+    done = wait(worker.url, r.json()["id"])
+    assert done["status"] == "succeeded", done
+    [out] = done["outputs"]
+    w, h, ch, px = read_png(request("GET", out["url"], headers=auth()).body)
+    assert (w, h, ch) == (8, 4, 3) and set(px) == {255}, "a black 8x4 image, inverted"
+    # The job ran the API graph ComfyUI's frontend makes of it.
+    wf = request("GET", f"{worker.url}/api/v2/jobs/{done['id']}/workflow", headers=auth()).json()["workflow"]
+    assert {k: (n["class_type"], n["inputs"]) for k, n in wf.items()} == {
+        "1": ("EmptyImage", {"width": 8, "height": 4, "batch_size": 1, "color": 0}),
+        "2": ("ImageInvert", {"image": ["1", 0]}),
+        "3": ("SaveImage", {"images": ["2", 0], "filename_prefix": prefix}),
+    }, wf
+    # A node type this ComfyUI lacks is named, with the node that uses it.
+    bad = ui_graph(prefix)
+    bad["nodes"][1]["type"] = "NoSuchInvert"
+    r = submit(worker.url, bad)
+    assert r.status == 422 and r.json()["error"]["code"] == "invalid_workflow", r.body[:300]
+    assert "NoSuchInvert" in r.json()["error"]["message"], r.body[:300]
+
+
 def test_a_graph_this_comfyui_cannot_run_is_refused_at_submit(worker) -> None:
     graph = {"1": {"class_type": "NoSuchNode", "inputs": {}}, "2": {"class_type": "SaveImage", "inputs": {"images": ["9", 0]}}}
     r = submit(worker.url, graph)

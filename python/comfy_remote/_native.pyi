@@ -172,14 +172,20 @@ class Client:
         use_events: bool = True,
         images_8bit: bool = False,
         submit_wait: float = 1.0,
+        packing: str | None = None,
     ) -> Client:
         """Bind to ``endpoint``; ``mode`` is ``"auto"``, ``"native"`` or ``"json"`` (ValueError otherwise).
 
         ``images_8bit``: accept IMAGE and MASK results rounded to 8 bits (lossy, smaller).
         ``submit_wait``: seconds a submit may wait for the job to end and carry its result
-        back (one round trip for a short job); 0 to follow every job by its events."""
+        back (one round trip for a short job); 0 to follow every job by its events.
+        ``packing``: ``"auto"``, ``"always"`` or ``"never"`` (default: ``COMFY_REMOTE_PACK``, else auto:
+        packed unless the endpoint is on this machine)."""
     def signature(self) -> _Signature | None:
         """The endpoint's signature (fetched once per client), or None for simple JSON endpoints."""
+    def upload_codecs(self) -> list[str]:
+        """The packings to encode a submit with: the endpoint's, where tensors travel packed (not to
+        this machine by default; ``COMFY_REMOTE_PACK``), else none."""
     def plan_inputs(self, inputs: Sequence[tuple[str, str | None]]) -> list[str]:
         """Check ``[(local_name, comfy_type | None)]`` against the signature (``input:<name>`` by name,
         ``value<N>`` by position); return the names to send."""

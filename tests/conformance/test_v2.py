@@ -97,7 +97,6 @@ def test_another_graph_is_refused_naming_what_differs(srv: Server) -> None:
 
 
 @pytest.mark.parametrize("body,status,code", [
-    ({"workflow": {"nodes": [], "links": [], "last_node_id": 1}}, 422, "workflow_format_ui"),
     ({"workflow": "x"}, 422, "invalid_workflow"),
     ({"prompt": {}}, 422, "invalid_workflow"),
     ({"workflow": {"1": {}}, "inputs": {"steps": 1}}, 422, "invalid_workflow"),
@@ -106,6 +105,20 @@ def test_another_graph_is_refused_naming_what_differs(srv: Server) -> None:
 ])
 def test_bodies_are_checked_as_the_contract_says(srv: Server, body: dict, status: int, code: str) -> None:
     assert_v2_error(submit(srv, body=json.dumps(body).encode()), status, code)
+
+
+def test_a_ui_format_graph_is_converted_or_refused_by_name(srv: Server) -> None:
+    """The worker converts a UI graph with its ComfyUI's node definitions (this one has no nodes);
+    the Modal front, with no ComfyUI of its own, refuses the format by name."""
+    body = json.dumps({"workflow": {"nodes": [], "links": [], "last_node_id": 1}}).encode()
+    r = submit(srv, body=body)
+    either = r.json().get("error", {}).get("code") if srv.kind == "url" else None
+    code = {"worker": "invalid_workflow", "modal": "workflow_format_ui"}.get(srv.kind, either)
+    err = assert_v2_error(r, 422, code if code in ("invalid_workflow", "workflow_format_ui") else "workflow_format_ui")
+    if err["code"] == "invalid_workflow":
+        assert "no nodes" in err["message"], err
+    else:
+        assert "Export (API)" in err["message"], err
 
 
 def test_a_body_that_is_not_json_or_of_another_type_is_refused(srv: Server) -> None:

@@ -45,6 +45,11 @@ impl BlockingClient {
         runtime()?.block_on(self.inner.signature())
     }
 
+    /// See [`Client::upload_codecs`].
+    pub fn upload_codecs(&self) -> Result<Vec<String>> {
+        runtime()?.block_on(self.inner.upload_codecs())
+    }
+
     pub fn plan_inputs(&self, local: &[LocalInput]) -> Result<Vec<String>> {
         runtime()?.block_on(self.inner.plan_inputs(local))
     }

@@ -10,6 +10,14 @@ pub enum ClientError {
     #[error("endpoint URL {url:?} is not valid: {reason}; give a full http:// or https:// URL")]
     InvalidUrl { url: String, reason: String },
 
+    /// A setting (an environment variable) has a value this client does not take.
+    #[error("{name}={value:?} is not valid; use one of: {expected}")]
+    InvalidSetting {
+        name: &'static str,
+        value: String,
+        expected: String,
+    },
+
     /// The endpoint could not be reached after every retry.
     #[error("could not reach {url} after {attempts} attempt(s): {source}; check the URL and that the service is up")]
     Unreachable {
@@ -83,6 +91,7 @@ impl ClientError {
     pub fn kind(&self) -> &'static str {
         match self {
             ClientError::InvalidUrl { .. } => "invalid_url",
+            ClientError::InvalidSetting { .. } => "invalid_setting",
             ClientError::Unreachable { .. } => "unreachable",
             ClientError::Http { .. } => "http",
             ClientError::Protocol { .. } => "protocol",

@@ -20,6 +20,7 @@ pub mod blocking;
 mod client;
 mod error;
 mod http;
+pub mod packing;
 pub mod retry;
 pub mod signature;
 pub mod sse;
@@ -27,5 +28,6 @@ pub mod status;
 
 pub use client::{describe_progress, Client, ClientOptions, Job, JobEvent, Mode, Upload};
 pub use error::{ClientError, Result};
+pub use packing::Packing;
 pub use retry::RetryPolicy;
 pub use signature::{LocalInput, Signature, SignatureItem, NAMED_INPUT_PREFIX};

@@ -37,6 +37,8 @@ pub const MODAL_PYTHON: &str = "COMFY_REMOTE_MODAL_PYTHON";
 pub const UV: &str = "COMFY_REMOTE_UV";
 /// The secrets file the nodes read `secrets:<name>` references from.
 pub const SECRETS_FILE: &str = "COMFY_REMOTE_SECRETS_FILE";
+/// `auto`, `always` or `never`: whether tensors travel packed (§2.7).
+pub const PACK: &str = "COMFY_REMOTE_PACK";
 /// `1`: the Remote API node logs the timing of each phase of a call to stderr.
 pub const TRACE: &str = "COMFY_REMOTE_TRACE";
 /// Where a Modal GPU container keeps its job store and logs.
@@ -145,6 +147,12 @@ pub const ALL: &[EnvVar] = &[
         name: SECRETS_FILE,
         read_by: "nodes",
         meaning: "The secrets file of `secrets:<name>` references (default `<ComfyUI user dir>/comfy-remote/secrets.json`)",
+    },
+    EnvVar {
+        key: "PACK",
+        name: PACK,
+        read_by: "run, nodes",
+        meaning: "`auto` (default): tensors travel packed (lossless, §2.7) unless the endpoint is on this machine, where the link is faster than the packer; `always`; `never`",
     },
     EnvVar {
         key: "TRACE",

@@ -76,7 +76,7 @@ struct PyClient {
 impl PyClient {
     #[new]
     #[allow(clippy::too_many_arguments)] // mirrors the Python keyword arguments
-    #[pyo3(signature = (endpoint, *, headers=None, timeout=None, mode="auto", poll_interval=0.5, max_attempts=6, use_events=true, images_8bit=false, submit_wait=1.0))]
+    #[pyo3(signature = (endpoint, *, headers=None, timeout=None, mode="auto", poll_interval=0.5, max_attempts=6, use_events=true, images_8bit=false, submit_wait=1.0, packing=None))]
     fn new(
         py: Python<'_>,
         endpoint: String,
@@ -88,6 +88,7 @@ impl PyClient {
         use_events: bool,
         images_8bit: bool,
         submit_wait: f64,
+        packing: Option<&str>,
     ) -> PyResult<Self> {
         let mut o = ClientOptions::new(endpoint);
         o.headers = headers.unwrap_or_default();
@@ -110,6 +111,10 @@ impl PyClient {
         o.retry.max_attempts = max_attempts.max(1);
         o.use_events = use_events;
         o.images_8bit = images_8bit;
+        o.packing = packing
+            .map(comfy_remote_client::Packing::parse)
+            .transpose()
+            .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?;
         o.submit_wait = (submit_wait.is_finite() && submit_wait > 0.0)
             .then(|| Duration::from_secs_f64(submit_wait));
         let inner = BlockingClient::new(o).map_err(|e| to_py_err(py, e))?;
@@ -124,6 +129,14 @@ impl PyClient {
             .detach(|| self.inner.signature())
             .map_err(|e| to_py_err(py, e))?;
         sig.map(|s| signature_dict(py, &s)).transpose()
+    }
+
+    /// The packings to encode a submit with: those the endpoint reads,
+    /// where tensors travel packed (not to this machine by default;
+    /// `COMFY_REMOTE_PACK`), else none.
+    fn upload_codecs(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        py.detach(|| self.inner.upload_codecs())
+            .map_err(|e| to_py_err(py, e))
     }
 
     /// Check `[(local_name, comfy_type | None)]` against the signature

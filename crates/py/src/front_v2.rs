@@ -125,7 +125,8 @@ impl PyV2Front {
     /// "workflow": <the graph>}` (JSON).
     fn plan(&self, py: Python<'_>, body: &[u8]) -> PyResult<String> {
         py.detach(|| -> Result<String, Refusal> {
-            let parsed = submit::parse_submit(body)?;
+            // The front has no ComfyUI whose node definitions would convert a UI graph.
+            let parsed = submit::parse_submit(body)?.api_only()?;
             let inputs = graph::graph_inputs(&self.workflow, &parsed.workflow)?;
             let mut assets = Vec::new();
             for i in &inputs {

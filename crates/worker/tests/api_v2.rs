@@ -329,10 +329,11 @@ async fn another_graph_is_refused_by_node_unless_any_workflow_is_allowed() {
 async fn bodies_are_checked_before_anything_is_stored() {
     let app = app();
     for (body, status, code) in [
+        // A UI graph is converted with ComfyUI's node definitions: not before it answers.
         (
             json!({"workflow": {"nodes": [], "links": []}}),
-            422,
-            "workflow_format_ui",
+            429,
+            "deployment_not_ready",
         ),
         (
             json!({"workflow": served(), "inputs": {"steps": 3}}),

@@ -329,9 +329,9 @@ async def run_remote(
     trace("planned")
     payload = [(remote, typ, value) for remote, (_, typ), (_, value) in zip(names, local, items)]
     # Packed as far as the endpoint reads packed tensors (an 8-bit-origin
-    # image travels as its 8-bit values, losslessly).
-    signature = await asyncio.to_thread(client.signature)
-    codecs = tuple(signature["codecs"]) if signature else ()
+    # image travels as its 8-bit values, losslessly), unless the endpoint is
+    # on this machine (COMFY_REMOTE_PACK).
+    codecs = tuple(await asyncio.to_thread(client.upload_codecs))
     body = await asyncio.to_thread(lambda: codec.encode(payload, codecs=codecs))
     trace(f"encoded {len(body)} bytes")
     reporter.say("uploading")

@@ -19,6 +19,7 @@ use tokio::sync::Mutex;
 
 use crate::error::{ClientError, Result};
 use crate::http::{http_error, read_body, read_json};
+use crate::packing::Packing;
 use crate::retry::{is_retryable_error, is_retryable_status, RetryPolicy};
 use crate::signature::{plan_inputs, LocalInput, Signature};
 use crate::status::JobDoc;
@@ -70,6 +71,8 @@ pub struct ClientOptions {
     /// Let IMAGE and MASK results be rounded to 8 bits (§2.7; lossy: only
     /// for results that will be saved as 8-bit images).
     pub images_8bit: bool,
+    /// Whether tensors travel packed (§2.7); [`Packing::from_env`] by default.
+    pub packing: Option<Packing>,
 }
 
 impl ClientOptions {
@@ -88,6 +91,7 @@ impl ClientOptions {
             signature_ttl: Duration::from_secs(10),
             submit_wait: Some(Duration::from_secs(1)),
             images_8bit: false,
+            packing: None,
         }
     }
 }
@@ -120,6 +124,8 @@ pub struct Client {
     /// The status `GET /v1/info` answered when it had no info document
     /// (0 while it had one or was not asked).
     info_status: std::sync::atomic::AtomicU16,
+    /// Whether tensors to and from this endpoint travel packed.
+    packs: bool,
 }
 
 type ConnectSlot = Arc<std::sync::Mutex<Option<ClientError>>>;
@@ -161,6 +167,11 @@ impl Client {
                 reason: "only http and https URLs with a host are supported".into(),
             });
         }
+        let packing = match opts.packing {
+            Some(p) => p,
+            None => Packing::from_env()?,
+        };
+        let packs = packing.applies_to(&endpoint);
         let mut base = endpoint.clone();
         base.set_query(None);
         base.set_fragment(None);
@@ -210,6 +221,7 @@ impl Client {
             base,
             resolved: Mutex::new(resolved),
             info_status: std::sync::atomic::AtomicU16::new(0),
+            packs,
         })
     }
 
@@ -368,9 +380,13 @@ impl Client {
     }
 
     /// The headers of a request whose answer may be a result: the packings
-    /// this client reads (all of them: the codec is the protocol's), and the
-    /// 8-bit transfer when asked for (§2.7).
+    /// this client reads (all of them: the codec is the protocol's) where
+    /// tensors travel packed, and the 8-bit transfer when asked for (§2.7,
+    /// which travels packed wherever the endpoint is).
     pub(crate) fn result_headers(&self, r: RequestBuilder) -> RequestBuilder {
+        if !self.packs && !self.opts.images_8bit {
+            return r;
+        }
         let r = r.header(
             comfy_remote_protocol::api::HEADER_CODECS,
             comfy_remote_protocol::packed::CODECS.join(", "),
@@ -380,6 +396,19 @@ impl Client {
         } else {
             r
         }
+    }
+
+    /// The packings to encode a submit with: those the endpoint reads where
+    /// tensors travel packed ([`Packing`]), else none.
+    pub async fn upload_codecs(&self) -> Result<Vec<String>> {
+        if !self.packs {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .signature()
+            .await?
+            .map(|s| s.codecs)
+            .unwrap_or_default())
     }
 
     /// Forget a fetched signature so the next call asks again (after the

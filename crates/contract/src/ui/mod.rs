@@ -47,8 +47,9 @@ pub enum UiError {
 
 /// Whether `value` is a UI-format workflow (`nodes` and `links` lists) rather than the API format.
 pub fn is_ui_format(value: &Value) -> bool {
-    value.get("nodes").is_some_and(Value::is_array)
-        && value.get("links").is_some_and(Value::is_array)
+    value
+        .as_object()
+        .is_some_and(comfy_remote_protocol::v2::submit::is_ui_format)
 }
 
 /// The API workflow (node id -> `{inputs, class_type, _meta}`) the frontend makes of the UI

@@ -19,24 +19,46 @@ pub const ASSET_TYPE: &str = "core/ASSET";
 /// A checked submit body.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Submit {
-    /// The API-format graph, as sent.
+    /// The graph, as sent: the API format, or the UI (editor) format when
+    /// [`Submit::ui_format`].
     pub workflow: Map<String, Json>,
+    /// The graph is ComfyUI's UI format: a server converts it with its
+    /// ComfyUI's node definitions, or refuses it ([`Submit::api_only`]).
+    pub ui_format: bool,
     /// Per-prompt `extra_data` (only `api_key_comfy_org`); never stored.
     pub extra_data: Option<Map<String, Json>>,
 }
 
-/// Is this graph ComfyUI's UI (editor) export rather than the API format?
+/// Is this graph ComfyUI's UI (editor) format (`nodes` and `links` lists)
+/// rather than the API format? The one test, wherever a workflow is taken.
 pub fn is_ui_format(graph: &Map<String, Json>) -> bool {
-    matches!(graph.get("nodes"), Some(Json::Array(_))) && graph.contains_key("links")
+    matches!(graph.get("nodes"), Some(Json::Array(_)))
+        && matches!(graph.get("links"), Some(Json::Array(_)))
 }
 
-/// The refusal of a UI-format graph.
+/// The refusal of a UI-format graph by a server that cannot convert it.
 pub fn ui_format_refusal() -> Refusal {
     Refusal::new(
         Code::WorkflowFormatUi,
-        "this is ComfyUI's UI (editor) format; open it in ComfyUI and use Workflow > \
-         Export (API) to save the API format, then submit that",
+        "this is ComfyUI's UI (editor) format, which this server does not convert; open it in \
+         ComfyUI and use Workflow > Export (API) to save the API format, then submit that",
     )
+}
+
+/// The refusal of a graph with no nodes.
+pub fn no_nodes_refusal() -> Refusal {
+    Refusal::new(Code::InvalidWorkflow, "the workflow has no nodes")
+}
+
+impl Submit {
+    /// This submit, refused when its graph is in the UI format (for a server
+    /// without a ComfyUI to convert it with).
+    pub fn api_only(self) -> Result<Submit, Refusal> {
+        if self.ui_format {
+            return Err(ui_format_refusal());
+        }
+        Ok(self)
+    }
 }
 
 /// Parse and check a submit body: a JSON object with a `workflow` object,
@@ -83,14 +105,9 @@ pub fn parse_submit(body: &[u8]) -> Result<Submit, Refusal> {
             ))
         }
     };
-    if is_ui_format(&workflow) {
-        return Err(ui_format_refusal());
-    }
-    if workflow.is_empty() {
-        return Err(Refusal::new(
-            Code::InvalidWorkflow,
-            "the workflow has no nodes",
-        ));
+    let ui_format = is_ui_format(&workflow);
+    if !ui_format && workflow.is_empty() {
+        return Err(no_nodes_refusal());
     }
     let extra_data = match body.remove("extra_data") {
         None | Some(Json::Null) => None,
@@ -118,6 +135,7 @@ pub fn parse_submit(body: &[u8]) -> Result<Submit, Refusal> {
     };
     Ok(Submit {
         workflow,
+        ui_format,
         extra_data,
     })
 }
@@ -325,9 +343,17 @@ mod tests {
         assert_eq!(code(json!([1])), Code::InvalidRequest);
         assert_eq!(code(json!({})), Code::InvalidWorkflow);
         assert_eq!(code(json!({"workflow": 3})), Code::InvalidWorkflow);
-        assert_eq!(
-            code(json!({"workflow": {"nodes": [], "links": []}})),
-            Code::WorkflowFormatUi
+        // A UI-format graph is taken as such, for a server to convert or refuse.
+        let ui = parse_submit(br#"{"workflow": {"nodes": [], "links": []}}"#).expect("ui");
+        assert!(ui.ui_format);
+        assert_eq!(ui.api_only().expect_err("ui").code, Code::WorkflowFormatUi);
+        assert!(!ok.ui_format);
+        assert!(
+            !parse_submit(
+                br#"{"workflow": {"nodes": {"class_type": "X", "inputs": {}}, "links": 1}}"#
+            )
+            .expect("api")
+            .ui_format
         );
         assert_eq!(
             code(json!({"workflow": {"1": {}}, "inputs": {"a": 1}})),

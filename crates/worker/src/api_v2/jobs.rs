@@ -216,6 +216,33 @@ impl V2 {
 
     /// ComfyUI's node types, fetched once per ComfyUI start; `None` while
     /// it does not answer (ComfyUI checks the graph when it is queued).
+    /// A UI-format graph converted to the API format, as ComfyUI's frontend
+    /// would, with this ComfyUI's node definitions.
+    async fn api_graph(&self, ui: &Map<String, Value>) -> Result<Map<String, Value>, V2Error> {
+        let Some(info) = self.object_info().await else {
+            return Err(Refusal::new(
+                Code::DeploymentNotReady,
+                "this UI-format workflow is converted with ComfyUI's node definitions, and \
+                 ComfyUI is not answering yet; retry shortly",
+            )
+            .into());
+        };
+        let ui = Value::Object(ui.clone());
+        let g = tokio::task::spawn_blocking(move || comfy_remote_contract::ui::to_api(&ui, &info))
+            .await
+            .map_err(V2Error::internal)?
+            .map_err(|e| {
+                Refusal::new(
+                    Code::InvalidWorkflow,
+                    format!("this UI-format workflow cannot be run: {e}"),
+                )
+            })?;
+        if g.is_empty() {
+            return Err(submit::no_nodes_refusal().into());
+        }
+        Ok(g)
+    }
+
     async fn object_info(&self) -> Option<Arc<Value>> {
         let generation = *self.engine.comfy.generation.borrow();
         let mut cached = self.object_info.lock().await;
@@ -291,7 +318,10 @@ pub(super) async fn submit(
         .transpose()?
         .map(|k| format!("jobs:{k}"));
     let raw = json_body(&headers, body).await?;
-    let parsed = submit::parse_submit(&raw)?;
+    let mut parsed = submit::parse_submit(&raw)?;
+    if parsed.ui_format {
+        parsed.workflow = v2.api_graph(&parsed.workflow).await?;
+    }
     let graph_text = serde_json::to_string(&parsed.workflow).map_err(V2Error::internal)?;
     // The served workflow with other input values, else (when allowed) its own graph.
     let served = graph::graph_inputs(&v2.engine.workflow, &parsed.workflow);

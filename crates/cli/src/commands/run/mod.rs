@@ -344,10 +344,12 @@ fn submit_and_write(args: &Args) -> Result<Success, Failure> {
                 .block_on(client.signature())
                 .map_err(|e| Failure::client(&e, None, args))?;
             let payload = entries_for(&specs, signature.as_ref())?;
-            // Packed as far as the endpoint reads packed tensors (§2.7).
-            let packing = signature.as_ref().map_or_else(PackOptions::default, |s| {
-                PackOptions::for_codecs(s.codecs.iter().map(String::as_str))
-            });
+            // Packed as far as the endpoint reads packed tensors, where
+            // tensors travel packed (§2.7, `COMFY_REMOTE_PACK`).
+            let codecs = rt
+                .block_on(client.upload_codecs())
+                .map_err(|e| Failure::client(&e, None, args))?;
+            let packing = PackOptions::for_codecs(codecs.iter().map(String::as_str));
             // The inputs are streamed into a temporary container file and
             // dropped before anything is sent: the upload then streams from
             // disk, so the container is never held in memory (the file goes
