@@ -108,7 +108,7 @@ def start_ours(bin_: Path, comfy_url: str, work: Path) -> Server:
     logf = open(work / "ours.log", "ab")
     proc = subprocess.Popen([str(bin_), "serve", "--workflow", str(wf), "--comfyui-url", comfy_url,
                              "--listen", f"127.0.0.1:{port}", "--spool", str(work / "ours-spool"),
-                             "--allow-any-workflow", "--max-jobs", "256"],
+                             "--allow-any-workflow", "--max-jobs", "256", *os.environ.get("EXTRA_SERVE", "").split()],
                             stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
                             env={**os.environ, "RUST_LOG": "warn"})
     url = f"http://127.0.0.1:{port}"

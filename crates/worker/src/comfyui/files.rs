@@ -69,6 +69,32 @@ impl ComfyClient {
         })
     }
 
+    /// The size of `subfolder/filename` in ComfyUI's input directory, or
+    /// `None` when ComfyUI has no such file (or does not say).
+    pub async fn input_size(&self, subfolder: &str, filename: &str) -> Option<u64> {
+        let r = self
+            .http
+            .head(self.url("/view"))
+            .query(&[
+                ("filename", filename),
+                ("subfolder", subfolder),
+                ("type", "input"),
+            ])
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .ok()?;
+        if !r.status().is_success() {
+            return None;
+        }
+        r.headers()
+            .get(reqwest::header::CONTENT_LENGTH)?
+            .to_str()
+            .ok()?
+            .parse()
+            .ok()
+    }
+
     /// The bytes of a file ComfyUI serves (`type`: output, temp or input).
     pub async fn view(
         &self,

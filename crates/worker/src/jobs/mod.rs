@@ -84,8 +84,9 @@ pub mod defaults {
     pub const MAX_BODY_BYTES: u64 = 2 << 30;
     /// `--max-jobs`.
     pub const MAX_ACTIVE_JOBS: u64 = 64;
-    /// `--comfyui-queue-depth`.
-    pub const COMFY_QUEUE_DEPTH: usize = 2;
+    /// `--comfyui-queue-depth`: one running and a few ready, so a short
+    /// prompt's end never waits for the next one to be posted.
+    pub const COMFY_QUEUE_DEPTH: usize = 4;
     /// `--retention-secs`.
     pub const RETENTION_SECS: u64 = 24 * 3600;
     /// `--max-result-bytes`.
@@ -136,6 +137,9 @@ pub struct Engine {
     down_since: Mutex<Option<i64>>,
     /// Per-prompt `extra_data` of unfinished jobs (never stored).
     extra: Mutex<HashMap<String, serde_json::Value>>,
+    /// Files put into ComfyUI's input directory (named by their content's
+    /// hash) under the ComfyUI generation they were put there in.
+    placed: Mutex<(u64, std::collections::HashSet<String>)>,
     pub shutdown: CancellationToken,
 }
 
@@ -175,6 +179,7 @@ impl Engine {
             event_base: AtomicU64::new(0),
             down_since: Mutex::new(None),
             extra: Mutex::new(HashMap::new()),
+            placed: Mutex::new((0, std::collections::HashSet::new())),
             shutdown,
         })
     }
@@ -401,15 +406,22 @@ impl Engine {
     /// Tell the waiting jobs someone follows their new place in the queue
     /// (one query for the whole queue; a view asked later computes its own).
     async fn refresh_queue_positions(&self) {
-        let watched = |id: &str| self.live(id).is_some_and(|l| l.is_watched());
+        let watched: HashMap<String, Arc<LiveJob>> = self
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, l)| l.is_watched() && !l.is_done())
+            .map(|(id, l)| (id.clone(), l.clone()))
+            .collect();
+        if watched.is_empty() {
+            return;
+        }
         let Ok(waiting) = self.store.run(|s| s.waiting_positions()).await else {
             return;
         };
         for (row, position) in waiting {
-            if !watched(&row.id) {
-                continue;
-            }
-            if let Some(live) = self.live(&row.id) {
+            if let Some(live) = watched.get(&row.id) {
                 let view = self.view_at(&row, "", Some(position), None);
                 live.publish(EventData::Status(Box::new(view)));
             }

@@ -178,8 +178,30 @@ impl Engine {
 
     /// Put a prompt job's files into ComfyUI's input directory.
     pub(super) async fn place_uploads(&self, dir: &Path, own: &OwnPrompt) -> Result<(), String> {
+        let generation = *self.comfy.generation.borrow();
         for u in &own.uploads {
-            let bytes = tokio::fs::read(dir.join(UPLOADS_DIR).join(&u.file))
+            let path = dir.join(UPLOADS_DIR).join(&u.file);
+            // Files are named by their content's hash: one ComfyUI already
+            // has is not written again (a prompt of an earlier job may be
+            // reading it right now). What this ComfyUI process was given is
+            // remembered; after a restart, ComfyUI is asked.
+            let key = format!("{}/{}", u.subfolder, u.filename);
+            if self.was_placed(generation, &key) {
+                continue;
+            }
+            let size = tokio::fs::metadata(&path).await.map(|m| m.len()).ok();
+            if size.is_some()
+                && self
+                    .comfy
+                    .client
+                    .input_size(&u.subfolder, &u.filename)
+                    .await
+                    == size
+            {
+                self.mark_placed(generation, key);
+                continue;
+            }
+            let bytes = tokio::fs::read(&path)
                 .await
                 .map_err(|e| format!("reading the job's file {}: {e}", u.filename))?;
             self.comfy
@@ -187,8 +209,22 @@ impl Engine {
                 .upload_input(&u.subfolder, &u.filename, bytes)
                 .await
                 .map_err(|e| e.to_string())?;
+            self.mark_placed(generation, key);
         }
         Ok(())
+    }
+
+    fn was_placed(&self, generation: u64, key: &str) -> bool {
+        let placed = self.placed.lock().unwrap_or_else(|p| p.into_inner());
+        placed.0 == generation && placed.1.contains(key)
+    }
+
+    fn mark_placed(&self, generation: u64, key: String) {
+        let mut placed = self.placed.lock().unwrap_or_else(|p| p.into_inner());
+        if placed.0 != generation {
+            *placed = (generation, Default::default());
+        }
+        placed.1.insert(key);
     }
 
     /// The partner-node `extra_data` a job was submitted with (memory only).
