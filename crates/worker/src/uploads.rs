@@ -4,7 +4,9 @@
 //! its length is the offset, so an upload survives a worker restart.
 //! `POST /v1/jobs?upload=<id>` then submits it as any body.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Mutex;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -16,10 +18,39 @@ use comfy_remote_protocol::api::{
 };
 use comfy_remote_protocol::http::{byte_count, Refusal};
 use futures::StreamExt;
+use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use crate::api::AppState;
 use crate::error::{ApiError, Path};
+
+/// The SHA-256 of each upload's bytes so far, kept as its pieces arrive, so
+/// the submit that takes a finished upload need not read it again to hash
+/// it (a worker restart forgets them; the submit then hashes the file).
+#[derive(Debug, Default)]
+pub struct Digests(Mutex<HashMap<PathBuf, (u64, Sha256)>>);
+
+impl Digests {
+    /// The running digest of the upload at `path` if it covers exactly its
+    /// first `len` bytes (removed: whoever takes it puts it back).
+    pub fn take(&self, path: &FsPath, len: u64) -> Option<Sha256> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match map.remove(path) {
+            Some((n, h)) if n == len => Some(h),
+            _ if len == 0 => Some(Sha256::new()),
+            _ => None,
+        }
+    }
+
+    fn put(&self, path: PathBuf, len: u64, digest: Sha256) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= 4096 {
+            // Uploads abandoned and swept: forget them.
+            map.retain(|p, _| p.exists());
+        }
+        map.insert(path, (len, digest));
+    }
+}
 
 fn dir(st: &AppState) -> PathBuf {
     st.engine.config.spool_dir.join("uploads")
@@ -119,6 +150,8 @@ pub async fn append(
         .await
         .map_err(ApiError::internal)?;
     let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
+    let digests = &st.engine.upload_digests;
+    let mut digest = digests.take(&path, have);
     let mut total = have;
     let mut stream = body.into_data_stream();
     let mut broke = None;
@@ -131,6 +164,9 @@ pub async fn append(
                     return Err(Refusal::too_large(max, false).into());
                 }
                 out.write_all(&chunk).await.map_err(ApiError::internal)?;
+                if let Some(d) = digest.as_mut() {
+                    d.update(&chunk);
+                }
             }
             Err(e) => {
                 broke = Some(e);
@@ -140,6 +176,9 @@ pub async fn append(
     }
     // What arrived stays, even from a broken connection.
     out.flush().await.map_err(ApiError::internal)?;
+    if let Some(d) = digest {
+        digests.put(path.clone(), total, d);
+    }
     if let Some(e) = broke {
         return Err(ApiError::bad_request(format!(
             "the piece broke off after {} bytes ({e}); resume from Upload-Offset",

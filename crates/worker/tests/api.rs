@@ -582,6 +582,19 @@ async fn a_resumable_upload_takes_pieces_in_order_and_submits_once() {
     // A retry of that submit (its answer lost) gets the same job.
     let (s, _, again) = call(&app, submit()).await;
     assert_eq!((s, &again["id"]), (StatusCode::OK, &job["id"]), "{again}");
+    // The upload was hashed as its pieces came: the same bytes sent whole
+    // under that key are the same job, other bytes are refused.
+    let whole = |bytes: Vec<u8>| {
+        let mut r = post("/v1/jobs", CONTAINER_MEDIA_TYPE, bytes);
+        r.headers_mut()
+            .insert("idempotency-key", "up-1".parse().expect("hv"));
+        r
+    };
+    let (s, _, same) = call(&app, whole(body.clone())).await;
+    assert_eq!((s, &same["id"]), (StatusCode::OK, &job["id"]), "{same}");
+    let other = container(vec![("image", Some("IMAGE"), image(4))]);
+    let (s, _, b) = call(&app, whole(other)).await;
+    assert_eq!((s, code(&b)), (StatusCode::CONFLICT, "conflict"), "{b}");
     // The upload became the job's inputs: it is gone.
     let (s, _, b) = call(
         &app,

@@ -119,7 +119,9 @@ impl Engine {
             .join(format!("{}.part", uuid::Uuid::new_v4()));
         let mut spooled = Spooled(Some(tmp.clone()));
         let (total, body_sha256) = match (req.body, req.media) {
-            (SubmitBody::Upload(path), _) => take_upload(&path, &tmp, cap).await?,
+            (SubmitBody::Upload(path), _) => {
+                take_upload(&path, &tmp, cap, &self.upload_digests).await?
+            }
             (SubmitBody::Stream(body), SubmitMedia::Container) => spool(body, &tmp, cap).await?,
             (SubmitBody::Stream(body), SubmitMedia::Json) => {
                 let (buf, total, sha) = read_all(body, cap).await?;
@@ -262,12 +264,14 @@ where
     Ok((Some(total), hex::encode(hasher.finalize())))
 }
 
-/// Move a finished upload to `tmp` and hash it (on a blocking thread: it
-/// may be gigabytes). `Ok((None, _))` when it is over `cap` bytes.
+/// Move a finished upload to `tmp` with its hash: the one its pieces were
+/// hashed into as they came, else read again (on a blocking thread: it may
+/// be gigabytes). `Ok((None, _))` when it is over `cap` bytes.
 async fn take_upload(
     upload: &std::path::Path,
     tmp: &std::path::Path,
     cap: u64,
+    digests: &crate::uploads::Digests,
 ) -> Result<(Option<u64>, String), SubmitError> {
     let len = tokio::fs::metadata(upload)
         .await
@@ -281,7 +285,11 @@ async fn take_upload(
     if len > cap {
         return Ok((None, String::new()));
     }
+    let digest = digests.take(upload, len);
     tokio::fs::rename(upload, tmp).await.map_err(internal)?;
+    if let Some(d) = digest {
+        return Ok((Some(len), hex::encode(d.finalize())));
+    }
     let path = tmp.to_path_buf();
     let sha = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
         let mut f = std::fs::File::open(path)?;

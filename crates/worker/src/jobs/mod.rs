@@ -140,6 +140,8 @@ pub struct Engine {
     /// Files put into ComfyUI's input directory (named by their content's
     /// hash) under the ComfyUI generation they were put there in.
     placed: Mutex<(u64, std::collections::HashSet<String>)>,
+    /// Running hashes of resumable uploads.
+    pub(crate) upload_digests: crate::uploads::Digests,
     pub shutdown: CancellationToken,
 }
 
@@ -180,6 +182,7 @@ impl Engine {
             down_since: Mutex::new(None),
             extra: Mutex::new(HashMap::new()),
             placed: Mutex::new((0, std::collections::HashSet::new())),
+            upload_digests: Default::default(),
             shutdown,
         })
     }
