@@ -43,7 +43,8 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "tests" / "conformance"))
 
 from harness import (  # noqa: E402
-    comfy_home, comfyui_python, free_port, request, sse, stop_process, wait_answers, wait_until, wheel,
+    binary, comfy_home, comfyui_python, free_port, request, sse, stop_process, target_dir, wait_answers, wait_until,
+    wheel,
 )
 
 TRACE = "CR_TEST_NODES_TRACE"
@@ -108,7 +109,7 @@ def start_ours(bin_: Path, comfy_url: str, work: Path) -> Server:
     logf = open(work / "ours.log", "ab")
     proc = subprocess.Popen([str(bin_), "serve", "--workflow", str(wf), "--comfyui-url", comfy_url,
                              "--listen", f"127.0.0.1:{port}", "--spool", str(work / "ours-spool"),
-                             "--allow-any-workflow", "--max-jobs", "256", *os.environ.get("EXTRA_SERVE", "").split()],
+                             "--allow-any-workflow", "--max-jobs", "256"],
                             stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
                             env={**os.environ, "RUST_LOG": "warn"})
     url = f"http://127.0.0.1:{port}"
@@ -239,7 +240,7 @@ def bench_events(s: Server, asset_ref: object, trace: Path, steps: int, jobs: in
 
 
 def bench_polls(s: Server, job_id: str) -> list[dict]:
-    load = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target")) / "release" / "examples" / "load"
+    load = target_dir() / "release" / "examples" / "load"
     out = []
     for c in (1, 32):
         r = subprocess.run([str(load), f"{s.url}/api/v2/jobs/{job_id}", str(c), "3"], check=True,
@@ -313,8 +314,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=None, help="also write the section to this file")
     args = ap.parse_args()
     comfyui = Path(os.environ.get("COMFYUI_DIR") or sys.exit("set COMFYUI_DIR"))
-    target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
-    bin_ = target / "release" / "comfy-remote"
+    bin_ = binary()
     py = comfyui_python(comfyui, wheel())
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:

@@ -37,7 +37,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from harness import (  # noqa: E402
-    CONTAINER, comfyui_python, free_port, request, sse, start_comfyui, stop_process, wait_until, wheel,
+    CONTAINER, binary, comfyui_python, free_port, request, sse, start_comfyui, stop_process, target_dir, wait_until,
+    wheel,
 )
 
 TINY = {
@@ -140,7 +141,7 @@ def bench_latency(codec, torch, comfy, worker_url: str, work: Path, n: int) -> d
 
 
 def bench_polls(worker_url: str, job_id: str) -> list[dict]:
-    load = REPO / "target" / "release" / "examples" / "load"
+    load = target_dir() / "release" / "examples" / "load"
     out = []
     for c in (1, 8, 32):
         r = subprocess.run([str(load), f"{worker_url}/v1/jobs/{job_id}", str(c), "3"], check=True,
@@ -201,7 +202,7 @@ def main() -> int:
     ap.add_argument("--skip-1gb", action="store_true")
     args = ap.parse_args()
     comfyui = Path(os.environ.get("COMFYUI_DIR") or sys.exit("set COMFYUI_DIR"))
-    bin_ = REPO / "target" / "release" / "comfy-remote"
+    bin_ = binary()
     import torch
 
     from comfy_remote import codec

@@ -37,20 +37,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def target_dir() -> Path:
+    """Where cargo builds: $CARGO_TARGET_DIR, else the repository's target/."""
+    return Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target")
+
+
 def binary() -> Path:
     """The comfy-remote binary: $COMFY_REMOTE_BIN, else a cargo build."""
     env = os.environ.get("COMFY_REMOTE_BIN")
     if env:
         return Path(env)
     for profile in ("release", "debug"):
-        p = REPO / "target" / profile / "comfy-remote"
+        p = target_dir() / profile / "comfy-remote"
         if p.exists():
             newest_src = max(f.stat().st_mtime for f in (REPO / "crates").rglob("*.rs"))
             if p.stat().st_mtime >= newest_src:
                 return p
     log("building comfy-remote (cargo build -p comfy-remote-cli)")
     subprocess.run(["cargo", "build", "-p", "comfy-remote-cli"], cwd=REPO, check=True, stdout=sys.stderr)
-    return REPO / "target" / "debug" / "comfy-remote"
+    return target_dir() / "debug" / "comfy-remote"
 
 
 def wheel() -> Path:
@@ -58,7 +63,7 @@ def wheel() -> Path:
     env = os.environ.get("COMFY_REMOTE_WHEEL")
     if env:
         return Path(env)
-    wheels = sorted((REPO / "target" / "wheels").glob("comfy_remote-*.whl"), key=lambda p: p.stat().st_mtime)
+    wheels = sorted((target_dir() / "wheels").glob("comfy_remote-*.whl"), key=lambda p: p.stat().st_mtime)
     if not wheels:
         raise RuntimeError("no wheel in target/wheels: run `maturin build --out target/wheels` (scripts/test.sh does)")
     return wheels[-1]

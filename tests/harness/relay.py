@@ -12,14 +12,13 @@ netem; the WAN benchmark and the tests of resumed transfers use this.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
 from pathlib import Path
 from typing import Any
 
-from . import REPO, binary, log
+from . import REPO, binary, log, target_dir
 
 
 def relay_binary() -> Path:
@@ -30,8 +29,7 @@ def relay_binary() -> Path:
     log("building wan-relay (cargo build --release -p comfy-remote-netsim)")
     subprocess.run(["cargo", "build", "--release", "-p", "comfy-remote-netsim"], cwd=REPO, check=True,
                    stdout=sys.stderr)
-    target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
-    return target / "release" / "wan-relay"
+    return target_dir() / "release" / "wan-relay"
 
 
 class Relay:
