@@ -127,6 +127,31 @@ def test_any_api_workflow_runs_with_allow_any_workflow(worker) -> None:
     assert wf["workflow"]["1"]["inputs"]["image"]["info"]["id"] == asset["id"]
 
 
+def test_a_burst_of_jobs_on_one_asset_all_succeed(worker) -> None:
+    """Jobs queued back to back on one uploaded image: each one's LoadImage reads the whole file
+    (putting the file into ComfyUI's input directory again while an earlier prompt read it broke
+    that prompt)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    asset = upload(worker.url, PICTURE.read_bytes())
+    ref = {"__type": "core/ASSET", "info": {"id": asset["id"]}}
+
+    def one(i: int) -> str:
+        graph = {
+            "1": {"class_type": "LoadImage", "inputs": {"image": ref}},
+            "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+            "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": f"burst-{i}-{uuid.uuid4().hex[:6]}"}},
+        }
+        r = submit(worker.url, graph)
+        assert r.status == 201, r.body[:300]
+        return r.json()["id"]
+
+    with ThreadPoolExecutor(16) as pool:
+        ids = list(pool.map(one, range(32)))
+    ended = [wait(worker.url, i) for i in ids]
+    assert [e["status"] for e in ended] == ["succeeded"] * 32, [e.get("error") for e in ended if e["status"] != "succeeded"]
+
+
 def ui_graph(prefix: str) -> dict:
     """EmptyImage -> ImageInvert -> SaveImage as ComfyUI's editor saves it (the UI format)."""
     def node(i: int, typ: str, inputs: list, links_out: list, widgets: list) -> dict:
