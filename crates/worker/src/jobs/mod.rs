@@ -405,7 +405,6 @@ impl Engine {
         self.job(id).await
     }
 
-    /// Tell every waiting job its (new) queue position.
     /// Tell the waiting jobs someone follows their new place in the queue
     /// (one query for the whole queue; a view asked later computes its own).
     async fn refresh_queue_positions(&self) {
