@@ -132,27 +132,46 @@ fn row_to_job(r: &Row<'_>) -> rusqlite::Result<JobRow> {
     })
 }
 
+/// A SQLite database of the worker's (the job store, the v2 store): every
+/// one opened with the same durability settings (WAL; synced at
+/// checkpoints, so a committed row survives a crash of the process) and
+/// `schema` applied.
+pub(crate) fn open_connection(path: &Path, schema: &str) -> Result<Connection, WorkerError> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.execute_batch(schema)?;
+    Ok(conn)
+}
+
+/// Run `f` on `store` on a blocking thread, so statements (and the waits on
+/// its connection's lock) never stall the async runtime.
+pub(crate) async fn run_blocking<S, T, F>(store: &Arc<S>, f: F) -> Result<T, WorkerError>
+where
+    S: Send + Sync + 'static,
+    T: Send + 'static,
+    F: FnOnce(&S) -> Result<T, WorkerError> + Send + 'static,
+{
+    let store = Arc::clone(store);
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .map_err(|e| WorkerError::Task(e.to_string()))?
+}
+
 impl Store {
-    /// Run `f` on the store on a blocking thread, so statements (and the
-    /// waits on the connection's lock) never stall the async runtime.
+    /// Run `f` on the store on a blocking thread ([`run_blocking`]).
     pub async fn run<T, F>(self: &Arc<Self>, f: F) -> Result<T, WorkerError>
     where
         T: Send + 'static,
         F: FnOnce(&Store) -> Result<T, WorkerError> + Send + 'static,
     {
-        let store = Arc::clone(self);
-        tokio::task::spawn_blocking(move || f(&store))
-            .await
-            .map_err(|e| WorkerError::Task(e.to_string()))?
+        run_blocking(self, f).await
     }
 
     /// Open (or create) the store at `path`.
     pub fn open(path: &Path) -> Result<Store, WorkerError> {
-        let conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(SCHEMA)?;
+        let conn = open_connection(path, SCHEMA)?;
         let have: Vec<String> = conn
             .prepare("SELECT name FROM pragma_table_info('jobs')")?
             .query_map([], |r| r.get(0))?

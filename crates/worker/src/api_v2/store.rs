@@ -142,18 +142,11 @@ impl V2Store {
         T: Send + 'static,
         F: FnOnce(&V2Store) -> Result<T, WorkerError> + Send + 'static,
     {
-        let store = Arc::clone(self);
-        tokio::task::spawn_blocking(move || f(&store))
-            .await
-            .map_err(|e| WorkerError::Task(e.to_string()))?
+        crate::store::run_blocking(self, f).await
     }
 
     pub fn open(path: &Path) -> Result<V2Store, WorkerError> {
-        let conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(SCHEMA)?;
+        let conn = crate::store::open_connection(path, SCHEMA)?;
         Ok(V2Store {
             conn: Mutex::new(conn),
         })
