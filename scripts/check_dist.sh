@@ -29,9 +29,15 @@ step "versions"
 "$PY" -m auditwheel --version
 
 step "manylinux_2_28 wheels (zig)"
-for m in Cargo.toml crates/server/Cargo.toml; do
-  "$PY" -m maturin build --release --locked --zig --target x86_64-unknown-linux-gnu \
-    --compatibility manylinux_2_28 -m "$m" --out "$OUT/wheels" 2>&1 | grep -E '^📦|Built wheel' || true
+# The artist's package is configured by pyproject.toml (its manifest is
+# crates/py); the server's by its own manifest. A failed build stops here.
+for m in "" crates/server/Cargo.toml; do
+  log="$OUT/build.log"
+  if ! "$PY" -m maturin build --release --locked --zig --target x86_64-unknown-linux-gnu \
+      --compatibility manylinux_2_28 ${m:+-m "$m"} --out "$OUT/wheels" >"$log" 2>&1; then
+    tail -20 "$log"; echo "error: maturin build ${m:-(pyproject.toml)} failed"; exit 1
+  fi
+  grep -E 'Built wheel' "$log" || true
 done
 for w in "$OUT"/wheels/*.whl; do
   "$PY" -m auditwheel show "$w" | tr -s ' \n' ' ' | sed 's/$/\n/'
