@@ -16,7 +16,7 @@ ROOT=$PWD
 COMFYUI_TAG=${COMFY_REMOTE_COMFYUI_TAG:-v0.33.0}
 COMFYUI_REPO=${COMFY_REMOTE_COMFYUI_REPO:-https://github.com/comfyanonymous/ComfyUI.git}
 CACHE=${COMFY_REMOTE_CACHE:-$HOME/.cache/comfy-remote}
-OUT=${OUT:-$ROOT/out}
+OUT=$ROOT/out
 step() { printf '==> %s\n' "$*" >&2; }
 
 provision_comfyui() {

@@ -56,6 +56,9 @@ pub const RELEASE: &str = "COMFY_REMOTE_RELEASE";
 
 /// The test command's virtualenv (default `.venv`; `.ci/run` keeps it in the cache).
 pub const VENV: &str = "COMFY_REMOTE_VENV";
+/// The ComfyUI `scripts/demo.sh` clones when `COMFYUI_DIR` is unset: its git URL and tag.
+pub const COMFYUI_REPO: &str = "COMFY_REMOTE_COMFYUI_REPO";
+pub const COMFYUI_TAG: &str = "COMFY_REMOTE_COMFYUI_TAG";
 /// The `comfy-remote` binary the end-to-end tests run (`scripts/test.sh` sets it).
 pub const BIN: &str = "COMFY_REMOTE_BIN";
 /// Seconds an end-to-end test waits for anything before it fails (default 600).
@@ -195,6 +198,18 @@ pub const ALL: &[EnvVar] = &[
         name: VENV,
         read_by: "scripts",
         meaning: "The virtualenv `scripts/test.sh` and `scripts/demo.sh` install into (default `.venv`)",
+    },
+    EnvVar {
+        key: "COMFYUI_REPO",
+        name: COMFYUI_REPO,
+        read_by: "scripts",
+        meaning: "The git URL `scripts/demo.sh` clones ComfyUI from when `COMFYUI_DIR` is unset (default upstream)",
+    },
+    EnvVar {
+        key: "COMFYUI_TAG",
+        name: COMFYUI_TAG,
+        read_by: "scripts",
+        meaning: "The ComfyUI tag `scripts/demo.sh` clones (default `v0.33.0`)",
     },
     EnvVar {
         key: "BIN",
