@@ -6,6 +6,7 @@ a job again by its id, the defaults that must meet."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -108,6 +109,17 @@ def test_literals_that_are_not_of_the_type_say_what_to_type(worker, tmp_path):
     r = run(worker.url, "-i", "sigma=1", "-i", "flag=true", cwd=tmp_path)
     assert r.returncode == 2
     assert 'missing input "prompt"' in json.loads(r.stdout)["error"]["message"]
+
+
+def test_a_typo_in_the_packing_setting_is_a_usage_error_that_names_the_choices(worker, tmp_path):
+    before = jobs_submitted(worker)
+    r = subprocess.run([str(binary()), "run", worker.url, "-i", "sigma=1", "-i", "prompt=a", "-i", "flag=true", "--json"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=600,
+                       env={**os.environ, "COMFY_REMOTE_PACK": "alwys"})
+    assert r.returncode == 2, r.stderr
+    msg = json.loads(r.stdout)["error"]["message"]
+    assert 'COMFY_REMOTE_PACK="alwys"' in msg and "auto, always, never" in msg, msg
+    assert jobs_submitted(worker) == before
 
 
 def test_an_output_folder_that_cannot_be_written_is_refused_before_submitting(worker, tmp_path):

@@ -100,9 +100,9 @@ impl Failure {
             ClientError::Canceled { .. } | ClientError::Timeout { .. } => {
                 ("canceled", exit::CANCELED)
             }
-            ClientError::InvalidUrl { .. } | ClientError::Signature { .. } => {
-                ("rejected", exit::USAGE)
-            }
+            ClientError::InvalidUrl { .. }
+            | ClientError::InvalidSetting { .. }
+            | ClientError::Signature { .. } => ("rejected", exit::USAGE),
             ClientError::Unreachable { .. } => ("unavailable", exit::UNAVAILABLE),
             // The worker could not reach its ComfyUI for longer than its queue timeout.
             ClientError::JobFailed { code: Some(c), .. } if c == "comfyui_unavailable" => {
