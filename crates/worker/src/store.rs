@@ -67,7 +67,7 @@ pub struct Recovery {
 /// The job store. One connection behind a mutex: every statement is short.
 #[derive(Debug)]
 pub struct Store {
-    conn: Mutex<Connection>,
+    db: Db,
 }
 
 const SCHEMA: &str = "
@@ -145,6 +145,25 @@ pub(crate) fn open_connection(path: &Path, schema: &str) -> Result<Connection, W
     Ok(conn)
 }
 
+/// One SQLite connection behind a mutex (every statement is short).
+#[derive(Debug)]
+pub(crate) struct Db(Mutex<Connection>);
+
+impl Db {
+    pub(crate) fn new(conn: Connection) -> Db {
+        Db(Mutex::new(conn))
+    }
+
+    /// Run `f` on the connection (waiting for its lock).
+    pub(crate) fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, WorkerError> {
+        let mut conn = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(f(&mut conn)?)
+    }
+}
+
 /// Run `f` on `store` on a blocking thread, so statements (and the waits on
 /// its connection's lock) never stall the async runtime.
 pub(crate) async fn run_blocking<S, T, F>(store: &Arc<S>, f: F) -> Result<T, WorkerError>
@@ -192,24 +211,14 @@ impl Store {
                 conn.execute_batch(&format!("ALTER TABLE jobs DROP COLUMN {name}"))?;
             }
         }
-        Ok(Store {
-            conn: Mutex::new(conn),
-        })
-    }
-
-    fn with<T>(
-        &self,
-        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
-    ) -> Result<T, WorkerError> {
-        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(f(&mut conn)?)
+        Ok(Store { db: Db::new(conn) })
     }
 
     /// Count this start of the worker and return its number (1, 2, ...):
     /// event ids of a process are above `boot << 32`, so every id of a
     /// later process is above every id of an earlier one.
     pub fn next_boot(&self) -> Result<u64, WorkerError> {
-        self.with(|c| {
+        self.db.with(|c| {
             c.query_row(
                 "INSERT INTO meta (key, value) VALUES ('boot', 1)
                  ON CONFLICT(key) DO UPDATE SET value = value + 1 RETURNING value",
@@ -222,7 +231,7 @@ impl Store {
 
     /// The job created with this idempotency key, if any.
     pub fn by_idempotency_key(&self, key: &str) -> Result<Option<JobRow>, WorkerError> {
-        self.with(|c| {
+        self.db.with(|c| {
             c.query_row(
                 &format!("SELECT {COLUMNS} FROM jobs WHERE idempotency_key = ?1"),
                 [key],
@@ -234,7 +243,7 @@ impl Store {
 
     /// Insert a queued job, honouring its idempotency key.
     pub fn insert(&self, job: &NewJob) -> Result<Inserted, WorkerError> {
-        self.with(|c| {
+        self.db.with(|c| {
             let tx = c.transaction()?;
             if let Some(key) = &job.idempotency_key {
                 let existing = tx
@@ -267,7 +276,7 @@ impl Store {
     }
 
     pub fn get(&self, id: &str) -> Result<Option<JobRow>, WorkerError> {
-        self.with(|c| {
+        self.db.with(|c| {
             c.query_row(
                 &format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"),
                 [id],
@@ -280,7 +289,7 @@ impl Store {
     /// Atomically take the oldest queued job and mark it handed to ComfyUI
     /// (`running` with no `started_at` until ComfyUI begins executing it).
     pub fn claim_next(&self) -> Result<Option<JobRow>, WorkerError> {
-        self.with(|c| {
+        self.db.with(|c| {
             let now = now_ms();
             c.query_row(
                 &format!(
@@ -297,7 +306,7 @@ impl Store {
 
     /// Set a non-terminal status (e.g. `canceling`) of a job that is not finished.
     pub fn set_status(&self, id: &str, status: JobStatus) -> Result<bool, WorkerError> {
-        self.with(|c| {
+        self.db.with(|c| {
             let n = c.execute(
                 "UPDATE jobs SET status = ?2, updated_at = ?3
                  WHERE id = ?1 AND status NOT IN ('succeeded','failed','canceled','expired')",
@@ -309,7 +318,7 @@ impl Store {
 
     /// Record that ComfyUI began executing the job's prompt.
     pub fn mark_started(&self, id: &str) -> Result<(), WorkerError> {
-        self.with(|c| {
+        self.db.with(|c| {
             c.execute(
                 "UPDATE jobs SET started_at = ?2, updated_at = ?2 WHERE id = ?1 AND started_at IS NULL",
                 params![id, now_ms()],
@@ -320,7 +329,7 @@ impl Store {
 
     /// Put a job that never reached ComfyUI's executor back in the queue.
     pub fn requeue(&self, id: &str) -> Result<bool, WorkerError> {
-        self.with(|c| {
+        self.db.with(|c| {
             let n = c.execute(
                 "UPDATE jobs SET status = 'queued', updated_at = ?2
                  WHERE id = ?1 AND status IN ('running','canceling')",
@@ -338,7 +347,7 @@ impl Store {
             details: serde_json::Value::Null,
         };
         let err = serde_json::to_string(&err).unwrap_or_default();
-        self.with(|c| {
+        self.db.with(|c| {
             let now = now_ms();
             let n = c.execute(
                 "UPDATE jobs SET status = 'canceled', error = ?2, updated_at = ?3, finished_at = ?3
@@ -360,7 +369,7 @@ impl Store {
     ) -> Result<bool, WorkerError> {
         let error = error.and_then(|e| serde_json::to_string(e).ok());
         let outputs = serde_json::to_string(outputs).unwrap_or_else(|_| "[]".into());
-        self.with(|c| {
+        self.db.with(|c| {
             let now = now_ms();
             let n = c.execute(
                 "UPDATE jobs SET status = ?2, error = ?3, outputs = ?4, result_bytes = ?5,
@@ -391,7 +400,7 @@ impl Store {
             details: serde_json::Value::Null,
         })
         .unwrap_or_default();
-        self.with(|c| {
+        self.db.with(|c| {
             let now = now_ms();
             let tx = c.transaction()?;
             let requeued = tx.execute(
@@ -425,7 +434,7 @@ impl Store {
         error: &ErrorInfo,
     ) -> Result<Vec<String>, WorkerError> {
         let err = serde_json::to_string(error).unwrap_or_default();
-        self.with(|c| {
+        self.db.with(|c| {
             let now = now_ms();
             let mut st = c.prepare(
                 "UPDATE jobs SET status = 'failed', error = ?2, updated_at = ?3, finished_at = ?3
@@ -438,7 +447,7 @@ impl Store {
 
     /// Queued job ids in queue order.
     pub fn queued_ids(&self) -> Result<Vec<String>, WorkerError> {
-        self.with(|c| {
+        self.db.with(|c| {
             let mut st = c.prepare("SELECT id FROM jobs WHERE status = 'queued' ORDER BY seq")?;
             let rows = st.query_map([], |r| r.get(0))?;
             rows.collect()
@@ -447,7 +456,7 @@ impl Store {
 
     /// Number of jobs ahead of a queued job (queued before it, plus running ones).
     pub fn queue_position(&self, seq: i64) -> Result<u64, WorkerError> {
-        self.with(|c| {
+        self.db.with(|c| {
             c.query_row(
                 "SELECT COUNT(*) FROM jobs WHERE (status = 'queued' AND seq < ?1) OR status IN ('running','canceling')",
                 [seq],
@@ -460,7 +469,7 @@ impl Store {
     /// Number of jobs ahead of one handed to ComfyUI that has not begun
     /// executing: the ones handed before it (ComfyUI runs them in order).
     pub fn handed_position(&self, seq: i64) -> Result<u64, WorkerError> {
-        self.with(|c| {
+        self.db.with(|c| {
             c.query_row(
                 "SELECT COUNT(*) FROM jobs WHERE status IN ('running','canceling') AND seq < ?1",
                 [seq],
@@ -475,7 +484,7 @@ impl Store {
     /// [`Store::queue_position`] and [`Store::handed_position`] count it:
     /// one query for the whole queue.
     pub fn waiting_positions(&self) -> Result<Vec<(JobRow, u64)>, WorkerError> {
-        let active = self.with(|c| {
+        let active = self.db.with(|c| {
             let mut st = c.prepare(&format!(
                 "SELECT {COLUMNS} FROM jobs WHERE status IN ('queued','running','canceling') ORDER BY seq"
             ))?;
@@ -506,7 +515,7 @@ impl Store {
 
     /// Jobs not yet finished.
     pub fn active_count(&self) -> Result<u64, WorkerError> {
-        self.with(|c| {
+        self.db.with(|c| {
             c.query_row(
                 "SELECT COUNT(*) FROM jobs WHERE status IN ('queued','running','canceling')",
                 [],
@@ -518,7 +527,7 @@ impl Store {
 
     /// Job counts by status, for metrics.
     pub fn counts(&self) -> Result<Vec<(String, u64)>, WorkerError> {
-        self.with(|c| {
+        self.db.with(|c| {
             let mut st =
                 c.prepare("SELECT status, COUNT(*) FROM jobs GROUP BY status ORDER BY status")?;
             let rows = st.query_map([], |r| {
@@ -536,7 +545,7 @@ impl Store {
         cutoff_ms: i64,
         max_result_bytes: u64,
     ) -> Result<Vec<JobRow>, WorkerError> {
-        self.with(|c| {
+        self.db.with(|c| {
             let mut victims = Vec::new();
             let mut st = c.prepare(&format!(
                 "SELECT {COLUMNS} FROM jobs WHERE status IN ('succeeded','failed','canceled')
@@ -568,7 +577,7 @@ impl Store {
             details: serde_json::Value::Null,
         };
         let err = serde_json::to_string(&err).unwrap_or_default();
-        self.with(|c| {
+        self.db.with(|c| {
             c.execute(
                 "UPDATE jobs SET status = 'expired', error = ?2, updated_at = ?3 WHERE id = ?1 AND status = 'succeeded'",
                 params![id, err, now_ms()],
@@ -584,7 +593,7 @@ impl Store {
 
     /// Every job id the store knows (to clean orphan spool directories).
     pub fn all_ids(&self) -> Result<std::collections::HashSet<String>, WorkerError> {
-        self.with(|c| {
+        self.db.with(|c| {
             let mut st = c.prepare("SELECT id FROM jobs")?;
             let rows = st.query_map([], |r| r.get(0))?;
             rows.collect()
@@ -795,6 +804,7 @@ mod tests {
         }
         let store = Store::open(&path).expect("migrate");
         let cols: Vec<String> = store
+            .db
             .with(|c| {
                 c.prepare("SELECT name FROM pragma_table_info('jobs')")?
                     .query_map([], |r| r.get(0))?

@@ -4,12 +4,12 @@
 //! blobs named by their hash ([`super::blobs`]).
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use comfy_remote_protocol::media::FileKind;
 use comfy_remote_protocol::v2::assets::AssetRecord;
 use comfy_remote_protocol::v2::view::OutputRecord;
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::{params, OptionalExtension, Row};
 
 use crate::error::WorkerError;
 use crate::store::now_ms;
@@ -132,7 +132,7 @@ pub struct V2Job {
 /// The v2 store: one connection behind a mutex, every statement short.
 #[derive(Debug)]
 pub struct V2Store {
-    conn: Mutex<Connection>,
+    db: crate::store::Db,
 }
 
 impl V2Store {
@@ -148,22 +148,14 @@ impl V2Store {
     pub fn open(path: &Path) -> Result<V2Store, WorkerError> {
         let conn = crate::store::open_connection(path, SCHEMA)?;
         Ok(V2Store {
-            conn: Mutex::new(conn),
+            db: crate::store::Db::new(conn),
         })
-    }
-
-    fn with<T>(
-        &self,
-        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
-    ) -> Result<T, WorkerError> {
-        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(f(&mut conn)?)
     }
 
     /// Claim `key` (single use): `false` when it is held (claimed less
     /// than 24 h ago). An expired claim is taken over.
     pub fn claim_key(&self, key: &str) -> Result<bool, WorkerError> {
-        self.with(|c| {
+        self.db.with(|c| {
             let now = now_ms();
             let n = c.execute(
                 "INSERT INTO idempotency_keys (key, claimed_at) VALUES (?1, ?2)
@@ -177,7 +169,7 @@ impl V2Store {
 
     /// Release a claim whose request created nothing.
     pub fn release_key(&self, key: &str) -> Result<(), WorkerError> {
-        self.with(|c| {
+        self.db.with(|c| {
             c.execute(
                 "DELETE FROM idempotency_keys WHERE key = ?1 AND job_id IS NULL",
                 [key],
@@ -188,7 +180,7 @@ impl V2Store {
 
     /// Record a new v2 job (and bind its key, if any), in one transaction.
     pub fn insert_job(&self, job: &V2Job, key: Option<&str>) -> Result<(), WorkerError> {
-        self.with(|c| {
+        self.db.with(|c| {
             let tx = c.transaction()?;
             tx.execute(
                 "INSERT INTO v2_jobs (id, own_graph, workflow, created_at) VALUES (?1, ?2, ?3, ?4)",
@@ -205,7 +197,7 @@ impl V2Store {
     }
 
     pub fn job(&self, id: &str) -> Result<Option<V2Job>, WorkerError> {
-        self.with(|c| {
+        self.db.with(|c| {
             c.query_row(
                 "SELECT id, own_graph, workflow, outputs_ready FROM v2_jobs WHERE id = ?1",
                 [id],
@@ -224,7 +216,7 @@ impl V2Store {
 
     /// The newest v2 job ids, at most `limit`.
     pub fn recent_jobs(&self, limit: u32) -> Result<Vec<String>, WorkerError> {
-        self.with(|c| {
+        self.db.with(|c| {
             let mut st =
                 c.prepare("SELECT id FROM v2_jobs ORDER BY created_at DESC, rowid DESC LIMIT ?1")?;
             let rows = st.query_map([limit], |r| r.get(0))?;
@@ -235,7 +227,7 @@ impl V2Store {
     /// Store a job's output assets and mark its outputs ready, at once. A
     /// job without a v2 record (submitted through v1) gets one.
     pub fn put_outputs(&self, job_id: &str, assets: &[AssetRow]) -> Result<(), WorkerError> {
-        self.with(|c| {
+        self.db.with(|c| {
             let tx = c.transaction()?;
             for (i, a) in assets.iter().enumerate() {
                 tx.execute(
@@ -259,7 +251,7 @@ impl V2Store {
 
     /// A job's output assets, in order.
     pub fn outputs(&self, job_id: &str) -> Result<Vec<AssetRow>, WorkerError> {
-        self.with(|c| {
+        self.db.with(|c| {
             let mut st = c.prepare(&format!(
                 "SELECT {ASSET_COLUMNS} FROM assets WHERE job_id = ?1 ORDER BY position"
             ))?;
@@ -270,7 +262,7 @@ impl V2Store {
 
     /// Store an uploaded asset.
     pub fn insert_asset(&self, a: &AssetRow) -> Result<(), WorkerError> {
-        self.with(|c| {
+        self.db.with(|c| {
             c.execute(
                 &format!("INSERT INTO assets ({ASSET_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, NULL, NULL, NULL)"),
                 params![a.id, a.hash, a.size_bytes as i64, a.content_type, a.file_path, a.created_at, a.expires_at],
@@ -281,7 +273,7 @@ impl V2Store {
 
     /// An asset that has not expired.
     pub fn asset(&self, id: &str) -> Result<Option<AssetRow>, WorkerError> {
-        self.with(|c| {
+        self.db.with(|c| {
             c.query_row(
                 &format!(
                     "SELECT {ASSET_COLUMNS} FROM assets WHERE id = ?1 AND (expires_at IS NULL OR expires_at > ?2)"
@@ -295,7 +287,7 @@ impl V2Store {
 
     /// The newest live asset with these bytes (an uploaded one first).
     pub fn by_hash(&self, hash: &str) -> Result<Option<AssetRow>, WorkerError> {
-        self.with(|c| {
+        self.db.with(|c| {
             c.query_row(
                 &format!(
                     "SELECT {ASSET_COLUMNS} FROM assets WHERE hash = ?1 AND (expires_at IS NULL OR expires_at > ?2)
@@ -311,7 +303,7 @@ impl V2Store {
     /// Delete an asset record; returns its hash when no record refers to
     /// those bytes any more (the caller removes the blob).
     pub fn delete_asset(&self, id: &str) -> Result<Option<String>, WorkerError> {
-        self.with(|c| {
+        self.db.with(|c| {
             let tx = c.transaction()?;
             let hash: Option<String> = tx
                 .query_row(
@@ -337,7 +329,7 @@ impl V2Store {
 
     /// Uploaded assets past their expiry.
     pub fn expired_assets(&self) -> Result<Vec<String>, WorkerError> {
-        self.with(|c| {
+        self.db.with(|c| {
             let mut st = c.prepare(
                 "SELECT id FROM assets WHERE expires_at IS NOT NULL AND expires_at <= ?1",
             )?;
@@ -348,7 +340,7 @@ impl V2Store {
 
     /// Jobs that have output assets.
     pub fn jobs_with_outputs(&self) -> Result<Vec<String>, WorkerError> {
-        self.with(|c| {
+        self.db.with(|c| {
             let mut st =
                 c.prepare("SELECT DISTINCT job_id FROM assets WHERE job_id IS NOT NULL")?;
             let rows = st.query_map([], |r| r.get(0))?;
@@ -358,7 +350,7 @@ impl V2Store {
 
     /// Forget keys claimed more than 24 h ago.
     pub fn forget_old_keys(&self) -> Result<(), WorkerError> {
-        self.with(|c| {
+        self.db.with(|c| {
             c.execute(
                 "DELETE FROM idempotency_keys WHERE claimed_at < ?1",
                 [now_ms() - KEY_TTL_MS],
