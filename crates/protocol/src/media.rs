@@ -266,6 +266,31 @@ fn png(
     Ok(out)
 }
 
+/// One 8-bit PNG per frame of `px` (`b` frames of `w x h x c` values).
+fn png_frames(
+    name: &str,
+    px: &[f32],
+    b: usize,
+    (w, h, c): (usize, usize, usize),
+    color: image::ExtendedColorType,
+) -> Result<Vec<MediaFile>, MediaError> {
+    let frame = w * h * c;
+    (0..b)
+        .map(|i| {
+            let item: Vec<u8> = px[i * frame..(i + 1) * frame]
+                .iter()
+                .map(|v| quantize(*v))
+                .collect();
+            Ok(MediaFile {
+                name: numbered(name, i, b, "png"),
+                kind: FileKind::Image,
+                content_type: "image/png",
+                bytes: png(&item, w, h, color)?,
+            })
+        })
+        .collect()
+}
+
 /// The files one output value becomes (see the module docs).
 pub fn files_of(entry: &Entry<'_>) -> Result<Vec<MediaFile>, MediaError> {
     let ty = types::type_of(entry);
@@ -281,39 +306,13 @@ pub fn files_of(entry: &Entry<'_>) -> Result<Vec<MediaFile>, MediaError> {
                     3 => image::ExtendedColorType::Rgb8,
                     _ => image::ExtendedColorType::Rgba8,
                 };
-                let mut files = Vec::with_capacity(b);
-                for i in 0..b {
-                    let item: Vec<u8> = px[i * h * w * c..(i + 1) * h * w * c]
-                        .iter()
-                        .map(|v| quantize(*v))
-                        .collect();
-                    files.push(MediaFile {
-                        name: numbered(&name, i, b, "png"),
-                        kind: FileKind::Image,
-                        content_type: "image/png",
-                        bytes: png(&item, w, h, color)?,
-                    });
-                }
-                return Ok(files);
+                return png_frames(&name, &px, b, (w, h, c), color);
             }
         }
         (ComfyType::MASK, Value::Tensor(t)) if t.shape.len() == 3 => {
             if let Some(px) = to_f32(t) {
                 let (b, h, w) = (t.shape[0], t.shape[1], t.shape[2]);
-                let mut files = Vec::with_capacity(b);
-                for i in 0..b {
-                    let item: Vec<u8> = px[i * h * w..(i + 1) * h * w]
-                        .iter()
-                        .map(|v| quantize(*v))
-                        .collect();
-                    files.push(MediaFile {
-                        name: numbered(&name, i, b, "png"),
-                        kind: FileKind::Image,
-                        content_type: "image/png",
-                        bytes: png(&item, w, h, image::ExtendedColorType::L8)?,
-                    });
-                }
-                return Ok(files);
+                return png_frames(&name, &px, b, (w, h, 1), image::ExtendedColorType::L8);
             }
         }
         (ComfyType::AUDIO, v) => {
