@@ -3,6 +3,7 @@
 //! server has (`from-hash`), the `HEAD by-hash` probe, metadata, delete,
 //! and the bytes with `Range`.
 
+use comfy_remote_protocol::v2::assets::AssetRecord;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -28,7 +29,7 @@ use crate::store::now_ms;
 
 impl V2 {
     fn asset_json(&self, a: &AssetRow, created_new: Option<bool>, base: &str) -> Asset {
-        a.record()
+        a.record
             .asset(created_new, base, now_ms() + self.retention_ms())
     }
 
@@ -161,14 +162,16 @@ pub(super) async fn upload(State(v2): State<Arc<V2>>, req: Request) -> Result<Re
         return Err(V2Error::internal("the spooled upload vanished"));
     };
     let row = AssetRow {
-        id: uuid::Uuid::new_v4().to_string(),
-        hash: hash.clone(),
-        size_bytes: size,
-        content_type: upload.content_type,
-        file_path: Some(upload.file_path),
-        created_at: now_ms(),
-        expires_at: Some(v2.expiry(upload.expires_in)),
-        job_id: None,
+        record: AssetRecord {
+            id: uuid::Uuid::new_v4().to_string(),
+            hash: hash.clone(),
+            size_bytes: size,
+            content_type: upload.content_type,
+            file_path: Some(upload.file_path),
+            created_at: now_ms(),
+            expires_at: Some(v2.expiry(upload.expires_in)),
+            job_id: None,
+        },
         node_id: None,
         name: None,
         kind: None,
@@ -242,14 +245,16 @@ pub(super) async fn from_hash(
         return Err(not_found());
     }
     let row = AssetRow {
-        id: uuid::Uuid::new_v4().to_string(),
-        hash,
-        size_bytes: existing.size_bytes,
-        content_type: existing.content_type.clone(),
-        file_path: req.file_path.or(existing.file_path),
-        created_at: now_ms(),
-        expires_at: Some(expires_at),
-        job_id: None,
+        record: AssetRecord {
+            id: uuid::Uuid::new_v4().to_string(),
+            hash,
+            size_bytes: existing.size_bytes,
+            content_type: existing.content_type.clone(),
+            file_path: req.file_path.or(existing.record.file_path),
+            created_at: now_ms(),
+            expires_at: Some(expires_at),
+            job_id: None,
+        },
         node_id: None,
         name: None,
         kind: None,

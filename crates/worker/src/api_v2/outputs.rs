@@ -5,6 +5,7 @@
 
 use comfy_remote_contract::layout;
 use comfy_remote_protocol::api::JobStatus;
+use comfy_remote_protocol::v2::assets::AssetRecord;
 use comfy_remote_protocol::v2::outputs::{split, Naming};
 use comfy_remote_protocol::v2::view::{blake3_hash, OutputRecord};
 use comfy_remote_protocol::Limits;
@@ -81,14 +82,16 @@ impl V2 {
                 .await
                 .map_err(|e| WorkerError::io("storing an output", e))?;
             rows.push(AssetRow {
-                id: uuid::Uuid::new_v4().to_string(),
-                hash: hash.clone(),
-                size_bytes: f.bytes.len() as u64,
-                content_type: f.content_type.clone(),
-                file_path: Some(f.name.clone()),
-                created_at: now,
-                expires_at: None,
-                job_id: Some(id.clone()),
+                record: AssetRecord {
+                    id: uuid::Uuid::new_v4().to_string(),
+                    hash: hash.clone(),
+                    size_bytes: f.bytes.len() as u64,
+                    content_type: f.content_type.clone(),
+                    file_path: Some(f.name.clone()),
+                    created_at: now,
+                    expires_at: None,
+                    job_id: Some(id.clone()),
+                },
                 node_id: Some(f.node_id.clone()),
                 name: Some(f.name.clone()),
                 kind: Some(f.kind),

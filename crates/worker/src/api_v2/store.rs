@@ -48,41 +48,25 @@ CREATE INDEX IF NOT EXISTS assets_hash ON assets(hash);
 CREATE INDEX IF NOT EXISTS assets_job ON assets(job_id, position);
 ";
 
-/// An asset row.
+/// An asset row: what the protocol keeps of an asset and, for outputs, the
+/// node, the file's name and kind.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AssetRow {
-    pub id: String,
-    /// `blake3:<hex>`.
-    pub hash: String,
-    pub size_bytes: u64,
-    pub content_type: String,
-    pub file_path: Option<String>,
-    pub created_at: i64,
-    /// When an uploaded asset expires; `None` for outputs (they live as
-    /// long as their job's result).
-    pub expires_at: Option<i64>,
-    /// Outputs: the job, the node, the file's name and kind.
-    pub job_id: Option<String>,
+    pub record: AssetRecord,
     pub node_id: Option<String>,
     pub name: Option<String>,
     pub kind: Option<FileKind>,
 }
 
-impl AssetRow {
-    /// What the protocol knows of it (its JSON).
-    pub fn record(&self) -> AssetRecord {
-        AssetRecord {
-            id: self.id.clone(),
-            hash: self.hash.clone(),
-            size_bytes: self.size_bytes,
-            content_type: self.content_type.clone(),
-            file_path: self.file_path.clone(),
-            created_at: self.created_at,
-            expires_at: self.expires_at,
-            job_id: self.job_id.clone(),
-        }
-    }
+impl std::ops::Deref for AssetRow {
+    type Target = AssetRecord;
 
+    fn deref(&self) -> &AssetRecord {
+        &self.record
+    }
+}
+
+impl AssetRow {
     /// The output record of an output asset.
     pub fn output(&self) -> Option<OutputRecord> {
         Some(OutputRecord {
@@ -104,14 +88,16 @@ const ASSET_COLUMNS: &str =
 fn row_to_asset(r: &Row<'_>) -> rusqlite::Result<AssetRow> {
     let kind: Option<String> = r.get(10)?;
     Ok(AssetRow {
-        id: r.get(0)?,
-        hash: r.get(1)?,
-        size_bytes: r.get::<_, i64>(2)?.max(0) as u64,
-        content_type: r.get(3)?,
-        file_path: r.get(4)?,
-        created_at: r.get(5)?,
-        expires_at: r.get(6)?,
-        job_id: r.get(7)?,
+        record: AssetRecord {
+            id: r.get(0)?,
+            hash: r.get(1)?,
+            size_bytes: r.get::<_, i64>(2)?.max(0) as u64,
+            content_type: r.get(3)?,
+            file_path: r.get(4)?,
+            created_at: r.get(5)?,
+            expires_at: r.get(6)?,
+            job_id: r.get(7)?,
+        },
         node_id: r.get(8)?,
         name: r.get(9)?,
         kind: kind.and_then(|k| serde_json::from_value(serde_json::Value::String(k)).ok()),
@@ -393,14 +379,16 @@ mod tests {
     fn assets_expire_and_the_last_record_of_a_blob_frees_it() {
         let (_d, s) = store();
         let a = |id: &str, expires_at: Option<i64>| AssetRow {
-            id: id.into(),
-            hash: "blake3:h".into(),
-            size_bytes: 3,
-            content_type: "image/png".into(),
-            file_path: Some("p.png".into()),
-            created_at: now_ms(),
-            expires_at,
-            job_id: None,
+            record: AssetRecord {
+                id: id.into(),
+                hash: "blake3:h".into(),
+                size_bytes: 3,
+                content_type: "image/png".into(),
+                file_path: Some("p.png".into()),
+                created_at: now_ms(),
+                expires_at,
+                job_id: None,
+            },
             node_id: None,
             name: None,
             kind: None,
@@ -413,7 +401,7 @@ mod tests {
             "expired assets are gone"
         );
         assert_eq!(
-            s.by_hash("blake3:h").expect("hash").map(|r| r.id),
+            s.by_hash("blake3:h").expect("hash").map(|r| r.record.id),
             Some("new".into())
         );
         assert_eq!(s.expired_assets().expect("expired"), ["old"]);
