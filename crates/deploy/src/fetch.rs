@@ -131,6 +131,143 @@ pub fn read_plan(path: &Path) -> Result<Vec<Wanted>> {
 mod tests {
     use super::*;
 
+    use std::io::BufRead;
+    use std::net::TcpListener;
+
+    /// A local HTTP server answering every GET with `body` (one thread, until the test ends);
+    /// returns its base URL and the request lines it was sent.
+    fn serve(body: &'static [u8]) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = std::io::BufReader::new(stream.try_clone().expect("clone"));
+                let mut first = String::new();
+                let _ = reader.read_line(&mut first);
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                }
+                if let Ok(mut l) = log.lock() {
+                    l.push(first.trim_end().to_owned());
+                }
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes());
+                let _ = stream.write_all(body);
+            }
+        });
+        (format!("http://{addr}"), seen)
+    }
+
+    fn sha256_of(b: &[u8]) -> String {
+        hex::encode(Sha256::digest(b))
+    }
+
+    /// The files under `dir`, relative, sorted.
+    fn files(dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if let Ok(rel) = p.strip_prefix(dir) {
+                    out.push(rel.to_string_lossy().replace('\\', "/"));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    const BODY: &[u8] = b"tiny model weights\x00\x01\x02";
+
+    #[test]
+    fn a_served_file_lands_in_place_verified_and_recorded() {
+        let (base, seen) = serve(BODY);
+        let tmp = tempfile::tempdir().expect("tmp");
+        let w = Wanted {
+            path: "loras/tiny.safetensors".into(),
+            url: format!("{base}/org/repo/resolve/main/tiny.safetensors"),
+            sha256: sha256_of(BODY).to_ascii_uppercase(),
+        };
+        let mut logged = Vec::new();
+        let fetched = fetch_all(std::slice::from_ref(&w), tmp.path(), &mut |l| {
+            logged.push(l.to_owned())
+        })
+        .expect("fetched");
+        assert_eq!(fetched, vec!["loras/tiny.safetensors".to_owned()]);
+        assert_eq!(
+            std::fs::read(tmp.path().join("loras/tiny.safetensors")).expect("read"),
+            BODY
+        );
+        assert_eq!(
+            files(tmp.path()),
+            [".comfy-remote/fetched.json", "loras/tiny.safetensors"],
+            "no .part left"
+        );
+        let record: BTreeMap<String, String> = serde_json::from_str(
+            &std::fs::read_to_string(tmp.path().join(FETCHED_FILE)).expect("record"),
+        )
+        .expect("json");
+        assert_eq!(record["loras/tiny.safetensors"], sha256_of(BODY));
+        assert_eq!(
+            seen.lock().expect("seen").as_slice(),
+            ["GET /org/repo/resolve/main/tiny.safetensors HTTP/1.1"]
+        );
+        assert!(
+            logged[0].starts_with("fetching model loras/tiny.safetensors from http://127.0.0.1:")
+        );
+
+        // A second start finds it recorded and there: nothing is fetched.
+        assert!(fetch_all(&[w], tmp.path(), &mut |_| {})
+            .expect("again")
+            .is_empty());
+        assert_eq!(seen.lock().expect("seen").len(), 1);
+    }
+
+    #[test]
+    fn a_download_with_another_hash_is_refused_naming_both_and_nothing_is_left() {
+        let (base, _) = serve(BODY);
+        let tmp = tempfile::tempdir().expect("tmp");
+        let expected = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        let w = Wanted {
+            path: "checkpoints/x.safetensors".into(),
+            url: format!("{base}/x.safetensors"),
+            sha256: expected.into(),
+        };
+        let e = fetch_all(&[w], tmp.path(), &mut |_| {}).expect_err("mismatch");
+        assert!(matches!(e, DeployError::Fetch { .. }), "{e:?}");
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with("model checkpoints/x.safetensors: "),
+            "{msg}"
+        );
+        assert!(
+            msg.contains(&format!("has sha256 {}", sha256_of(BODY))),
+            "names the hash it got: {msg}"
+        );
+        assert!(
+            msg.contains(&format!("modal_config.json says {expected}")),
+            "names the hash expected: {msg}"
+        );
+        assert!(msg.contains("the download was discarded"), "{msg}");
+        assert_eq!(
+            files(tmp.path()),
+            Vec::<String>::new(),
+            "neither the file, its .part nor a record is left"
+        );
+    }
+
     #[test]
     fn a_file_already_fetched_is_not_fetched_again_and_a_bad_url_fails_cleanly() {
         let tmp = tempfile::tempdir().expect("tmp");
