@@ -269,6 +269,9 @@ pub struct ModelSource {
     pub revision: Option<String>,
     /// The file's SHA-256 (64 hex digits): a download that does not match is refused.
     pub sha256: String,
+    /// The file's size in bytes, when known: the plan counts it in the bytes a deploy moves.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
 }
 
 impl ModelSource {

@@ -95,7 +95,7 @@ pub fn plan(
                 origin: Origin::Url {
                     url: source.fetch_url(),
                 },
-                size: None,
+                size: source.size,
                 sha256: Some(source.sha256.to_ascii_lowercase()),
             });
             continue;
@@ -218,6 +218,17 @@ pub fn upload_bytes(plan: &[ModelPlan]) -> u64 {
         .filter(|m| matches!(m.origin, Origin::Local { .. }))
         .filter_map(|m| m.size)
         .sum()
+}
+
+/// Bytes the first start fetches from URLs at most, counting the files whose size the config
+/// gives, and how many URL files it does not give a size for.
+pub fn fetch_bytes(plan: &[ModelPlan]) -> (u64, usize) {
+    plan.iter()
+        .filter(|m| matches!(m.origin, Origin::Url { .. }))
+        .fold((0, 0), |(bytes, unknown), m| match m.size {
+            Some(n) => (bytes + n, unknown),
+            None => (bytes, unknown + 1),
+        })
 }
 
 /// `1.2 GiB`, `340 KiB`, `12 B`.

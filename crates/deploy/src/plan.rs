@@ -46,6 +46,10 @@ pub struct Plan {
     pub models: Vec<ModelPlan>,
     /// Bytes `modal volume put` moves at most.
     pub upload_bytes: u64,
+    /// Bytes the first start fetches from URLs at most (the files whose size the config gives).
+    pub fetch_bytes: u64,
+    /// URL-fetched files whose size the config does not give.
+    pub fetch_size_unknown: usize,
     /// Packages the lock pins (with hashes).
     pub locked_packages: usize,
     #[serde(skip)]
@@ -360,9 +364,10 @@ pub fn describe(plan: &Plan, volume: Option<&VolumeConfig>) -> Vec<String> {
                 m.remote()
             ),
             Origin::Url { url } => format!(
-                "model {} (node {}): {url}{hash} -> {vol}:{}, fetched at the first start",
+                "model {} (node {}): {url} ({}{hash}) -> {vol}:{}, fetched at the first start unless it is there with the same hash",
                 m.key(),
                 m.used_by,
+                m.size.map_or_else(|| "size unknown".to_owned(), models::human_bytes),
                 m.remote()
             ),
             Origin::Volume => format!(
@@ -374,10 +379,122 @@ pub fn describe(plan: &Plan, volume: Option<&VolumeConfig>) -> Vec<String> {
         };
         out.push(line);
     }
+    let urls = plan
+        .models
+        .iter()
+        .filter(|m| matches!(m.origin, Origin::Url { .. }))
+        .count();
+    let unknown = plan.fetch_size_unknown;
+    let fetched = if urls == 0 {
+        String::new()
+    } else if unknown == 0 {
+        format!(
+            "; model fetches at the first start: up to {}",
+            models::human_bytes(plan.fetch_bytes)
+        )
+    } else if unknown == urls {
+        format!("; model fetches at the first start: size unknown ({unknown} file(s) without a \"size\" in modal_config.json)")
+    } else {
+        format!(
+            "; model fetches at the first start: up to {} plus {unknown} file(s) of unknown size (no \"size\" in modal_config.json)",
+            models::human_bytes(plan.fetch_bytes)
+        )
+    };
     out.push(format!(
-        "image packages: {} locked with hashes; model uploads: up to {}",
+        "image packages: {} locked with hashes; model uploads: up to {}{fetched}",
         plan.locked_packages,
         models::human_bytes(plan.upload_bytes)
     ));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(file: &str, origin: Origin, size: Option<u64>) -> ModelPlan {
+        ModelPlan {
+            folder: "checkpoints".into(),
+            file: file.into(),
+            used_by: "4:ckpt_name".into(),
+            origin,
+            size,
+            sha256: Some("ab".repeat(32)),
+        }
+    }
+
+    fn plan_of(models_: Vec<ModelPlan>) -> Plan {
+        Plan {
+            packs: Vec::new(),
+            upload_bytes: models::upload_bytes(&models_),
+            fetch_bytes: models::fetch_bytes(&models_).0,
+            fetch_size_unknown: models::fetch_bytes(&models_).1,
+            models: models_,
+            locked_packages: 3,
+            lock: Lock {
+                text: String::new(),
+                packages: 3,
+                cached: true,
+            },
+            notes: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    fn url(u: &str) -> Origin {
+        Origin::Url { url: u.into() }
+    }
+
+    #[test]
+    fn the_plan_counts_the_bytes_url_models_move_or_says_their_size_is_unknown() {
+        let vol = VolumeConfig {
+            name: "m".into(),
+            mount: "/models".into(),
+            create: true,
+        };
+        let local = model(
+            "a.safetensors",
+            Origin::Local {
+                path: "/c/a.safetensors".into(),
+            },
+            Some(2048),
+        );
+        let sized = model("b.safetensors", url("https://x/b"), Some(3 << 30));
+        let unsized_ = model("c.safetensors", url("https://x/c"), None);
+
+        let lines = describe(&plan_of(vec![local.clone(), sized.clone()]), Some(&vol));
+        assert!(
+            lines[1].starts_with("model checkpoints/b.safetensors (node 4:ckpt_name): https://x/b (3.0 GiB, sha256 abababababababab) -> Volume m:/checkpoints/b.safetensors, fetched at the first start"),
+            "{lines:?}"
+        );
+        assert_eq!(
+            lines.last().map(String::as_str),
+            Some("image packages: 3 locked with hashes; model uploads: up to 2.0 KiB; model fetches at the first start: up to 3.0 GiB")
+        );
+
+        let lines = describe(&plan_of(vec![unsized_.clone()]), Some(&vol));
+        assert!(
+            lines[0].contains("https://x/c (size unknown, sha256 "),
+            "{lines:?}"
+        );
+        assert_eq!(
+            lines.last().map(String::as_str),
+            Some("image packages: 3 locked with hashes; model uploads: up to 0 B; model fetches at the first start: size unknown (1 file(s) without a \"size\" in modal_config.json)")
+        );
+
+        let lines = describe(&plan_of(vec![sized, unsized_]), Some(&vol));
+        assert!(
+            lines
+                .last()
+                .is_some_and(|l| l.ends_with("model fetches at the first start: up to 3.0 GiB plus 1 file(s) of unknown size (no \"size\" in modal_config.json)")),
+            "{lines:?}"
+        );
+
+        let lines = describe(&plan_of(vec![local]), Some(&vol));
+        assert_eq!(
+            lines.last().map(String::as_str),
+            Some("image packages: 3 locked with hashes; model uploads: up to 2.0 KiB"),
+            "no fetch clause without URL models"
+        );
+    }
 }

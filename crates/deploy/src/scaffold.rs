@@ -181,6 +181,8 @@ pub fn scaffold(req: &ScaffoldRequest, runner: &Runner, sink: Sink<'_>) -> Resul
     let plan = Plan {
         packs: plan::packs(&config, &found, req),
         upload_bytes: crate::models::upload_bytes(&models),
+        fetch_bytes: crate::models::fetch_bytes(&models).0,
+        fetch_size_unknown: crate::models::fetch_bytes(&models).1,
         models,
         locked_packages: lock.packages,
         lock,

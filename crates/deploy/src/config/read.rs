@@ -50,7 +50,7 @@ const TORCH_KEYS: &[&str] = &[
 ];
 const PACK_KEYS: &[&str] = &["name", "path", "git", "ref", "nodes"];
 const VOLUME_KEYS: &[&str] = &["name", "mount", "create"];
-const MODEL_KEYS: &[&str] = &["url", "hf", "file", "revision", "sha256"];
+const MODEL_KEYS: &[&str] = &["url", "hf", "file", "revision", "sha256", "size"];
 const AUTH_KEYS: &[&str] = &["proxy_auth", "token_secret"];
 const INSTALL_KEYS: &[&str] = &["source", "index_url"];
 
@@ -266,7 +266,7 @@ fn volume(doc: &Obj<'_>) -> Result<Option<VolumeConfig>> {
 }
 
 fn models(doc: &Obj<'_>) -> Result<BTreeMap<String, ModelSource>> {
-    let form = "an object of \"<folder>/<file>\" -> {\"url\": URL, \"sha256\": HEX} or {\"hf\": \"org/repo\", \"file\": PATH, \"revision\": REV, \"sha256\": HEX}";
+    let form = "an object of \"<folder>/<file>\" -> {\"url\": URL, \"sha256\": HEX, \"size\": BYTES} or {\"hf\": \"org/repo\", \"file\": PATH, \"revision\": REV, \"sha256\": HEX, \"size\": BYTES}";
     let Some(v) = doc.get("models") else {
         return Ok(BTreeMap::new());
     };
@@ -292,6 +292,7 @@ fn models(doc: &Obj<'_>) -> Result<BTreeMap<String, ModelSource>> {
                 file: o.string("file", "a path in the repository")?,
                 revision: o.string("revision", "a branch, tag or commit")?,
                 sha256,
+                size: o.bytes("size", "the file's size in bytes (a whole number)")?,
             },
         );
     }
@@ -394,6 +395,17 @@ impl<'a> Obj<'a> {
             None => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
             Some(other) => Err(invalid(&self.path(key), "true or false", other)),
+        }
+    }
+
+    /// A whole number of bytes.
+    fn bytes(&self, key: &str, form: &str) -> Result<Option<u64>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| invalid(&self.path(key), form, v)),
         }
     }
 

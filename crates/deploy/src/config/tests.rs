@@ -263,3 +263,44 @@ fn a_public_service_is_warned_about() {
     cfg.auth.token_secret = Some("tok".into());
     assert!(cfg.warnings().is_empty());
 }
+
+#[test]
+fn model_sources_read_with_their_size_and_a_hugging_face_file_maps_to_its_resolve_url() {
+    let sha = "ab".repeat(32);
+    let cfg = ok(&format!(
+        r#"{{"version": 1, "models": {{
+            "checkpoints/sd15.safetensors": {{"hf": "org/sd15", "file": "weights/sd15.safetensors", "revision": "v2", "sha256": "{sha}", "size": 4265146304}},
+            "loras/detail.safetensors": {{"hf": "org/loras", "file": "detail.safetensors", "sha256": "{sha}"}},
+            "vae/x.safetensors": {{"url": "https://example.com/x.safetensors", "sha256": "{sha}"}}
+        }}}}"#
+    ));
+    let sd15 = &cfg.models["checkpoints/sd15.safetensors"];
+    assert_eq!(
+        sd15.fetch_url(),
+        "https://huggingface.co/org/sd15/resolve/v2/weights/sd15.safetensors"
+    );
+    assert_eq!(sd15.size, Some(4_265_146_304));
+    let lora = &cfg.models["loras/detail.safetensors"];
+    assert_eq!(
+        lora.fetch_url(),
+        "https://huggingface.co/org/loras/resolve/main/detail.safetensors",
+        "the revision defaults to main"
+    );
+    assert_eq!(lora.size, None);
+    assert_eq!(
+        cfg.models["vae/x.safetensors"].fetch_url(),
+        "https://example.com/x.safetensors"
+    );
+    let text = cfg.to_json_pretty();
+    assert_eq!(
+        DeployConfig::from_json(&text).expect("reparse").models,
+        cfg.models
+    );
+    let e = err(&format!(
+        r#"{{"version": 1, "models": {{"vae/x.safetensors": {{"url": "https://example.com/x", "sha256": "{sha}", "size": "2 GB"}}}}}}"#
+    ));
+    assert!(
+        e.contains("\"models.vae/x.safetensors.size\" must be the file's size in bytes"),
+        "{e}"
+    );
+}
