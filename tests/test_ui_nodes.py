@@ -5,12 +5,15 @@ behind `comfy-remote serve`.
 A Remote Input declared IMAGE refuses a link to a MASK input and shows no
 job widget. A workflow whose Remote API node points at the worker is built,
 saved and opened again in a fresh page: the node shows the remote workflow's inputs
-by name and type (optional ones hollow) and one output per Remote Output.
-Run is pressed: the node's progress bar moves, its progress text follows
-the remote steps, a remote preview shows on the node, and the result shows
-in a Preview Image node, pixel for pixel. On a long job Cancel is pressed:
-the node ends interrupted and the remote job is `canceled`. Screenshots go
-to artifacts/ui/.
+by name and type (optional ones hollow, with the remote default) and one
+output per Remote Output. Run is pressed: the node's progress bar moves, its
+progress text follows the remote steps, a remote preview shows on the node,
+and the result shows in a Preview Image node, pixel for pixel. On a long job
+Cancel is pressed: the node ends interrupted and the remote job is
+`canceled`. Pointed at an endpoint that does not answer, the node keeps the
+shape it knew and says so; pointed at a changed remote workflow, it names
+the linked input the endpoint no longer has. Screenshots go to
+artifacts/ui/.
 
 Needs COMFYUI_DIR and /usr/bin/chromium (apt-get install -y chromium).
 """
@@ -69,6 +72,10 @@ REMOTE_WORKFLOW = {
     "8": {"class_type": "RemoteOutput", "inputs": {"name": "image", "value": ["6", 0]}},
     "9": {"class_type": "RemoteOutput", "inputs": {"name": "mask", "value": ["7", 0]}},
 }
+
+# The same workflow after an edit on the remote side: `steps` renamed
+# `count`, served by a second worker on the same remote ComfyUI.
+CHANGED_WORKFLOW = {**REMOTE_WORKFLOW, "3": remote_input("count", "INT", ["2", 0])}
 
 # In the page: a Remote Input declared IMAGE, linked to an IMAGE input and
 # to a MASK one, as an artist builds a remote workflow.
@@ -179,6 +186,24 @@ EVENTS = """
 })
 """
 
+# In the page: point the Remote API node at another endpoint (as an artist
+# edits the field), wait for its status line to say `expect`; what it shows.
+RETARGET = """
+(async (id, endpoint, expect) => {
+  const app = window.comfyAPI.app.app;
+  const node = app.graph.getNodeById(id);
+  const w = node.widgets.find(w => w.name === "endpoint");
+  w.value = endpoint; w.callback?.(endpoint);
+  for (let i = 0; i < 600 && !(node.comfyRemoteStatus || "").includes(expect); i++)
+    await new Promise(r => setTimeout(r, 100));
+  app.graph.setDirtyCanvas(true, true);
+  await new Promise(r => setTimeout(r, 300));
+  return {status: node.comfyRemoteStatus,
+          inputs: node.inputs.filter(i => i.name.startsWith("input:")).map(i => ({label: i.label, linked: i.link != null})),
+          outputs: node.outputs.map(o => o.label)};
+})
+"""
+
 # The pictures the Preview Image nodes draw, once loaded: their sizes.
 SHOWN = """
 (async (ids) => {
@@ -262,6 +287,13 @@ def servers(tmp_path_factory: pytest.TempPathFactory, comfyui_dir: Path, comfy_p
         worker = start_worker(REMOTE_WORKFLOW, comfyui=comfyui_dir, python=comfy_python, home=tmp / "remote",
                               spool=tmp / "remote" / "spool")
         started.append(worker)
+        # The changed workflow, served beside it from the ComfyUI it started.
+        found = re.search(r"starting ComfyUI .*port=(\d+)", worker.log_path.read_text(errors="replace"))
+        assert found, "the worker's log names no ComfyUI port"
+        changed = start_worker(CHANGED_WORKFLOW, comfyui=comfyui_dir, python=comfy_python, home=tmp / "changed",
+                               spool=tmp / "changed" / "spool",
+                               extra=["--comfyui-url", f"http://127.0.0.1:{found.group(1)}"])
+        started.append(changed)
         local = start_comfyui(comfy_python, comfyui_dir, tmp / "local")
         started.append(local)
         # A fresh user would get the templates dialog over the canvas.
@@ -285,7 +317,8 @@ def servers(tmp_path_factory: pytest.TempPathFactory, comfyui_dir: Path, comfy_p
             except OSError:
                 return None
 
-        yield {"worker": worker, "local": local, "page": wait_until(page_target, "Chromium's DevTools endpoint")}
+        yield {"worker": worker, "changed": changed, "local": local,
+               "page": wait_until(page_target, "Chromium's DevTools endpoint")}
     finally:
         if chrome is not None:
             chrome.terminate()
@@ -314,6 +347,7 @@ def colors(img: Any) -> set[tuple[int, ...]]:
 
 def test_the_artist_sees_named_inputs_progress_previews_results_and_cancel(servers: dict[str, Any]) -> None:
     import aiohttp
+    from harness import free_port
 
     worker, local = servers["worker"], servers["local"]
 
@@ -358,7 +392,14 @@ def test_the_artist_sees_named_inputs_progress_previews_results_and_cancel(serve
             await asyncio.sleep(0.5)
             texts = await page.js("() => window.__events.filter(e => e.type === 'progress_text').map(e => e.detail.text)")
             await page.screenshot("4-canceled.png")
-            return {"listed": listed, "registered": registered, "typed": typed, "ids": ids, "shown": shown, "run": run,
+
+            # The endpoint stops answering: the node keeps the shape it knew and says so.
+            gone = await page.js(RETARGET, ids["remote"], f"http://127.0.0.1:{free_port()}", "last known")
+            await page.screenshot("5-unreachable.png")
+            # The remote workflow changed: the linked input it lost is kept and named.
+            moved = await page.js(RETARGET, ids["remote"], servers["changed"].url, "endpoint changed")
+            await page.screenshot("6-changed.png")
+            return {"gone": gone, "moved": moved, "listed": listed, "registered": registered, "typed": typed, "ids": ids, "shown": shown, "run": run,
                     "outputs": outputs, "drawn": drawn, "mid": mid, "started": started, "canceled": canceled, "texts": texts}
 
     seen = asyncio.run(drive())
@@ -373,8 +414,9 @@ def test_the_artist_sees_named_inputs_progress_previews_results_and_cancel(serve
     # The node shows the remote workflow's shape, after a save and a reload.
     shown = seen["shown"]
     assert shown["status"] == "", shown
+    # Optional inputs show the default the remote workflow gives them.
     assert [(i["label"], i["type"], i["optional"]) for i in shown["inputs"]] == [
-        ("image", "IMAGE", False), ("steps", "INT", True), ("seconds_per_step", "FLOAT", True)], shown["inputs"]
+        ("image", "IMAGE", False), ("steps = 3", "INT", True), ("seconds_per_step = 0.25", "FLOAT", True)], shown["inputs"]
     assert [i["linked"] for i in shown["inputs"]] == [True, True, False], shown["inputs"]
     assert [(o["label"], o["type"], o["linked"]) for o in shown["outputs"]] == [
         ("image", "IMAGE", True), ("mask", "MASK", True)], shown["outputs"]
@@ -422,6 +464,20 @@ def test_the_artist_sees_named_inputs_progress_previews_results_and_cancel(serve
         status = worker.job(job_id)["status"]
         time.sleep(0.1)
     assert status == "canceled", status
-    for name in ("1-named-inputs.png", "2-progress-and-preview.png", "3-result.png", "4-canceled.png"):
+
+    # Unreachable: the inputs and outputs it knew stay, and the node says why.
+    gone = seen["gone"]
+    assert gone["status"].startswith(f"showing the last known inputs and outputs ({worker.url})"), gone
+    assert [i["label"] for i in gone["inputs"]] == ["image", "steps = 3", "seconds_per_step = 0.25"], gone
+    assert gone["outputs"] == ["image", "mask"], gone
+    # Changed: the new input shows, the linked one the endpoint lost is kept and named.
+    moved = seen["moved"]
+    assert moved["status"] == "the endpoint changed: input steps (not on the endpoint)", moved
+    assert {(i["label"], i["linked"]) for i in moved["inputs"]} == {
+        ("image", True), ("steps (not on the endpoint)", True), ("count = 3", False),
+        ("seconds_per_step = 0.25", False)}, moved
+
+    for name in ("1-named-inputs.png", "2-progress-and-preview.png", "3-result.png", "4-canceled.png",
+                 "5-unreachable.png", "6-changed.png"):
         png = (ARTIFACTS / name).read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000, name

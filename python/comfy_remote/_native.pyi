@@ -3,7 +3,7 @@
 import os
 import pathlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypedDict, final
+from typing import Any, NotRequired, TypedDict, final
 
 # Names with a leading underscore exist only in this stub, not at runtime.
 _StrPath = str | os.PathLike[str]
@@ -141,6 +141,8 @@ class _SignatureItem(TypedDict):
     name: str
     type: str
     optional: bool
+    default: NotRequired[bool | int | float | str]
+    """What an omitted optional input takes, when the endpoint's workflow gives it as a constant."""
 
 class _Signature(TypedDict):
     """An endpoint's ``GET /v1/info``, as ``Client.signature()`` returns it."""

@@ -13,6 +13,10 @@ pub struct SignatureItem {
     pub comfy_type: String,
     #[serde(default)]
     pub optional: bool,
+    /// What an omitted optional input takes, when the endpoint says (a
+    /// constant in its workflow).
+    #[serde(default)]
+    pub default: Option<serde_json::Value>,
 }
 
 fn any_type() -> String {
@@ -223,6 +227,7 @@ mod tests {
             name: name.into(),
             comfy_type: t.into(),
             optional,
+            default: None,
         };
         Signature {
             protocol: "comfy-remote/1".into(),
@@ -272,6 +277,7 @@ mod tests {
                 name: "sigma".into(),
                 comfy_type: "FLOAT".into(),
                 optional: false,
+                default: None,
             }],
             ..sig()
         };
@@ -305,16 +311,19 @@ mod tests {
                     name: "image".into(),
                     comfy_type: "IMAGE".into(),
                     optional: false,
+                    default: None,
                 },
                 SignatureItem {
                     name: "prefix".into(),
                     comfy_type: "STRING".into(),
                     optional: true,
+                    default: None,
                 },
                 SignatureItem {
                     name: "steps".into(),
                     comfy_type: "INT".into(),
                     optional: false,
+                    default: None,
                 },
             ],
             ..sig()

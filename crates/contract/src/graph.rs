@@ -33,6 +33,21 @@ pub const VALUE_SOURCES: &[(&str, &str, u64)] = &[
     ("LoadAudio", "audio", 0),
 ];
 
+/// The value a node of `class` outputs on `slot` when it is one of the
+/// constant [`VALUE_SOURCES`] (a Primitive node, not a file loader) with a
+/// literal value: what a Remote Input linked to it defaults to.
+pub fn constant_value<'a>(
+    class: &str,
+    inputs: &'a Map<String, Value>,
+    slot: u64,
+) -> Option<&'a Value> {
+    let (_, field, out) = VALUE_SOURCES
+        .iter()
+        .find(|(c, _, _)| *c == class && c.starts_with("Primitive"))?;
+    let value = inputs.get(*field)?;
+    (*out == slot && !value.is_array() && !value.is_object() && !value.is_null()).then_some(value)
+}
+
 /// The field the server sets in Remote Input/Output nodes.
 const SERVER_FIELD: &str = JOB_KEY;
 

@@ -117,6 +117,7 @@ mod tests {
             comfy_type: t.into(),
             optional,
             node_id: "1".into(),
+            default: None,
         };
         vec![
             item("sigma", "FLOAT", false),

@@ -61,6 +61,17 @@ fn canonical(v: &Value) -> Value {
     }
 }
 
+/// The constant a Remote Input's `default` link gives it, if it gives one.
+fn constant_default(prompt: &Map<String, Value>, link: &Value) -> Option<Value> {
+    let [Value::String(source), slot] = link.as_array()?.as_slice() else {
+        return None;
+    };
+    let node = prompt.get(source)?;
+    let class = node.get("class_type")?.as_str()?;
+    let inputs = node.get("inputs")?.as_object()?;
+    crate::graph::constant_value(class, inputs, slot.as_u64()?).cloned()
+}
+
 impl Workflow {
     /// Parse and check the structure of an API-format workflow. Needs no ComfyUI.
     pub fn parse(name: &str, text: &str) -> Result<Workflow, WorkflowError> {
@@ -128,11 +139,13 @@ impl Workflow {
                         ))
                     }
                 };
+                let default = node_inputs.get("default");
                 inputs.push(SignatureItem {
                     name: item_name,
                     comfy_type: ty,
-                    optional: matches!(node_inputs.get("default"), Some(Value::Array(_))),
+                    optional: matches!(default, Some(Value::Array(_))),
                     node_id: id.clone(),
+                    default: default.and_then(|link| constant_default(&prompt, link)),
                 });
             } else {
                 outputs.push(SignatureItem {
@@ -140,6 +153,7 @@ impl Workflow {
                     comfy_type: "*".to_owned(),
                     optional: false,
                     node_id: id.clone(),
+                    default: None,
                 });
             }
         }
@@ -322,6 +336,40 @@ mod tests {
       "1": {"class_type": "RemoteInput", "inputs": {"name": "image", "type": "IMAGE", "default": ["5", 0]}},
       "3": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}}
     }"#;
+
+    #[test]
+    fn an_optional_input_fed_by_a_constant_publishes_its_default() {
+        let wf = Workflow::parse(
+            "wf.json",
+            r#"{
+              "1": {"class_type": "RemoteInput", "inputs": {"name": "sigma", "type": "FLOAT", "default": ["4", 0]}},
+              "2": {"class_type": "RemoteInput", "inputs": {"name": "seed", "type": "INT", "default": ["5", 0]}},
+              "3": {"class_type": "RemoteInput", "inputs": {"name": "image", "type": "IMAGE", "default": ["6", 0]}},
+              "4": {"class_type": "PrimitiveFloat", "inputs": {"value": 0.5}},
+              "5": {"class_type": "PrimitiveInt", "inputs": {"value": ["7", 0]}},
+              "6": {"class_type": "LoadImage", "inputs": {"image": "a.png"}},
+              "7": {"class_type": "PrimitiveInt", "inputs": {"value": 3}},
+              "9": {"class_type": "RemoteOutput", "inputs": {"name": "out", "value": ["1", 0]}}
+            }"#,
+        )
+        .expect("parse");
+        let defaults: Vec<_> = wf
+            .inputs
+            .iter()
+            .map(|i| (i.name.as_str(), i.optional, i.default.clone()))
+            .collect();
+        // A constant gives its value; a link into a constant, or a file loader, gives none.
+        assert_eq!(
+            defaults,
+            [
+                ("sigma", true, Some(serde_json::json!(0.5))),
+                ("seed", true, None),
+                ("image", true, None),
+            ]
+        );
+        let info = serde_json::to_value(&wf.inputs[1]).expect("json");
+        assert!(info.get("default").is_none(), "{info}");
+    }
 
     #[test]
     fn signature_is_ordered_by_numeric_node_id() {

@@ -384,6 +384,11 @@ pub struct SignatureItem {
     pub optional: bool,
     /// The Remote Input / Remote Output node id in the workflow.
     pub node_id: String,
+    /// Inputs only: the value an omitted input takes, when the workflow
+    /// gives it as a constant (a Primitive node linked to the Remote
+    /// Input's `default`); absent for any other default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<serde_json::Value>,
 }
 
 /// Limits the server enforces, published so clients can check first.

@@ -80,7 +80,9 @@ pub fn document() -> Value {
               "max_body_bytes": {"type": "integer"}, "max_tensors": {"type": "integer"},
               "max_rank": {"type": "integer"}, "max_concurrent_jobs": {"type": "integer"}}}}},
           "SignatureItem": {"type": "object", "required": ["name", "type", "node_id"], "properties": {
-            "name": {"type": "string"}, "type": {"type": "string"}, "optional": {"type": "boolean"}, "node_id": {"type": "string"}}}
+            "name": {"type": "string"}, "type": {"type": "string"}, "optional": {"type": "boolean"}, "node_id": {"type": "string"},
+            "default": {"description": "An optional input's value when omitted, when the workflow gives it as a constant.",
+                        "oneOf": [{"type": "boolean"}, {"type": "number"}, {"type": "string"}]}}}
         }
       },
       "security": [{"bearer": []}],

@@ -53,6 +53,9 @@ fn signature_dict<'py>(py: Python<'py>, sig: &Signature) -> PyResult<Bound<'py, 
             d.set_item("name", &i.name)?;
             d.set_item("type", &i.comfy_type)?;
             d.set_item("optional", i.optional)?;
+            if let Some(v) = i.default.as_ref().and_then(|v| json_scalar(py, v)) {
+                d.set_item("default", v)?;
+            }
             out.append(d)?;
         }
         Ok(out)
@@ -64,6 +67,20 @@ fn signature_dict<'py>(py: Python<'py>, sig: &Signature) -> PyResult<Bound<'py, 
     d.set_item("codecs", &sig.codecs)?;
     d.set_item("features", &sig.features)?;
     Ok(d)
+}
+
+/// A JSON scalar as a Python value (None for arrays, objects and null).
+fn json_scalar<'py>(py: Python<'py>, v: &serde_json::Value) -> Option<Bound<'py, PyAny>> {
+    use pyo3::IntoPyObjectExt;
+    match v {
+        serde_json::Value::Bool(b) => b.into_bound_py_any(py).ok(),
+        serde_json::Value::Number(n) => match n.as_i64() {
+            Some(i) => i.into_bound_py_any(py).ok(),
+            None => n.as_f64()?.into_bound_py_any(py).ok(),
+        },
+        serde_json::Value::String(s) => s.into_bound_py_any(py).ok(),
+        _ => None,
+    }
 }
 
 /// An HTTP client bound to one endpoint (native protocol or the simple JSON shape).

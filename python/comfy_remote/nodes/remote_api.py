@@ -536,10 +536,10 @@ def shape_view(url: str, signature: Mapping[str, Any] | None) -> dict[str, Any]:
     signature: positional inputs, one result)."""
     if signature is None:
         return {"endpoint": url, "inputs": None, "outputs": None}
-    pick = ("name", "type", "optional")
+    pick = ("name", "type", "optional", "default")
     return {
         "endpoint": url,
-        "inputs": [{k: i[k] for k in pick} for i in signature["inputs"]],
+        "inputs": [{k: i[k] for k in pick if k in i} for i in signature["inputs"]],
         "outputs": [{k: o[k] for k in ("name", "type")} for o in signature["outputs"]],
     }
 

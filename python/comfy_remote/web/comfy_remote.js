@@ -226,12 +226,19 @@ function applyShape(node, shape) {
   resize(node);
 }
 
+// An optional input shows the remote default it takes when unconnected
+// (`sigma = 0.5`), when the endpoint publishes it.
 function styleInput(inp, spec) {
+  const known = spec.optional && spec.default !== undefined;
+  const shown = known ? JSON.stringify(spec.default) : null;
   inp.type = spec.type;
-  inp.label = spec.name;
-  inp.localized_name = spec.name;
+  inp.label = known ? `${spec.name} = ${shown}` : spec.name;
+  inp.localized_name = inp.label;
   inp.shape = spec.optional ? OPTIONAL_SHAPE : undefined;
-  inp.tooltip = `${spec.name}: ${spec.type}${spec.optional ? " (optional: unconnected, the remote workflow uses its own default)" : ""}`;
+  const why = known
+    ? ` (optional: unconnected, the remote workflow uses ${shown})`
+    : spec.optional ? " (optional: unconnected, the remote workflow uses its own default)" : "";
+  inp.tooltip = `${spec.name}: ${spec.type}${why}`;
 }
 
 // The endpoint the node calls: the widget, or a linked Modal Deployment's URL once it ran.

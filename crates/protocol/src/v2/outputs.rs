@@ -121,6 +121,7 @@ mod tests {
             comfy_type: "IMAGE".into(),
             optional: false,
             node_id: "10".into(),
+            default: None,
         }];
         let files = split(&p, Naming::Signature(&sig)).expect("split");
         let got: Vec<_> = files

@@ -276,6 +276,7 @@ fn entries_for(
             comfy_type: i.comfy_type.clone(),
             optional: i.optional,
             node_id: String::new(),
+            default: i.default.clone(),
         })
         .collect();
     let mut entries = Vec::with_capacity(specs.len());
