@@ -9,9 +9,14 @@
 //! <job dir>/prompt.json         the API-format graph to queue
 //! <job dir>/uploads.json        [{subfolder, filename, file}]: what goes into ComfyUI's input directory
 //! <job dir>/uploads/<file>      those files' bytes
-//! <job dir>/files/<n>           the prompt's output files, while they are collected
+//! <job dir>/files/<n>           the prompt's larger output files, while they are collected
 //! <job dir>/result.crc          one entry per output file: `<node id>/<file name>` (bytes), or a node's text
 //! ```
+//!
+//! A graph that reads no files has neither `uploads.json` nor `uploads/`
+//! (each file made is work for the file system on every job); outputs up
+//! to [`HELD_OUTPUT_BYTES`] in all are held in memory until the result
+//! container is written, so `files/` holds only what is larger.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -36,6 +41,10 @@ pub const PROMPT_FILE: &str = "prompt.json";
 const UPLOADS_FILE: &str = "uploads.json";
 const UPLOADS_DIR: &str = "uploads";
 const FILES_DIR: &str = "files";
+
+/// Output bytes a prompt job holds in memory while it collects them; past
+/// this, each further file is written to `files/` and mapped back.
+const HELD_OUTPUT_BYTES: usize = 8 << 20;
 
 /// A job that runs `prompt` (API format).
 #[derive(Debug, Clone)]
@@ -97,8 +106,12 @@ impl Engine {
         let uploads = job.uploads;
         let d = dir.clone();
         let stored = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
-            std::fs::create_dir_all(d.join(UPLOADS_DIR))?;
             let mut total = text.len() as u64;
+            if uploads.is_empty() {
+                std::fs::create_dir_all(&d)?;
+            } else {
+                std::fs::create_dir_all(d.join(UPLOADS_DIR))?;
+            }
             let mut entries = Vec::with_capacity(uploads.len());
             for (i, u) in uploads.iter().enumerate() {
                 let file = i.to_string();
@@ -114,7 +127,9 @@ impl Engine {
                     file,
                 });
             }
-            std::fs::write(d.join(UPLOADS_FILE), serde_json::to_vec(&entries)?)?;
+            if !entries.is_empty() {
+                std::fs::write(d.join(UPLOADS_FILE), serde_json::to_vec(&entries)?)?;
+            }
             // Last: a directory with a prompt is complete.
             std::fs::write(d.join(PROMPT_FILE), &text)?;
             Ok(total)
@@ -166,9 +181,11 @@ impl Engine {
                 Err(e) => return Err(format!("reading the job's graph: {e}")),
             };
             let prompt: Json = serde_json::from_slice(&text).map_err(|e| e.to_string())?;
+            // No list: the graph reads no files.
             let uploads = match std::fs::read(d.join(UPLOADS_FILE)) {
                 Ok(u) => serde_json::from_slice(&u).map_err(|e| e.to_string())?,
-                Err(_) => Vec::new(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                Err(e) => return Err(format!("reading the job's file list: {e}")),
             };
             Ok(Some(OwnPrompt { prompt, uploads }))
         })
@@ -267,9 +284,7 @@ impl Engine {
             fail("ComfyUI kept no history of the prompt, so its outputs are unknown".to_owned())
         })?;
         let files_dir = dir.join(FILES_DIR);
-        tokio::fs::create_dir_all(&files_dir)
-            .await
-            .map_err(super::outcome::internal_error)?;
+        let mut held = 0usize;
         // (entry name, what it holds)
         let mut collected: Vec<(String, Collected)> = Vec::new();
         let mut names = HashSet::new();
@@ -309,13 +324,22 @@ impl Engine {
                                     "reading output {filename:?} of node {node_id}: {e}"
                                 ))
                             })?;
-                        let path = files_dir.join(collected.len().to_string());
-                        tokio::fs::write(&path, &bytes)
-                            .await
-                            .map_err(super::outcome::internal_error)?;
+                        let held_now = held + bytes.len();
+                        let kept = if held_now <= HELD_OUTPUT_BYTES {
+                            held = held_now;
+                            Collected::Held(bytes)
+                        } else {
+                            let path = files_dir.join(collected.len().to_string());
+                            tokio::fs::create_dir_all(&files_dir)
+                                .await
+                                .map_err(super::outcome::internal_error)?;
+                            tokio::fs::write(&path, &bytes)
+                                .await
+                                .map_err(super::outcome::internal_error)?;
+                            Collected::File(path)
+                        };
                         let base = filename.rsplit('/').next().unwrap_or(filename);
-                        collected
-                            .push((unique(format!("{node_id}/{base}")), Collected::File(path)));
+                        collected.push((unique(format!("{node_id}/{base}")), kept));
                     } else if let (Some(text), "text") = (item.as_str(), key.as_str()) {
                         collected.push((
                             unique(format!("{node_id}/text")),
@@ -333,12 +357,15 @@ impl Engine {
 }
 
 enum Collected {
+    /// Bytes held in memory.
+    Held(bytes::Bytes),
+    /// A file in `files/`.
     File(PathBuf),
     Text(String),
 }
 
-/// The result container of a prompt job: its files as bytes (mapped, so
-/// they are streamed into the container, never held together).
+/// The result container of a prompt job: its files as bytes (the larger
+/// ones mapped, so they are streamed into the container, never held).
 fn write_result(
     dir: &Path,
     collected: Vec<(String, Collected)>,
@@ -347,7 +374,7 @@ fn write_result(
         .iter()
         .map(|(_, c)| match c {
             Collected::File(p) => crate::fsutil::map(p).map(Some),
-            Collected::Text(_) => Ok(None),
+            Collected::Held(_) | Collected::Text(_) => Ok(None),
         })
         .collect::<Result<Vec<_>, _>>()
         .map_err(super::outcome::internal_error)?;
@@ -359,6 +386,7 @@ fn write_result(
             comfy_type: None,
             value: match (c, map) {
                 (Collected::Text(t), _) => Value::Str(t.clone()),
+                (Collected::Held(b), _) => Value::Bytes(std::borrow::Cow::Borrowed(&b[..])),
                 (_, Some(m)) => Value::Bytes(std::borrow::Cow::Borrowed(&m[..])),
                 (_, None) => Value::None,
             },
@@ -374,4 +402,47 @@ fn write_result(
 pub(super) fn cleanup(dir: &Path) {
     let _ = std::fs::remove_dir_all(dir.join(UPLOADS_DIR));
     let _ = std::fs::remove_dir_all(dir.join(FILES_DIR));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_and_spilled_outputs_and_text_make_one_container_and_leave_no_files() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let files = dir.path().join(FILES_DIR);
+        std::fs::create_dir_all(&files).expect("files dir");
+        std::fs::write(files.join("1"), b"large bytes").expect("spilled");
+        let collected = vec![
+            (
+                "9/a.png".to_owned(),
+                Collected::Held(bytes::Bytes::from_static(b"held")),
+            ),
+            ("9/b.png".to_owned(), Collected::File(files.join("1"))),
+            ("4/text".to_owned(), Collected::Text("hello".into())),
+        ];
+        let (infos, size) = write_result(dir.path(), collected).expect("written");
+        let names: Vec<_> = infos.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["9/a.png", "9/b.png", "4/text"]);
+        let path = comfy_remote_contract::layout::result_file(dir.path());
+        let bytes = std::fs::read(&path).expect("result");
+        assert_eq!(bytes.len() as u64, size);
+        let payload =
+            comfy_remote_protocol::decode(&bytes, &comfy_remote_protocol::Limits::default())
+                .expect("decode");
+        let values: Vec<_> = payload.entries.iter().map(|e| e.value.clone()).collect();
+        assert_eq!(
+            values,
+            [
+                Value::Bytes(b"held".as_slice().into()),
+                Value::Bytes(b"large bytes".as_slice().into()),
+                Value::Str("hello".into()),
+            ]
+        );
+        assert!(
+            !files.exists(),
+            "files/ is removed once the container is written"
+        );
+    }
 }
