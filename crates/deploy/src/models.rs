@@ -3,9 +3,11 @@
 //! Volume gets what it lacks.
 //!
 //! Uploads go through `modal volume put` before `modal deploy`. The Volume keeps a manifest of
-//! what comfy-remote put there (`/.comfy-remote/models.json`: path -> size and SHA-256), so a file
-//! already there with the same size and hash is not uploaded again. A URL source is fetched by the
-//! GPU container at its first start ([`crate::fetch`]) and checked against its hash.
+//! what comfy-remote put there (`/.comfy-remote/models.json`: path -> size and SHA-256), and
+//! `modal volume ls --json` says what the Volume really holds: a file the manifest lists with the
+//! same size and hash, and the listing shows at that size, is not uploaded again; one the
+//! listing lacks or shows at another size is. A URL source is fetched by the GPU container at its
+//! first start ([`crate::fetch`]) and checked against its hash.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -13,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use comfy_remote_contract::models::ModelRef;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::config::{DeployConfig, VolumeConfig};
@@ -231,6 +234,95 @@ pub fn fetch_bytes(plan: &[ModelPlan]) -> (u64, usize) {
         })
 }
 
+/// A size as `modal volume ls --json` of Modal's 1.5 clients shows it (`15 B`, `1.2 GiB`; later
+/// clients give the number of bytes).
+fn modal_size(n: u64) -> String {
+    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut v = n as f64;
+    for unit in UNITS {
+        if v < 1024.0 {
+            return if unit == "B" {
+                format!("{n} B")
+            } else {
+                format!("{v:.1} {unit}")
+            };
+        }
+        v /= 1024.0;
+    }
+    format!("{v:.1} ZiB")
+}
+
+/// Whether the size `modal volume ls --json` shows for a file is `size` bytes: exact when it
+/// gives the number, at the precision it prints otherwise.
+fn shown_size_is(shown: &Value, size: u64) -> bool {
+    match shown {
+        Value::Number(n) => n.as_u64() == Some(size),
+        Value::String(s) => {
+            let s = s.trim();
+            s.parse::<u64>().ok() == Some(size) || s == modal_size(size)
+        }
+        _ => false,
+    }
+}
+
+/// The files of the Volume in `dirs`, by path on the Volume (`/checkpoints/x.safetensors`) ->
+/// the size `modal volume ls --json` shows. A directory it cannot list (none such yet, or
+/// another failure, which is said) holds nothing: its files are uploaded.
+fn volume_files(
+    volume: &str,
+    dirs: &std::collections::BTreeSet<String>,
+    runner: &Runner,
+    sink: Sink<'_>,
+) -> Result<BTreeMap<String, Value>> {
+    let mut out = BTreeMap::new();
+    for dir in dirs {
+        let got = runner.run_unchecked(
+            &runner.modal(&["volume", "ls", "--json", volume, dir]),
+            sink,
+        )?;
+        let entries: Option<Vec<Value>> = if got.code == 0 {
+            serde_json::from_str(got.stdout.trim()).ok()
+        } else {
+            None
+        };
+        let Some(entries) = entries else {
+            let why = got.message();
+            let lower = why.to_ascii_lowercase();
+            if got.code == 0 || !(lower.contains("not found") || lower.contains("no such file")) {
+                sink(&format!(
+                    "could not list {dir} on Volume {volume} ({}); its model files are uploaded",
+                    if why.is_empty() {
+                        "no JSON listing".to_owned()
+                    } else {
+                        why
+                    }
+                ));
+            }
+            continue;
+        };
+        for e in entries {
+            let is_file = e
+                .get("type")
+                .and_then(Value::as_str)
+                .map_or(true, |t| t == "file");
+            let (Some(name), true) = (e.get("filename").and_then(Value::as_str), is_file) else {
+                continue;
+            };
+            let size = e.get("size").cloned().unwrap_or(Value::Null);
+            out.insert(format!("/{}", name.trim_start_matches('/')), size);
+        }
+    }
+    Ok(out)
+}
+
+/// The directory of a path on the Volume (`/checkpoints/sub/x` -> `/checkpoints/sub`).
+fn remote_dir(remote: &str) -> String {
+    match remote.rsplit_once('/') {
+        Some((dir, _)) if !dir.is_empty() => dir.to_owned(),
+        _ => "/".to_owned(),
+    }
+}
+
 /// `1.2 GiB`, `340 KiB`, `12 B`.
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -264,10 +356,14 @@ pub struct ManifestEntry {
 pub struct SyncReport {
     pub uploaded: Vec<String>,
     pub already_there: Vec<String>,
+    /// Files the manifest listed that the Volume lacked or held at another size (uploaded again).
+    pub stale: Vec<String>,
     pub bytes_uploaded: u64,
 }
 
 /// Give the Volume the local model files it lacks (`modal volume put`), keeping its manifest.
+/// A file counts as there when the manifest lists it with the same size and hash and
+/// `modal volume ls` shows it at that size.
 pub fn sync_volume(
     plan: &[ModelPlan],
     volume: &VolumeConfig,
@@ -313,6 +409,8 @@ pub fn sync_volume(
     } else {
         Manifest::default()
     };
+    let dirs = local.iter().map(|m| remote_dir(&m.remote())).collect();
+    let present = volume_files(&volume.name, &dirs, runner, sink)?;
     for model in local {
         let Origin::Local { path } = &model.origin else {
             continue;
@@ -323,13 +421,32 @@ pub fn sync_volume(
         let remote = model.remote();
         let entry = ManifestEntry { size, sha256 };
         if manifest.files.get(&remote) == Some(&entry) {
-            sink(&format!(
-                "model {} is on Volume {} already (same size and sha256): not uploaded",
-                model.key(),
-                volume.name
-            ));
-            report.already_there.push(remote);
-            continue;
+            match present.get(&remote) {
+                Some(shown) if shown_size_is(shown, size) => {
+                    sink(&format!(
+                        "model {} is on Volume {} already (same size and sha256): not uploaded",
+                        model.key(),
+                        volume.name
+                    ));
+                    report.already_there.push(remote);
+                    continue;
+                }
+                Some(shown) => sink(&format!(
+                    "model {}: Volume {} holds {remote} at {}, not {size} bytes: uploading it again",
+                    model.key(),
+                    volume.name,
+                    match shown {
+                        Value::String(s) => s.clone(),
+                        other => format!("{other} bytes"),
+                    }
+                )),
+                None => sink(&format!(
+                    "model {}: the manifest of Volume {} lists {remote}, but the Volume lacks it: uploading it again",
+                    model.key(),
+                    volume.name
+                )),
+            }
+            report.stale.push(remote.clone());
         }
         let p = path.to_string_lossy().into_owned();
         runner.run(
@@ -413,6 +530,131 @@ mod tests {
             e.to_string()
                 .contains("loras/nope.safetensors (node 7:lora_name)"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn sizes_compare_with_what_modal_volume_ls_shows_in_either_form() {
+        assert_eq!(modal_size(15), "15 B");
+        assert_eq!(modal_size(2048), "2.0 KiB");
+        assert_eq!(modal_size(6_938_078_334), "6.5 GiB");
+        assert!(shown_size_is(&Value::from(6_938_078_334u64), 6_938_078_334));
+        assert!(!shown_size_is(
+            &Value::from(6_938_078_333u64),
+            6_938_078_334
+        ));
+        assert!(shown_size_is(&Value::from("6.5 GiB"), 6_938_078_334));
+        assert!(!shown_size_is(&Value::from("3.2 GiB"), 6_938_078_334));
+        assert!(shown_size_is(&Value::from("15 B"), 15));
+        assert!(!shown_size_is(&Value::Null, 15));
+        assert_eq!(
+            remote_dir("/checkpoints/sub/x.safetensors"),
+            "/checkpoints/sub"
+        );
+        assert_eq!(remote_dir("/x.safetensors"), "/");
+    }
+
+    /// `sync_volume` against the recording `modal` of tests/fake_modal, whose Volumes are
+    /// directories: what `volume ls` answers is what is there.
+    #[cfg(unix)]
+    #[test]
+    fn the_volume_is_asked_what_it_holds_and_a_manifest_that_lies_is_not_believed() {
+        use std::os::unix::fs::PermissionsExt;
+
+        let tmp = tempfile::tempdir().expect("tmp");
+        let fake = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fake_modal/modal");
+        let modal = tmp.path().join("modal");
+        std::fs::write(
+            &modal,
+            format!(
+                "#!/bin/sh\nFAKE_MODAL_LOG='{}' exec python3 '{}' \"$@\"\n",
+                tmp.path().join("modal.log").display(),
+                fake.display()
+            ),
+        )
+        .expect("write");
+        std::fs::set_permissions(&modal, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let runner = Runner {
+            modal,
+            python: None,
+            uv: "uv".into(),
+            git: "git".into(),
+        };
+        let ckpt = tmp.path().join("comfy/models/checkpoints");
+        std::fs::create_dir_all(&ckpt).expect("mkdir");
+        let file = ckpt.join("tiny.safetensors");
+        std::fs::write(&file, b"weights").expect("write");
+        let (size, sha256) = file_hash(&file, &tmp.path().join("cache")).expect("hash");
+        let plan = vec![ModelPlan {
+            folder: "checkpoints".into(),
+            file: "tiny.safetensors".into(),
+            used_by: "4:ckpt_name".into(),
+            origin: Origin::Local { path: file.clone() },
+            size: Some(size),
+            sha256: Some(sha256),
+        }];
+        let volume = VolumeConfig {
+            name: "models".into(),
+            mount: "/models".into(),
+            create: true,
+        };
+        let on_volume = tmp
+            .path()
+            .join("volumes/models/checkpoints/tiny.safetensors");
+        let work = tmp.path().join("work");
+        let mut lines = Vec::new();
+        let sync = |lines: &mut Vec<String>| {
+            lines.clear();
+            sync_volume(&plan, &volume, &work, &runner, &mut |l: &str| {
+                lines.push(l.to_owned())
+            })
+            .expect("sync")
+        };
+        let ls = format!(
+            "$ {} volume ls --json models /checkpoints",
+            runner.modal.display()
+        );
+
+        let first = sync(&mut lines);
+        assert_eq!(first.uploaded, ["/checkpoints/tiny.safetensors"]);
+        assert_eq!(std::fs::read(&on_volume).expect("uploaded"), b"weights");
+        assert!(lines.contains(&ls), "{lines:?}");
+
+        // The same file there at the same size, and in the manifest: skipped.
+        let second = sync(&mut lines);
+        assert!(second.uploaded.is_empty(), "{second:?}");
+        assert_eq!(second.already_there, ["/checkpoints/tiny.safetensors"]);
+        assert!(lines.contains(&ls), "{lines:?}");
+
+        // The manifest lists it, but the Volume lacks it: uploaded again.
+        std::fs::remove_file(&on_volume).expect("rm");
+        let third = sync(&mut lines);
+        assert_eq!(third.uploaded, ["/checkpoints/tiny.safetensors"]);
+        assert_eq!(third.stale, ["/checkpoints/tiny.safetensors"]);
+        assert!(
+            lines.iter().any(|l| l.contains(
+                "lists /checkpoints/tiny.safetensors, but the Volume lacks it: uploading it again"
+            )),
+            "{lines:?}"
+        );
+        assert_eq!(
+            std::fs::read(&on_volume).expect("uploaded again"),
+            b"weights"
+        );
+
+        // The Volume holds it at another size: uploaded again.
+        std::fs::write(&on_volume, b"wei").expect("truncate");
+        let fourth = sync(&mut lines);
+        assert_eq!(fourth.stale, ["/checkpoints/tiny.safetensors"]);
+        assert!(
+            lines.iter().any(|l| l.contains(
+                "holds /checkpoints/tiny.safetensors at 3 bytes, not 7 bytes: uploading it again"
+            )),
+            "{lines:?}"
+        );
+        assert_eq!(
+            std::fs::read(&on_volume).expect("uploaded again"),
+            b"weights"
         );
     }
 }
