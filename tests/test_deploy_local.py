@@ -1,7 +1,8 @@
 """Packs and models of a local ComfyUI (a base directory the test makes; no ComfyUI runs), deployed.
 
 A model file the Volume's manifest lists is uploaded again when the Volume (asked with
-`modal volume ls`) lacks it or holds it at another size, and skipped when it is there at that size.
+`modal volume ls`) lacks it or holds it at another size, and skipped when it is there at that size;
+a custom node pack without git is copied into the project and its requirements are locked.
 """
 
 from __future__ import annotations
@@ -95,3 +96,61 @@ def test_a_model_the_manifest_lists_but_the_volume_lacks_or_holds_at_another_siz
     r, calls = deploy()
     assert uploads(calls) == [], "once repaired, skipped again"
 
+
+PLAIN_PACK = '''
+"""A custom node pack that is a plain directory (no git)."""
+
+
+class CRPlainInvert:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("IMAGE",)}}
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "run"
+    CATEGORY = "comfy-remote/tests"
+
+    def run(self, image):
+        return (1.0 - image,)
+
+
+NODE_CLASS_MAPPINGS = {"CRPlainInvert": CRPlainInvert}
+'''
+
+
+def test_a_pack_found_without_git_is_copied_into_the_project_and_its_requirements_are_locked(tmp_path, fake_wheel):
+    if not UV.exists():
+        pytest.skip("uv is not installed beside this Python (pip install -r requirements-test.txt)")
+    home = tmp_path / "comfy"
+    pack = home / "custom_nodes" / "cr-plain-pack"
+    pack.mkdir(parents=True)
+    (pack / "__init__.py").write_text(PLAIN_PACK)
+    (pack / "requirements.txt").write_text("# what the pack needs\ntext-unidecode==1.3\n")
+    (home / "models").mkdir()
+    workflow = tmp_path / "plain.json"
+    workflow.write_text(json.dumps({
+        "1": {"class_type": "RemoteInput", "inputs": {"name": "image", "type": "IMAGE"}},
+        "2": {"class_type": "CRPlainInvert", "inputs": {"image": ["1", 0]}},
+        "3": {"class_type": "RemoteOutput", "inputs": {"name": "image", "type": "IMAGE", "value": ["2", 0]}},
+    }))
+    project = tmp_path / "project"
+    r = run("deploy", str(workflow), "--no-deploy", "--out", str(project), "--wheel", str(fake_wheel),
+            "--base-directory", str(home), "--json", env={"COMFY_REMOTE_CACHE": str(tmp_path / "cache")})
+    assert r.returncode == 0, r.stderr
+    plan = json.loads(r.stdout)["project"]["plan"]
+    packs = {p["name"]: p for p in plan["packs"]}
+    assert packs["cr-plain-pack"]["source"] == f"copied from {pack}"
+    assert packs["cr-plain-pack"]["found"] and packs["cr-plain-pack"]["locked"]
+    assert packs["cr-plain-pack"]["nodes"] == ["CRPlainInvert"]
+    assert f"pack cr-plain-pack: found in the local ComfyUI; copied from {pack}" in r.stderr
+
+    copied = project / "custom_nodes" / "cr-plain-pack"
+    assert (copied / "__init__.py").read_text() == PLAIN_PACK
+    assert (copied / "requirements.txt").read_text() == (pack / "requirements.txt").read_text()
+    cfg = json.loads((project / "modal_config.json").read_text())
+    (entry,) = [c for c in cfg["custom_nodes"] if c.get("name") == "cr-plain-pack"]
+    assert Path(entry["path"]) == pack.resolve() and entry.get("git") is None
+    lock = (project / "build" / "requirements.lock").read_text()
+    assert "\ntext-unidecode==1.3 \\\n    --hash=sha256:" in lock, lock
+    assert 'add_local_dir(HERE / "custom_nodes" / "cr-plain-pack"' in (project / "workflow.py").read_text(), \
+        "the image takes the copy"
