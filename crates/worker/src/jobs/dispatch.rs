@@ -27,6 +27,10 @@ use crate::comfyui::{ComfyEvent, EventReceiver, QueueError, QueuePlace};
 use crate::live::{EventData, LiveJob};
 use crate::store::{now_ms, JobRow};
 
+/// How long a prompt job that succeeded waits for ComfyUI to report the
+/// prompt's end before its history is read all the same.
+const END_AFTER_SUCCESS: Duration = Duration::from_secs(1);
+
 /// One of the `comfy_queue_depth` places in ComfyUI's queue, held from a
 /// job's claim until ComfyUI is done with its prompt; dropping it lets the
 /// dispatcher hand over the next job.
@@ -271,6 +275,12 @@ impl Engine {
         let mut tracker = Tracker::new(nodes);
         let mut started = false;
         let mut cancel_requested = false;
+        // A job that runs its own graph reads its outputs from ComfyUI's
+        // history, which ComfyUI stores after it reports success and before
+        // it reports the prompt's end (`executing` of no node): such a job
+        // succeeds at that end, so its history is there when it is read.
+        let reads_history = own.is_some();
+        let mut succeeded_at: Option<tokio::time::Instant> = None;
         let mut tick = tokio::time::interval(Duration::from_secs(2));
         tick.tick().await;
         loop {
@@ -279,6 +289,9 @@ impl Engine {
                 ev = rx.recv() => {
                     let Some(ev) = ev else { return Outcome::Shutdown };
                     match ev {
+                        ComfyEvent::Success if reads_history => {
+                            succeeded_at = Some(tokio::time::Instant::now());
+                        }
                         ComfyEvent::Success => return Outcome::Success,
                         ComfyEvent::Error { node_id, node_type, message, details } => {
                             return Outcome::Failed(execution_error(id, &node_id, &node_type, &message, &details));
@@ -303,6 +316,7 @@ impl Engine {
                                 node,
                             }));
                         }
+                        ComfyEvent::Finished if succeeded_at.is_some() => return Outcome::Success,
                         ComfyEvent::Finished => {
                             // Success/error arrive before this; check history in case they were missed.
                             tick.reset_immediately();
@@ -324,7 +338,11 @@ impl Engine {
                         }
                     }
                 }
-                _ = live.cancel.cancelled(), if !cancel_requested => {
+                // The end did not follow the success (an older ComfyUI, a
+                // lost message): read the history anyway; it is polled for.
+                _ = tokio::time::sleep_until(succeeded_at.unwrap_or_else(tokio::time::Instant::now) + END_AFTER_SUCCESS),
+                    if succeeded_at.is_some() => return Outcome::Success,
+                _ = live.cancel.cancelled(), if !cancel_requested && succeeded_at.is_none() => {
                     cancel_requested = true;
                     match comfy.client.queue_place(prompt_id).await {
                         Ok(QueuePlace::Pending) => {
