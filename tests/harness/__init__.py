@@ -183,13 +183,15 @@ class ComfyUI:
         stop_process(self.proc)
 
 
-def start_comfyui(python: Path, comfyui: Path, home: Path) -> ComfyUI:
+def start_comfyui(python: Path, comfyui: Path, home: Path, env: dict[str, str] | None = None) -> ComfyUI:
+    """Start ComfyUI from `home` (see comfy_home); `env` is added to this process's environment."""
     port = free_port()
     args = comfy_home(home)
     log_path = home / "comfyui.log"
     f = open(log_path, "ab")
     proc = subprocess.Popen([str(python), "main.py", "--listen", "127.0.0.1", "--port", str(port), *args],
-                            cwd=comfyui, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+                            cwd=comfyui, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, **env} if env else None)
     url = f"http://127.0.0.1:{port}"
     wait_answers(proc, f"{url}/prompt", log_path, "ComfyUI")
     return ComfyUI(proc, url, log_path)
