@@ -20,7 +20,10 @@ pub enum ComfyEvent {
         value: u64,
         max: u64,
     },
-    Executed(String),
+    /// A node ran (or was taken from the cache), with the outputs ComfyUI
+    /// shows for it (`{"images": [{filename, subfolder, type}], ...}`), the
+    /// same ComfyUI records in the prompt's history.
+    Executed(String, Option<Value>),
     Success,
     Error {
         node_id: String,
@@ -207,7 +210,10 @@ impl EventRouter {
             }
             "progress_state" => return self.progress_state(prompt_id, &data),
             "executed" => match s("node") {
-                Some(node) => ComfyEvent::Executed(node),
+                Some(node) => ComfyEvent::Executed(
+                    node,
+                    data.get("output").filter(|o| o.is_object()).cloned(),
+                ),
                 None => return,
             },
             "execution_success" => ComfyEvent::Success,

@@ -27,10 +27,6 @@ use crate::comfyui::{ComfyEvent, EventReceiver, QueueError, QueuePlace};
 use crate::live::{EventData, LiveJob};
 use crate::store::{now_ms, JobRow};
 
-/// How long a prompt job that succeeded waits for ComfyUI to report the
-/// prompt's end before its history is read all the same.
-const END_AFTER_SUCCESS: Duration = Duration::from_secs(1);
-
 /// One of the `comfy_queue_depth` places in ComfyUI's queue, held from a
 /// job's claim until ComfyUI is done with its prompt; dropping it lets the
 /// dispatcher hand over the next job.
@@ -148,7 +144,7 @@ impl Engine {
             ),
             Outcome::Canceled => (JobStatus::Canceled, Some(canceled_error()), vec![], None),
             Outcome::Failed(e) => (JobStatus::Failed, Some(e), vec![], None),
-            Outcome::Success => {
+            Outcome::Success(shown) => {
                 let mut p = live.progress();
                 p.phase = Phase::Collecting;
                 p.node = None;
@@ -156,7 +152,7 @@ impl Engine {
                 p.text = "collecting outputs".into();
                 live.publish(EventData::Progress(p));
                 let collected = if super::prompt::is_prompt_job(&dir) {
-                    self.collect_prompt_outputs(&prompt_id, &dir).await
+                    self.collect_prompt_outputs(&prompt_id, shown, &dir).await
                 } else {
                     let outputs_sig = self.workflow.outputs.clone();
                     // Outputs come from our own node, not from a client: the
@@ -275,12 +271,11 @@ impl Engine {
         let mut tracker = Tracker::new(nodes);
         let mut started = false;
         let mut cancel_requested = false;
-        // A job that runs its own graph reads its outputs from ComfyUI's
-        // history, which ComfyUI stores after it reports success and before
-        // it reports the prompt's end (`executing` of no node): such a job
-        // succeeds at that end, so its history is there when it is read.
-        let reads_history = own.is_some();
-        let mut succeeded_at: Option<tokio::time::Instant> = None;
+        // A job that runs its own graph collects the files its nodes show:
+        // ComfyUI names them as each node runs (the same it then records in
+        // the prompt's history), so no history is read after the end.
+        let shows_outputs = own.is_some();
+        let mut shown = serde_json::Map::new();
         let mut tick = tokio::time::interval(Duration::from_secs(2));
         tick.tick().await;
         loop {
@@ -289,10 +284,9 @@ impl Engine {
                 ev = rx.recv() => {
                     let Some(ev) = ev else { return Outcome::Shutdown };
                     match ev {
-                        ComfyEvent::Success if reads_history => {
-                            succeeded_at = Some(tokio::time::Instant::now());
+                        ComfyEvent::Success => {
+                            return Outcome::Success(shows_outputs.then(|| Value::Object(std::mem::take(&mut shown))));
                         }
-                        ComfyEvent::Success => return Outcome::Success,
                         ComfyEvent::Error { node_id, node_type, message, details } => {
                             return Outcome::Failed(execution_error(id, &node_id, &node_type, &message, &details));
                         }
@@ -316,10 +310,18 @@ impl Engine {
                                 node,
                             }));
                         }
-                        ComfyEvent::Finished if succeeded_at.is_some() => return Outcome::Success,
                         ComfyEvent::Finished => {
                             // Success/error arrive before this; check history in case they were missed.
                             tick.reset_immediately();
+                        }
+                        ComfyEvent::Executed(node, output) => {
+                            if let (true, Some(output)) = (shows_outputs, output) {
+                                shown.insert(node.clone(), output);
+                            }
+                            if let Some(p) = tracker.apply(ComfyEvent::Executed(node, None)) {
+                                self.metrics.progress_events.fetch_add(1, Ordering::Relaxed);
+                                live.publish(EventData::Progress(p));
+                            }
                         }
                         other => {
                             if matches!(other, ComfyEvent::Started | ComfyEvent::Executing(_)) && !started {
@@ -338,11 +340,7 @@ impl Engine {
                         }
                     }
                 }
-                // The end did not follow the success (an older ComfyUI, a
-                // lost message): read the history anyway; it is polled for.
-                _ = tokio::time::sleep_until(succeeded_at.unwrap_or_else(tokio::time::Instant::now) + END_AFTER_SUCCESS),
-                    if succeeded_at.is_some() => return Outcome::Success,
-                _ = live.cancel.cancelled(), if !cancel_requested && succeeded_at.is_none() => {
+                _ = live.cancel.cancelled(), if !cancel_requested => {
                     cancel_requested = true;
                     match comfy.client.queue_place(prompt_id).await {
                         Ok(QueuePlace::Pending) => {

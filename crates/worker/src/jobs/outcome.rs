@@ -9,7 +9,9 @@ use serde_json::{json, Value};
 
 /// Outcome of a prompt in ComfyUI.
 pub(super) enum Outcome {
-    Success,
+    /// With the outputs ComfyUI showed for each node (`{node id: output}`,
+    /// as in its history), when the job reads them.
+    Success(Option<Value>),
     Failed(ErrorInfo),
     Canceled,
     /// The prompt vanished (ComfyUI restarted). `started`: it had begun executing.
@@ -124,7 +126,7 @@ pub(super) fn outcome_from_history(h: &Value, cancel_requested: bool) -> Outcome
         .and_then(Value::as_bool)
         .unwrap_or(false);
     if completed {
-        return Outcome::Success;
+        return Outcome::Success(h.get("outputs").cloned());
     }
     let messages = status
         .and_then(|s| s.get("messages"))

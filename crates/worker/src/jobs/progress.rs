@@ -65,7 +65,7 @@ impl Tracker {
                 }
                 self.step = Some(Step { value, max });
             }
-            ComfyEvent::Executed(node) => {
+            ComfyEvent::Executed(node, _) => {
                 self.done.insert(node);
             }
             _ => return None,

@@ -231,6 +231,31 @@ impl Engine {
         Ok(())
     }
 
+    /// A prompt's history. ComfyUI records it just after it reports the
+    /// prompt's success: it is asked for again until it is there.
+    async fn prompt_history(
+        &self,
+        prompt_id: &str,
+        fail: &impl Fn(String) -> ErrorInfo,
+    ) -> Result<Json, ErrorInfo> {
+        let mut history = None;
+        for _ in 0..HISTORY_TRIES {
+            history = self
+                .comfy
+                .client
+                .history(prompt_id)
+                .await
+                .map_err(|e| fail(format!("reading the prompt's outputs from ComfyUI: {e}")))?;
+            if history.is_some() {
+                break;
+            }
+            tokio::time::sleep(HISTORY_POLL).await;
+        }
+        history.ok_or_else(|| {
+            fail("ComfyUI kept no history of the prompt, so its outputs are unknown".to_owned())
+        })
+    }
+
     fn was_placed(&self, generation: u64, key: &str) -> bool {
         let placed = self.placed.lock().unwrap_or_else(|p| p.into_inner());
         placed.0 == generation && placed.1.contains(key)
@@ -253,11 +278,13 @@ impl Engine {
             .cloned()
     }
 
-    /// Read back the files a succeeded prompt wrote (ComfyUI's history
-    /// names them) into the job's result container.
+    /// Read back the files a succeeded prompt wrote into the job's result
+    /// container: those its nodes showed (`shown`: `{node id: output}`,
+    /// as in ComfyUI's history), else those its history names.
     pub(super) async fn collect_prompt_outputs(
         &self,
         prompt_id: &str,
+        shown: Option<Json>,
         dir: &Path,
     ) -> Result<(Vec<ValueInfo>, u64), ErrorInfo> {
         let fail = |message: String| ErrorInfo {
@@ -265,24 +292,10 @@ impl Engine {
             message,
             details: Json::Null,
         };
-        // ComfyUI records a prompt's history just after it reports the
-        // prompt's end: wait for the record rather than read no outputs.
-        let mut history = None;
-        for _ in 0..HISTORY_TRIES {
-            history = self
-                .comfy
-                .client
-                .history(prompt_id)
-                .await
-                .map_err(|e| fail(format!("reading the prompt's outputs from ComfyUI: {e}")))?;
-            if history.is_some() {
-                break;
-            }
-            tokio::time::sleep(HISTORY_POLL).await;
-        }
-        let history = history.ok_or_else(|| {
-            fail("ComfyUI kept no history of the prompt, so its outputs are unknown".to_owned())
-        })?;
+        let history = match shown {
+            Some(outputs) => serde_json::json!({ "outputs": outputs }),
+            None => self.prompt_history(prompt_id, &fail).await?,
+        };
         let files_dir = dir.join(FILES_DIR);
         let mut held = 0usize;
         // (entry name, what it holds)
