@@ -6,17 +6,19 @@
 //! read back from ComfyUI into the job's result container.
 //!
 //! ```text
-//! <job dir>/prompt.json         the API-format graph to queue
-//! <job dir>/uploads.json        [{subfolder, filename, file}]: what goes into ComfyUI's input directory
+//! <job dir>/prompt-job.json     {prompt, uploads: [{subfolder, filename, file}]}: the API-format
+//!                               graph to queue and what goes into ComfyUI's input directory
 //! <job dir>/uploads/<file>      those files' bytes
 //! <job dir>/files/<n>           the prompt's larger output files, while they are collected
 //! <job dir>/result.crc          one entry per output file: `<node id>/<file name>` (bytes), or a node's text
 //! ```
 //!
-//! A graph that reads no files has neither `uploads.json` nor `uploads/`
-//! (each file made is work for the file system on every job); outputs up
-//! to [`HELD_OUTPUT_BYTES`] in all are held in memory until the result
-//! container is written, so `files/` holds only what is larger.
+//! Each file made is work for the file system on every job, so a job makes
+//! few: one file says what it runs, a graph that reads no files has no
+//! `uploads/`, and outputs up to [`HELD_OUTPUT_BYTES`] in all are held in
+//! memory until the result container is written (`files/` holds only what
+//! is larger). A spool written before `prompt-job.json` holds the graph in
+//! `prompt.json` and the list in `uploads.json`; such jobs are still read.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -36,9 +38,12 @@ use crate::store::{Inserted, JobRow, NewJob};
 const HISTORY_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 const HISTORY_TRIES: u32 = 250;
 
-/// The graph a prompt job runs.
-pub const PROMPT_FILE: &str = "prompt.json";
-const UPLOADS_FILE: &str = "uploads.json";
+/// What a prompt job runs: its graph and the files it reads.
+const JOB_FILE: &str = "prompt-job.json";
+/// The same, in a spool written before [`JOB_FILE`]: the graph, and the
+/// list of files beside it (absent: none).
+const OLD_PROMPT_FILE: &str = "prompt.json";
+const OLD_UPLOADS_FILE: &str = "uploads.json";
 const UPLOADS_DIR: &str = "uploads";
 const FILES_DIR: &str = "files";
 
@@ -75,22 +80,44 @@ struct UploadEntry {
     file: String,
 }
 
-/// What a prompt job's directory says it runs.
-#[derive(Debug)]
+/// What a prompt job's directory says it runs ([`JOB_FILE`]).
+#[derive(Debug, Serialize, Deserialize)]
 pub(super) struct OwnPrompt {
     pub prompt: Json,
+    #[serde(default)]
     uploads: Vec<UploadEntry>,
 }
 
 /// Does the job in `dir` run a graph of its own?
 pub fn is_prompt_job(dir: &Path) -> bool {
-    dir.join(PROMPT_FILE).is_file()
+    dir.join(JOB_FILE).is_file() || dir.join(OLD_PROMPT_FILE).is_file()
 }
 
-/// The graph a job ran, when it ran one of its own.
-pub fn prompt_of(dir: &Path) -> Option<Map<String, Json>> {
-    let text = std::fs::read(dir.join(PROMPT_FILE)).ok()?;
-    serde_json::from_slice(&text).ok()
+/// A file of a job directory; `None` when there is none.
+fn read_if_there(path: &Path, what: &str) -> Result<Option<Vec<u8>>, String> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("reading the job's {what}: {e}")),
+    }
+}
+
+/// What the job in `dir` runs, when it runs a graph of its own.
+fn read_own_prompt(dir: &Path) -> Result<Option<OwnPrompt>, String> {
+    if let Some(bytes) = read_if_there(&dir.join(JOB_FILE), "graph")? {
+        return serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| e.to_string());
+    }
+    let Some(text) = read_if_there(&dir.join(OLD_PROMPT_FILE), "graph")? else {
+        return Ok(None);
+    };
+    let prompt = serde_json::from_slice(&text).map_err(|e| e.to_string())?;
+    let uploads = match read_if_there(&dir.join(OLD_UPLOADS_FILE), "file list")? {
+        Some(u) => serde_json::from_slice(&u).map_err(|e| e.to_string())?,
+        None => Vec::new(),
+    };
+    Ok(Some(OwnPrompt { prompt, uploads }))
 }
 
 impl Engine {
@@ -101,7 +128,8 @@ impl Engine {
         self.check_capacity(false).await?;
         let id = uuid::Uuid::new_v4().to_string();
         let dir = self.job_dir(&id);
-        let text = serde_json::to_vec(&Json::Object(job.prompt)).map_err(internal)?;
+        let prompt = Json::Object(job.prompt);
+        let text = serde_json::to_vec(&prompt).map_err(internal)?;
         let sha = hex::encode(Sha256::digest(&text));
         let uploads = job.uploads;
         let d = dir.clone();
@@ -127,11 +155,12 @@ impl Engine {
                     file,
                 });
             }
-            if !entries.is_empty() {
-                std::fs::write(d.join(UPLOADS_FILE), serde_json::to_vec(&entries)?)?;
-            }
-            // Last: a directory with a prompt is complete.
-            std::fs::write(d.join(PROMPT_FILE), &text)?;
+            // Last: a directory that says what it runs is complete.
+            let own = OwnPrompt {
+                prompt,
+                uploads: entries,
+            };
+            std::fs::write(d.join(JOB_FILE), serde_json::to_vec(&own)?)?;
             Ok(total)
         })
         .await
@@ -174,23 +203,9 @@ impl Engine {
     /// served workflow).
     pub(super) async fn own_prompt(&self, dir: &Path) -> Result<Option<OwnPrompt>, String> {
         let d = dir.to_path_buf();
-        tokio::task::spawn_blocking(move || {
-            let text = match std::fs::read(d.join(PROMPT_FILE)) {
-                Ok(t) => t,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(format!("reading the job's graph: {e}")),
-            };
-            let prompt: Json = serde_json::from_slice(&text).map_err(|e| e.to_string())?;
-            // No list: the graph reads no files.
-            let uploads = match std::fs::read(d.join(UPLOADS_FILE)) {
-                Ok(u) => serde_json::from_slice(&u).map_err(|e| e.to_string())?,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-                Err(e) => return Err(format!("reading the job's file list: {e}")),
-            };
-            Ok(Some(OwnPrompt { prompt, uploads }))
-        })
-        .await
-        .map_err(|e| e.to_string())?
+        tokio::task::spawn_blocking(move || read_own_prompt(&d))
+            .await
+            .map_err(|e| e.to_string())?
     }
 
     /// Put a prompt job's files into ComfyUI's input directory.
@@ -420,6 +435,43 @@ pub(super) fn cleanup(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_job_directory_says_what_it_runs_in_one_file_and_an_older_spools_two_are_read() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let d = dir.path();
+        assert!(
+            read_own_prompt(d).expect("read").is_none(),
+            "a job of the served workflow"
+        );
+        assert!(!is_prompt_job(d));
+
+        // A spool of an earlier version: the graph, and the list beside it.
+        std::fs::write(
+            d.join(OLD_PROMPT_FILE),
+            br#"{"1": {"class_type": "A", "inputs": {}}}"#,
+        )
+        .expect("graph");
+        let own = read_own_prompt(d).expect("read").expect("a prompt job");
+        assert!(own.uploads.is_empty() && own.prompt["1"]["class_type"] == "A");
+        std::fs::write(
+            d.join(OLD_UPLOADS_FILE),
+            br#"[{"subfolder": "s", "filename": "f.png", "file": "0"}]"#,
+        )
+        .expect("list");
+        let own = read_own_prompt(d).expect("read").expect("a prompt job");
+        assert_eq!(own.uploads[0].filename, "f.png");
+        assert!(is_prompt_job(d));
+
+        // Today's: one file, which wins.
+        let now = OwnPrompt {
+            prompt: serde_json::json!({"2": {"class_type": "B", "inputs": {}}}),
+            uploads: vec![],
+        };
+        std::fs::write(d.join(JOB_FILE), serde_json::to_vec(&now).expect("json")).expect("job");
+        let own = read_own_prompt(d).expect("read").expect("a prompt job");
+        assert!(own.uploads.is_empty() && own.prompt["2"]["class_type"] == "B");
+    }
 
     #[test]
     fn held_and_spilled_outputs_and_text_make_one_container_and_leave_no_files() {
