@@ -320,9 +320,9 @@ async fn another_graph_is_refused_by_node_unless_any_workflow_is_allowed() {
         String::from_utf8_lossy(&r.body)
     );
     let id = r.json()["id"].as_str().expect("id").to_owned();
-    let prompt =
-        std::fs::read_to_string(any.engine.job_dir(&id).join("prompt.json")).expect("its graph");
-    assert!(prompt.contains("SaveImage"));
+    let kept = std::fs::read(any.engine.job_dir(&id).join("prompt-job.json")).expect("its graph");
+    let kept: serde_json::Value = serde_json::from_slice(&kept).expect("json");
+    assert_eq!(kept["prompt"]["7"]["class_type"], "SaveImage", "{kept}");
 }
 
 #[tokio::test]

@@ -201,7 +201,8 @@ impl Engine {
         let mut ws = comfy.ws_up.clone();
         let claimed = now_ms();
         loop {
-            if *ws.borrow() && *comfy.ready.borrow() {
+            // Seen here: a later change of the websocket is noticed below.
+            if *ws.borrow_and_update() && *comfy.ready.borrow() {
                 break;
             }
             if let Some(e) = self.overdue_error(self.comfy_down_since(), claimed) {
@@ -273,7 +274,8 @@ impl Engine {
         let mut cancel_requested = false;
         // A job that runs its own graph collects the files its nodes show:
         // ComfyUI names them as each node runs (the same it then records in
-        // the prompt's history), so no history is read after the end.
+        // the prompt's history), so no history is read after the end;
+        // unless the websocket dropped meanwhile (a message may be lost).
         let shows_outputs = own.is_some();
         let mut shown = serde_json::Map::new();
         let mut tick = tokio::time::interval(Duration::from_secs(2));
@@ -285,7 +287,8 @@ impl Engine {
                     let Some(ev) = ev else { return Outcome::Shutdown };
                     match ev {
                         ComfyEvent::Success => {
-                            return Outcome::Success(shows_outputs.then(|| Value::Object(std::mem::take(&mut shown))));
+                            let intact = !ws.has_changed().unwrap_or(true);
+                            return Outcome::Success((shows_outputs && intact).then(|| Value::Object(std::mem::take(&mut shown))));
                         }
                         ComfyEvent::Error { node_id, node_type, message, details } => {
                             return Outcome::Failed(execution_error(id, &node_id, &node_type, &message, &details));
