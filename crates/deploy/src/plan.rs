@@ -424,11 +424,12 @@ mod tests {
     }
 
     fn plan_of(models_: Vec<ModelPlan>) -> Plan {
+        let (fetch_bytes, fetch_size_unknown) = models::fetch_bytes(&models_);
         Plan {
             packs: Vec::new(),
             upload_bytes: models::upload_bytes(&models_),
-            fetch_bytes: models::fetch_bytes(&models_).0,
-            fetch_size_unknown: models::fetch_bytes(&models_).1,
+            fetch_bytes,
+            fetch_size_unknown,
             models: models_,
             locked_packages: 3,
             lock: Lock {

@@ -178,11 +178,12 @@ pub fn scaffold(req: &ScaffoldRequest, runner: &Runner, sink: Sink<'_>) -> Resul
     let requires = plan::package_requires(install.local_wheel().as_deref())?;
     let lock = plan::lock(&config, &stack, req, requires, runner, sink)?;
     prepare_out_dir(&req.out_dir)?;
+    let (fetch_bytes, fetch_size_unknown) = crate::models::fetch_bytes(&models);
     let plan = Plan {
         packs: plan::packs(&config, &found, req),
         upload_bytes: crate::models::upload_bytes(&models),
-        fetch_bytes: crate::models::fetch_bytes(&models).0,
-        fetch_size_unknown: crate::models::fetch_bytes(&models).1,
+        fetch_bytes,
+        fetch_size_unknown,
         models,
         locked_packages: lock.packages,
         lock,

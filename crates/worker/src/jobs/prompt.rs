@@ -421,8 +421,12 @@ fn write_result(
         })
         .collect();
     let written = super::collect::write_container(dir, entries);
+    // Only larger outputs were spilled to `files/`.
+    let spilled = maps.iter().any(Option::is_some);
     drop(maps);
-    let _ = std::fs::remove_dir_all(dir.join(FILES_DIR));
+    if spilled {
+        let _ = std::fs::remove_dir_all(dir.join(FILES_DIR));
+    }
     written.map_err(super::outcome::internal_error)
 }
 
