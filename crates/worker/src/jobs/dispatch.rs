@@ -172,18 +172,24 @@ impl Engine {
                 }
             }
         };
+        // Recorded and read back in one trip to the store; watchers hear
+        // of the end before the job's inputs are cleaned up.
         let key = id.clone();
         let recorded = self
             .store
-            .run(move |s| s.finish(&key, status, error.as_ref(), &outputs, bytes))
+            .run(move |s| {
+                s.finish(&key, status, error.as_ref(), &outputs, bytes)?;
+                s.get(&key)
+            })
             .await;
-        if let Err(e) = recorded {
-            tracing::error!(job = %id, "recording the outcome: {e}");
-        }
         self.metrics.finished(status, t0.elapsed().as_secs_f64());
         tracing::info!(job = %id, status = status.as_str(), secs = t0.elapsed().as_secs_f32(), "job finished");
+        match recorded {
+            Ok(Some(row)) => self.publish_row(&row).await,
+            Ok(None) => {}
+            Err(e) => tracing::error!(job = %id, "recording the outcome: {e}"),
+        }
         self.cleanup_inputs(&id).await;
-        self.publish_status(&id).await;
     }
 
     async fn follow(

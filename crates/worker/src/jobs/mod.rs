@@ -366,11 +366,20 @@ impl Engine {
 
     /// Publish the job's current status (and `done` when terminal).
     async fn publish_status(&self, id: &str) {
-        let Some(live) = self.live(id) else { return };
-        let Ok(Some(row)) = self.job(id).await else {
+        if self.live(id).is_none() {
+            return;
+        }
+        if let Ok(Some(row)) = self.job(id).await {
+            self.publish_row(&row).await;
+        }
+    }
+
+    /// Publish `row` (just read from the store) to its watchers.
+    async fn publish_row(&self, row: &JobRow) {
+        let Some(live) = self.live(&row.id) else {
             return;
         };
-        let view = self.view(&row, "").await;
+        let view = self.view(row, "").await;
         if row.status.is_terminal() {
             live.publish(EventData::Progress(view.progress.clone()));
             live.publish(EventData::Status(Box::new(view.clone())));
