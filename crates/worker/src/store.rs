@@ -35,6 +35,9 @@ pub struct JobRow {
     pub updated_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
+    /// A waiting job's place in the queue, when it was read with the row
+    /// (`Engine::job`); never stored.
+    pub queue_position: Option<u64>,
 }
 
 /// A job to insert.
@@ -129,8 +132,12 @@ fn row_to_job(r: &Row<'_>) -> rusqlite::Result<JobRow> {
         updated_at: r.get(11)?,
         started_at: r.get(12)?,
         finished_at: r.get(13)?,
+        queue_position: None,
     })
 }
+
+/// Statements a connection keeps prepared (more than either store has).
+const STATEMENT_CACHE: usize = 64;
 
 /// A SQLite database of the worker's (the job store, the v2 store): every
 /// one opened with the same durability settings (WAL; synced at
@@ -140,7 +147,13 @@ pub(crate) fn open_connection(path: &Path, schema: &str) -> Result<Connection, W
     let conn = Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // The worker is its database's only user (one connection, one
+    // process): no file lock is taken and released on every transaction,
+    // and a second worker started on the same spool is refused.
+    conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // Every statement is prepared once per connection and reused.
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     conn.execute_batch(schema)?;
     Ok(conn)
 }
@@ -219,12 +232,11 @@ impl Store {
     /// later process is above every id of an earlier one.
     pub fn next_boot(&self) -> Result<u64, WorkerError> {
         self.db.with(|c| {
-            c.query_row(
+            c.prepare_cached(
                 "INSERT INTO meta (key, value) VALUES ('boot', 1)
                  ON CONFLICT(key) DO UPDATE SET value = value + 1 RETURNING value",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
+            )?
+            .query_row([], |r| r.get::<_, i64>(0))
             .map(|n| n.max(0) as u64)
         })
     }
@@ -232,11 +244,10 @@ impl Store {
     /// The job created with this idempotency key, if any.
     pub fn by_idempotency_key(&self, key: &str) -> Result<Option<JobRow>, WorkerError> {
         self.db.with(|c| {
-            c.query_row(
-                &format!("SELECT {COLUMNS} FROM jobs WHERE idempotency_key = ?1"),
-                [key],
-                row_to_job,
-            )
+            c.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM jobs WHERE idempotency_key = ?1"
+            ))?
+            .query_row([key], row_to_job)
             .optional()
         })
     }
@@ -246,10 +257,7 @@ impl Store {
         self.db.with(|c| {
             let tx = c.transaction()?;
             if let Some(key) = &job.idempotency_key {
-                let existing = tx
-                    .query_row(
-                        &format!("SELECT {COLUMNS} FROM jobs WHERE idempotency_key = ?1"),
-                        [key],
+                let existing = tx.prepare_cached(&format!("SELECT {COLUMNS} FROM jobs WHERE idempotency_key = ?1"))?.query_row([key],
                         row_to_job,
                     )
                     .optional()?;
@@ -262,12 +270,10 @@ impl Store {
                 }
             }
             let now = now_ms();
-            let row = tx.query_row(
-                &format!(
+            let row = tx.prepare_cached(&format!(
                     "INSERT INTO jobs (id, status, retryable, idempotency_key, body_sha256, input_bytes, created_at, updated_at)
                      VALUES (?1, 'queued', ?2, ?3, ?4, ?5, ?6, ?6) RETURNING {COLUMNS}"
-                ),
-                params![job.id, job.retryable as i64, job.idempotency_key, job.body_sha256, job.input_bytes, now],
+                ))?.query_row(params![job.id, job.retryable as i64, job.idempotency_key, job.body_sha256, job.input_bytes, now],
                 row_to_job,
             )?;
             tx.commit()?;
@@ -277,12 +283,9 @@ impl Store {
 
     pub fn get(&self, id: &str) -> Result<Option<JobRow>, WorkerError> {
         self.db.with(|c| {
-            c.query_row(
-                &format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"),
-                [id],
-                row_to_job,
-            )
-            .optional()
+            c.prepare_cached(&format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"))?
+                .query_row([id], row_to_job)
+                .optional()
         })
     }
 
@@ -291,15 +294,12 @@ impl Store {
     pub fn claim_next(&self) -> Result<Option<JobRow>, WorkerError> {
         self.db.with(|c| {
             let now = now_ms();
-            c.query_row(
-                &format!(
-                    "UPDATE jobs SET status = 'running', started_at = NULL, updated_at = ?1
+            c.prepare_cached(&format!(
+                "UPDATE jobs SET status = 'running', started_at = NULL, updated_at = ?1
                      WHERE seq = (SELECT seq FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT 1)
                      RETURNING {COLUMNS}"
-                ),
-                params![now],
-                row_to_job,
-            )
+            ))?
+            .query_row(params![now], row_to_job)
             .optional()
         })
     }
@@ -307,11 +307,12 @@ impl Store {
     /// Set a non-terminal status (e.g. `canceling`) of a job that is not finished.
     pub fn set_status(&self, id: &str, status: JobStatus) -> Result<bool, WorkerError> {
         self.db.with(|c| {
-            let n = c.execute(
-                "UPDATE jobs SET status = ?2, updated_at = ?3
+            let n = c
+                .prepare_cached(
+                    "UPDATE jobs SET status = ?2, updated_at = ?3
                  WHERE id = ?1 AND status NOT IN ('succeeded','failed','canceled','expired')",
-                params![id, status.as_str(), now_ms()],
-            )?;
+                )?
+                .execute(params![id, status.as_str(), now_ms()])?;
             Ok(n == 1)
         })
     }
@@ -319,9 +320,7 @@ impl Store {
     /// Record that ComfyUI began executing the job's prompt.
     pub fn mark_started(&self, id: &str) -> Result<(), WorkerError> {
         self.db.with(|c| {
-            c.execute(
-                "UPDATE jobs SET started_at = ?2, updated_at = ?2 WHERE id = ?1 AND started_at IS NULL",
-                params![id, now_ms()],
+            c.prepare_cached("UPDATE jobs SET started_at = ?2, updated_at = ?2 WHERE id = ?1 AND started_at IS NULL")?.execute(params![id, now_ms()],
             )?;
             Ok(())
         })
@@ -330,11 +329,12 @@ impl Store {
     /// Put a job that never reached ComfyUI's executor back in the queue.
     pub fn requeue(&self, id: &str) -> Result<bool, WorkerError> {
         self.db.with(|c| {
-            let n = c.execute(
-                "UPDATE jobs SET status = 'queued', updated_at = ?2
+            let n = c
+                .prepare_cached(
+                    "UPDATE jobs SET status = 'queued', updated_at = ?2
                  WHERE id = ?1 AND status IN ('running','canceling')",
-                params![id, now_ms()],
-            )?;
+                )?
+                .execute(params![id, now_ms()])?;
             Ok(n == 1)
         })
     }
@@ -349,10 +349,8 @@ impl Store {
         let err = serde_json::to_string(&err).unwrap_or_default();
         self.db.with(|c| {
             let now = now_ms();
-            let n = c.execute(
-                "UPDATE jobs SET status = 'canceled', error = ?2, updated_at = ?3, finished_at = ?3
-                 WHERE id = ?1 AND status = 'queued'",
-                params![id, err, now],
+            let n = c.prepare_cached("UPDATE jobs SET status = 'canceled', error = ?2, updated_at = ?3, finished_at = ?3
+                 WHERE id = ?1 AND status = 'queued'")?.execute(params![id, err, now],
             )?;
             Ok(n == 1)
         })
@@ -371,12 +369,20 @@ impl Store {
         let outputs = serde_json::to_string(outputs).unwrap_or_else(|_| "[]".into());
         self.db.with(|c| {
             let now = now_ms();
-            let n = c.execute(
-                "UPDATE jobs SET status = ?2, error = ?3, outputs = ?4, result_bytes = ?5,
+            let n = c
+                .prepare_cached(
+                    "UPDATE jobs SET status = ?2, error = ?3, outputs = ?4, result_bytes = ?5,
                    updated_at = ?6, finished_at = ?6
                  WHERE id = ?1 AND status NOT IN ('succeeded','failed','canceled','expired')",
-                params![id, status.as_str(), error, outputs, result_bytes, now],
-            )?;
+                )?
+                .execute(params![
+                    id,
+                    status.as_str(),
+                    error,
+                    outputs,
+                    result_bytes,
+                    now
+                ])?;
             Ok(n == 1)
         })
     }
@@ -403,20 +409,14 @@ impl Store {
         self.db.with(|c| {
             let now = now_ms();
             let tx = c.transaction()?;
-            let requeued = tx.execute(
-                "UPDATE jobs SET status = 'queued', updated_at = ?1
-                 WHERE status = 'running' AND (retryable = 1 OR started_at IS NULL)",
-                params![now],
+            let requeued = tx.prepare_cached("UPDATE jobs SET status = 'queued', updated_at = ?1
+                 WHERE status = 'running' AND (retryable = 1 OR started_at IS NULL)")?.execute(params![now],
             )?;
-            let canceled = tx.execute(
-                "UPDATE jobs SET status = 'canceled', error = ?2, updated_at = ?1, finished_at = ?1
-                 WHERE status = 'canceling'",
-                params![now, canceled],
+            let canceled = tx.prepare_cached("UPDATE jobs SET status = 'canceled', error = ?2, updated_at = ?1, finished_at = ?1
+                 WHERE status = 'canceling'")?.execute(params![now, canceled],
             )?;
-            let failed = tx.execute(
-                "UPDATE jobs SET status = 'failed', error = ?2, updated_at = ?1, finished_at = ?1
-                 WHERE status = 'running'",
-                params![now, err],
+            let failed = tx.prepare_cached("UPDATE jobs SET status = 'failed', error = ?2, updated_at = ?1, finished_at = ?1
+                 WHERE status = 'running'")?.execute(params![now, err],
             )?;
             tx.commit()?;
             Ok(Recovery {
@@ -436,7 +436,7 @@ impl Store {
         let err = serde_json::to_string(error).unwrap_or_default();
         self.db.with(|c| {
             let now = now_ms();
-            let mut st = c.prepare(
+            let mut st = c.prepare_cached(
                 "UPDATE jobs SET status = 'failed', error = ?2, updated_at = ?3, finished_at = ?3
                  WHERE status = 'queued' AND updated_at < ?1 RETURNING id",
             )?;
@@ -448,7 +448,8 @@ impl Store {
     /// Queued job ids in queue order.
     pub fn queued_ids(&self) -> Result<Vec<String>, WorkerError> {
         self.db.with(|c| {
-            let mut st = c.prepare("SELECT id FROM jobs WHERE status = 'queued' ORDER BY seq")?;
+            let mut st =
+                c.prepare_cached("SELECT id FROM jobs WHERE status = 'queued' ORDER BY seq")?;
             let rows = st.query_map([], |r| r.get(0))?;
             rows.collect()
         })
@@ -457,9 +458,7 @@ impl Store {
     /// Number of jobs ahead of a queued job (queued before it, plus running ones).
     pub fn queue_position(&self, seq: i64) -> Result<u64, WorkerError> {
         self.db.with(|c| {
-            c.query_row(
-                "SELECT COUNT(*) FROM jobs WHERE (status = 'queued' AND seq < ?1) OR status IN ('running','canceling')",
-                [seq],
+            c.prepare_cached("SELECT COUNT(*) FROM jobs WHERE (status = 'queued' AND seq < ?1) OR status IN ('running','canceling')")?.query_row([seq],
                 |r| r.get::<_, i64>(0),
             )
             .map(|n| n.max(0) as u64)
@@ -470,11 +469,10 @@ impl Store {
     /// executing: the ones handed before it (ComfyUI runs them in order).
     pub fn handed_position(&self, seq: i64) -> Result<u64, WorkerError> {
         self.db.with(|c| {
-            c.query_row(
+            c.prepare_cached(
                 "SELECT COUNT(*) FROM jobs WHERE status IN ('running','canceling') AND seq < ?1",
-                [seq],
-                |r| r.get::<_, i64>(0),
-            )
+            )?
+            .query_row([seq], |r| r.get::<_, i64>(0))
             .map(|n| n.max(0) as u64)
         })
     }
@@ -485,7 +483,7 @@ impl Store {
     /// one query for the whole queue.
     pub fn waiting_positions(&self) -> Result<Vec<(JobRow, u64)>, WorkerError> {
         let active = self.db.with(|c| {
-            let mut st = c.prepare(&format!(
+            let mut st = c.prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM jobs WHERE status IN ('queued','running','canceling') ORDER BY seq"
             ))?;
             let rows = st.query_map([], row_to_job)?;
@@ -516,11 +514,10 @@ impl Store {
     /// Jobs not yet finished.
     pub fn active_count(&self) -> Result<u64, WorkerError> {
         self.db.with(|c| {
-            c.query_row(
+            c.prepare_cached(
                 "SELECT COUNT(*) FROM jobs WHERE status IN ('queued','running','canceling')",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
+            )?
+            .query_row([], |r| r.get::<_, i64>(0))
             .map(|n| n.max(0) as u64)
         })
     }
@@ -528,8 +525,9 @@ impl Store {
     /// Job counts by status, for metrics.
     pub fn counts(&self) -> Result<Vec<(String, u64)>, WorkerError> {
         self.db.with(|c| {
-            let mut st =
-                c.prepare("SELECT status, COUNT(*) FROM jobs GROUP BY status ORDER BY status")?;
+            let mut st = c.prepare_cached(
+                "SELECT status, COUNT(*) FROM jobs GROUP BY status ORDER BY status",
+            )?;
             let rows = st.query_map([], |r| {
                 Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
             })?;
@@ -547,7 +545,7 @@ impl Store {
     ) -> Result<Vec<JobRow>, WorkerError> {
         self.db.with(|c| {
             let mut victims = Vec::new();
-            let mut st = c.prepare(&format!(
+            let mut st = c.prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM jobs WHERE status IN ('succeeded','failed','canceled')
                  AND finished_at IS NOT NULL AND files_dropped = 0 ORDER BY finished_at DESC, seq DESC"
             ))?;
@@ -578,14 +576,10 @@ impl Store {
         };
         let err = serde_json::to_string(&err).unwrap_or_default();
         self.db.with(|c| {
-            c.execute(
-                "UPDATE jobs SET status = 'expired', error = ?2, updated_at = ?3 WHERE id = ?1 AND status = 'succeeded'",
-                params![id, err, now_ms()],
+            c.prepare_cached("UPDATE jobs SET status = 'expired', error = ?2, updated_at = ?3 WHERE id = ?1 AND status = 'succeeded'")?.execute(params![id, err, now_ms()],
             )?;
             // Failed/canceled rows keep their status; only their files go.
-            c.execute(
-                "UPDATE jobs SET result_bytes = 0, files_dropped = 1 WHERE id = ?1",
-                params![id],
+            c.prepare_cached("UPDATE jobs SET result_bytes = 0, files_dropped = 1 WHERE id = ?1")?.execute(params![id],
             )?;
             Ok(())
         })
@@ -594,7 +588,7 @@ impl Store {
     /// Every job id the store knows (to clean orphan spool directories).
     pub fn all_ids(&self) -> Result<std::collections::HashSet<String>, WorkerError> {
         self.db.with(|c| {
-            let mut st = c.prepare("SELECT id FROM jobs")?;
+            let mut st = c.prepare_cached("SELECT id FROM jobs")?;
             let rows = st.query_map([], |r| r.get(0))?;
             rows.collect()
         })
@@ -806,7 +800,7 @@ mod tests {
         let cols: Vec<String> = store
             .db
             .with(|c| {
-                c.prepare("SELECT name FROM pragma_table_info('jobs')")?
+                c.prepare_cached("SELECT name FROM pragma_table_info('jobs')")?
                     .query_map([], |r| r.get(0))?
                     .collect()
             })

@@ -143,12 +143,13 @@ impl V2Store {
     pub fn claim_key(&self, key: &str) -> Result<bool, WorkerError> {
         self.db.with(|c| {
             let now = now_ms();
-            let n = c.execute(
-                "INSERT INTO idempotency_keys (key, claimed_at) VALUES (?1, ?2)
+            let n = c
+                .prepare_cached(
+                    "INSERT INTO idempotency_keys (key, claimed_at) VALUES (?1, ?2)
                  ON CONFLICT(key) DO UPDATE SET claimed_at = excluded.claimed_at, job_id = NULL
                  WHERE idempotency_keys.claimed_at < ?3",
-                params![key, now, now - KEY_TTL_MS],
-            )?;
+                )?
+                .execute(params![key, now, now - KEY_TTL_MS])?;
             Ok(n == 1)
         })
     }
@@ -156,26 +157,22 @@ impl V2Store {
     /// Release a claim whose request created nothing.
     pub fn release_key(&self, key: &str) -> Result<(), WorkerError> {
         self.db.with(|c| {
-            c.execute(
-                "DELETE FROM idempotency_keys WHERE key = ?1 AND job_id IS NULL",
-                [key],
-            )?;
+            c.prepare_cached("DELETE FROM idempotency_keys WHERE key = ?1 AND job_id IS NULL")?
+                .execute([key])?;
             Ok(())
         })
     }
 
-    /// Record a new v2 job (and bind its key, if any), in one transaction.
+    /// Record a new v2 job (and bind its key, if any), in one transaction;
+    /// its outputs may have been kept already (a job that ended at once).
     pub fn insert_job(&self, job: &V2Job, key: Option<&str>) -> Result<(), WorkerError> {
         self.db.with(|c| {
             let tx = c.transaction()?;
-            tx.execute(
-                "INSERT INTO v2_jobs (id, own_graph, workflow, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![job.id, job.own_graph as i64, job.workflow, now_ms()],
+            tx.prepare_cached("INSERT INTO v2_jobs (id, own_graph, workflow, created_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(id) DO UPDATE SET own_graph = excluded.own_graph, workflow = excluded.workflow")?.execute(params![job.id, job.own_graph as i64, job.workflow, now_ms()],
             )?;
             if let Some(k) = key {
-                tx.execute(
-                    "UPDATE idempotency_keys SET job_id = ?2 WHERE key = ?1",
-                    params![k, job.id],
+                tx.prepare_cached("UPDATE idempotency_keys SET job_id = ?2 WHERE key = ?1")?.execute(params![k, job.id],
                 )?;
             }
             tx.commit()
@@ -184,18 +181,17 @@ impl V2Store {
 
     pub fn job(&self, id: &str) -> Result<Option<V2Job>, WorkerError> {
         self.db.with(|c| {
-            c.query_row(
+            c.prepare_cached(
                 "SELECT id, own_graph, workflow, outputs_ready FROM v2_jobs WHERE id = ?1",
-                [id],
-                |r| {
-                    Ok(V2Job {
-                        id: r.get(0)?,
-                        own_graph: r.get::<_, i64>(1)? != 0,
-                        workflow: r.get(2)?,
-                        outputs_ready: r.get::<_, i64>(3)? != 0,
-                    })
-                },
-            )
+            )?
+            .query_row([id], |r| {
+                Ok(V2Job {
+                    id: r.get(0)?,
+                    own_graph: r.get::<_, i64>(1)? != 0,
+                    workflow: r.get(2)?,
+                    outputs_ready: r.get::<_, i64>(3)? != 0,
+                })
+            })
             .optional()
         })
     }
@@ -203,8 +199,9 @@ impl V2Store {
     /// The newest v2 job ids, at most `limit`.
     pub fn recent_jobs(&self, limit: u32) -> Result<Vec<String>, WorkerError> {
         self.db.with(|c| {
-            let mut st =
-                c.prepare("SELECT id FROM v2_jobs ORDER BY created_at DESC, rowid DESC LIMIT ?1")?;
+            let mut st = c.prepare_cached(
+                "SELECT id FROM v2_jobs ORDER BY created_at DESC, rowid DESC LIMIT ?1",
+            )?;
             let rows = st.query_map([limit], |r| r.get(0))?;
             rows.collect()
         })
@@ -216,20 +213,16 @@ impl V2Store {
         self.db.with(|c| {
             let tx = c.transaction()?;
             for (i, a) in assets.iter().enumerate() {
-                tx.execute(
-                    &format!(
+                tx.prepare_cached(&format!(
                         "INSERT INTO assets ({ASSET_COLUMNS}, position) VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, ?7, ?8, ?9, ?10, ?11)"
-                    ),
-                    params![
+                    ))?.execute(params![
                         a.id, a.hash, a.size_bytes as i64, a.content_type, a.file_path, a.created_at,
                         job_id, a.node_id, a.name, a.kind.map(|k| k.as_str()), i as i64
                     ],
                 )?;
             }
-            tx.execute(
-                "INSERT INTO v2_jobs (id, own_graph, workflow, created_at, outputs_ready) VALUES (?1, 0, '{}', ?2, 1)
-                 ON CONFLICT(id) DO UPDATE SET outputs_ready = 1",
-                params![job_id, now_ms()],
+            tx.prepare_cached("INSERT INTO v2_jobs (id, own_graph, workflow, created_at, outputs_ready) VALUES (?1, 0, '{}', ?2, 1)
+                 ON CONFLICT(id) DO UPDATE SET outputs_ready = 1")?.execute(params![job_id, now_ms()],
             )?;
             tx.commit()
         })
@@ -238,7 +231,7 @@ impl V2Store {
     /// A job's output assets, in order.
     pub fn outputs(&self, job_id: &str) -> Result<Vec<AssetRow>, WorkerError> {
         self.db.with(|c| {
-            let mut st = c.prepare(&format!(
+            let mut st = c.prepare_cached(&format!(
                 "SELECT {ASSET_COLUMNS} FROM assets WHERE job_id = ?1 ORDER BY position"
             ))?;
             let rows = st.query_map([job_id], row_to_asset)?;
@@ -249,9 +242,7 @@ impl V2Store {
     /// Store an uploaded asset.
     pub fn insert_asset(&self, a: &AssetRow) -> Result<(), WorkerError> {
         self.db.with(|c| {
-            c.execute(
-                &format!("INSERT INTO assets ({ASSET_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, NULL, NULL, NULL)"),
-                params![a.id, a.hash, a.size_bytes as i64, a.content_type, a.file_path, a.created_at, a.expires_at],
+            c.prepare_cached(&format!("INSERT INTO assets ({ASSET_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, NULL, NULL, NULL)"))?.execute(params![a.id, a.hash, a.size_bytes as i64, a.content_type, a.file_path, a.created_at, a.expires_at],
             )?;
             Ok(())
         })
@@ -260,11 +251,9 @@ impl V2Store {
     /// An asset that has not expired.
     pub fn asset(&self, id: &str) -> Result<Option<AssetRow>, WorkerError> {
         self.db.with(|c| {
-            c.query_row(
-                &format!(
+            c.prepare_cached(&format!(
                     "SELECT {ASSET_COLUMNS} FROM assets WHERE id = ?1 AND (expires_at IS NULL OR expires_at > ?2)"
-                ),
-                params![id, now_ms()],
+                ))?.query_row(params![id, now_ms()],
                 row_to_asset,
             )
             .optional()
@@ -274,12 +263,10 @@ impl V2Store {
     /// The newest live asset with these bytes (an uploaded one first).
     pub fn by_hash(&self, hash: &str) -> Result<Option<AssetRow>, WorkerError> {
         self.db.with(|c| {
-            c.query_row(
-                &format!(
+            c.prepare_cached(&format!(
                     "SELECT {ASSET_COLUMNS} FROM assets WHERE hash = ?1 AND (expires_at IS NULL OR expires_at > ?2)
                      ORDER BY job_id IS NOT NULL, created_at DESC LIMIT 1"
-                ),
-                params![hash, now_ms()],
+                ))?.query_row(params![hash, now_ms()],
                 row_to_asset,
             )
             .optional()
@@ -292,18 +279,14 @@ impl V2Store {
         self.db.with(|c| {
             let tx = c.transaction()?;
             let hash: Option<String> = tx
-                .query_row(
-                    "DELETE FROM assets WHERE id = ?1 RETURNING hash",
-                    [id],
-                    |r| r.get(0),
-                )
+                .prepare_cached("DELETE FROM assets WHERE id = ?1 RETURNING hash")?
+                .query_row([id], |r| r.get(0))
                 .optional()?;
             let orphan = match hash {
                 Some(h) => {
-                    let left: i64 =
-                        tx.query_row("SELECT COUNT(*) FROM assets WHERE hash = ?1", [&h], |r| {
-                            r.get(0)
-                        })?;
+                    let left: i64 = tx
+                        .prepare_cached("SELECT COUNT(*) FROM assets WHERE hash = ?1")?
+                        .query_row([&h], |r| r.get(0))?;
                     (left == 0).then_some(h)
                 }
                 None => None,
@@ -316,7 +299,7 @@ impl V2Store {
     /// Uploaded assets past their expiry.
     pub fn expired_assets(&self) -> Result<Vec<String>, WorkerError> {
         self.db.with(|c| {
-            let mut st = c.prepare(
+            let mut st = c.prepare_cached(
                 "SELECT id FROM assets WHERE expires_at IS NOT NULL AND expires_at <= ?1",
             )?;
             let rows = st.query_map([now_ms()], |r| r.get(0))?;
@@ -328,7 +311,7 @@ impl V2Store {
     pub fn jobs_with_outputs(&self) -> Result<Vec<String>, WorkerError> {
         self.db.with(|c| {
             let mut st =
-                c.prepare("SELECT DISTINCT job_id FROM assets WHERE job_id IS NOT NULL")?;
+                c.prepare_cached("SELECT DISTINCT job_id FROM assets WHERE job_id IS NOT NULL")?;
             let rows = st.query_map([], |r| r.get(0))?;
             rows.collect()
         })
@@ -337,10 +320,8 @@ impl V2Store {
     /// Forget keys claimed more than 24 h ago.
     pub fn forget_old_keys(&self) -> Result<(), WorkerError> {
         self.db.with(|c| {
-            c.execute(
-                "DELETE FROM idempotency_keys WHERE claimed_at < ?1",
-                [now_ms() - KEY_TTL_MS],
-            )?;
+            c.prepare_cached("DELETE FROM idempotency_keys WHERE claimed_at < ?1")?
+                .execute([now_ms() - KEY_TTL_MS])?;
             Ok(())
         })
     }
