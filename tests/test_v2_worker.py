@@ -125,6 +125,9 @@ def test_any_api_workflow_runs_with_allow_any_workflow(worker) -> None:
     # Its workflow is the graph as submitted.
     wf = request("GET", f"{worker.url}/api/v2/jobs/{done['id']}/workflow", headers=auth()).json()
     assert wf["workflow"]["1"]["inputs"]["image"]["info"]["id"] == asset["id"]
+    # The same job through protocol v1: a result container of that one file, as bytes.
+    [(name, _, value)] = codec.decode(worker.result(done["id"]))
+    assert (name, bytes(value)) == (f"3/{out['name']}", content)
 
 
 def test_a_burst_of_jobs_on_one_asset_all_succeed(worker) -> None:

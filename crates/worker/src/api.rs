@@ -14,14 +14,13 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use comfy_remote_contract::layout;
 use comfy_remote_protocol::api::{
     ErrorCode, Info, JobStatus, LimitsInfo, WorkflowInfo, CONTAINER_MEDIA_TYPE, FEATURE_RANGE,
     FEATURE_UPLOADS, FEATURE_WAIT, HEADER_CODECS, HEADER_IDEMPOTENCY_KEY, HEADER_IMAGES,
     HEADER_JOB, HEADER_PROTOCOL,
 };
 use comfy_remote_protocol::http::{self, BearerToken, SubmitMedia};
-use comfy_remote_protocol::PROTOCOL_VERSION;
+use comfy_remote_protocol::{PackOptions, PROTOCOL_VERSION};
 use sha2::{Digest, Sha256};
 
 use crate::error::{ApiError, Path, Query};
@@ -400,7 +399,10 @@ async fn serve_result(
     let wants_json = h("accept")
         .is_some_and(|a| a.contains("application/json") && !a.contains(CONTAINER_MEDIA_TYPE));
     if wants_json {
-        let path = layout::result_file(&st.engine.job_dir(&row.id));
+        let path = st
+            .engine
+            .result_file(&row.id, &PackOptions::default())
+            .await?;
         let bytes = tokio::fs::read(&path).await.map_err(ApiError::internal)?;
         return Ok(
             Json(comfy_remote_protocol::api::JsonForm::from_container(&bytes)).into_response(),

@@ -87,14 +87,17 @@ impl Blobs {
         tokio::fs::rename(spooled, dest).await
     }
 
-    /// Store `bytes` as the blob of `hash`.
-    pub async fn put(&self, bytes: &[u8], hash: &str) -> std::io::Result<()> {
-        if self.exists(hash) {
+    /// Store `bytes` as the blob of `hash` (blocking: call it off the runtime).
+    pub fn put_blocking(&self, bytes: &[u8], hash: &str) -> std::io::Result<()> {
+        let dest = self.path(hash);
+        if dest.is_file() {
             return Ok(());
         }
         let tmp = self.tmp.join(format!("{}.blob", uuid::Uuid::new_v4()));
-        tokio::fs::write(&tmp, bytes).await?;
-        self.keep(&tmp, hash).await
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(&tmp, dest).inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
     }
 
     pub async fn remove(&self, hash: &str) {

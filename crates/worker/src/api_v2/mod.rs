@@ -77,9 +77,11 @@ pub struct V2 {
     token: Option<BearerToken>,
     public_url: Option<String>,
     streams: AtomicUsize,
-    /// Held while a blob and the record that refers to it are written or
-    /// removed, so a concurrent delete never removes bytes just referred to.
-    blob_lock: tokio::sync::Mutex<()>,
+    /// Stores outputs as assets (also the engine's output sink).
+    keeper: outputs::Keeper,
+    /// The keeper's: held while a blob and the record that refers to it
+    /// are written or removed.
+    blob_lock: Arc<tokio::sync::Mutex<()>>,
     /// Held while a job's outputs are made assets (once per job).
     split_lock: tokio::sync::Mutex<()>,
     /// ComfyUI's `/object_info` of its current start (ComfyUI generation).
@@ -99,15 +101,22 @@ impl V2 {
         let blobs = Blobs::new(&spool, engine.tmp_dir()).map_err(|e| {
             WorkerError::io(format!("creating {}", spool.join("blobs").display()), e)
         })?;
+        let keeper = outputs::Keeper {
+            store: Arc::new(store),
+            blobs,
+            blob_lock: Arc::new(tokio::sync::Mutex::new(())),
+        };
+        engine.set_output_sink(Arc::new(keeper.clone()));
         Ok(Arc::new(V2 {
             engine,
             config,
-            store: Arc::new(store),
-            blobs,
+            store: keeper.store.clone(),
+            blobs: keeper.blobs.clone(),
             token: token.and_then(BearerToken::new),
             public_url: public_url.map(|u| u.trim_end_matches('/').to_owned()),
             streams: AtomicUsize::new(0),
-            blob_lock: tokio::sync::Mutex::new(()),
+            blob_lock: keeper.blob_lock.clone(),
+            keeper,
             split_lock: tokio::sync::Mutex::new(()),
             object_info: tokio::sync::Mutex::new(None),
         }))

@@ -79,6 +79,17 @@ pub(super) fn collect_outputs(
     })
 }
 
+/// The names and types of a job's outputs.
+pub(super) fn infos_of(entries: &[Entry<'_>]) -> Vec<ValueInfo> {
+    entries
+        .iter()
+        .map(|e| ValueInfo {
+            name: e.name.clone(),
+            comfy_type: types::type_of(e).0,
+        })
+        .collect()
+}
+
 /// `entries` as the job's result container, streamed into a temporary
 /// file and renamed into place (the combined result is never held in
 /// memory); the outputs' names and types, and the container's size.
@@ -86,13 +97,7 @@ pub(super) fn write_container(
     dir: &Path,
     entries: Vec<Entry<'_>>,
 ) -> Result<(Vec<ValueInfo>, u64), comfy_remote_protocol::WriteError> {
-    let infos = entries
-        .iter()
-        .map(|e| ValueInfo {
-            name: e.name.clone(),
-            comfy_type: types::type_of(e).0,
-        })
-        .collect();
+    let infos = infos_of(&entries);
     let tmp = dir.join(format!("{}.tmp", layout::RESULT_FILE));
     let written = (|| -> Result<u64, comfy_remote_protocol::WriteError> {
         let mut w = std::io::BufWriter::with_capacity(64 << 10, std::fs::File::create(&tmp)?);

@@ -151,8 +151,9 @@ impl Engine {
                 p.step = None;
                 p.text = "collecting outputs".into();
                 live.publish(EventData::Progress(p));
-                let collected = if super::prompt::is_prompt_job(&dir) {
-                    self.collect_prompt_outputs(&prompt_id, shown, &dir).await
+                let collected = if self.runs_own_graph(&id, &dir) {
+                    self.collect_prompt_outputs(&id, &prompt_id, shown, &dir)
+                        .await
                 } else {
                     let outputs_sig = self.workflow.outputs.clone();
                     // Outputs come from our own node, not from a client: the
@@ -224,7 +225,7 @@ impl Engine {
         let mut generation = comfy.generation.clone();
         let gen0 = *generation.borrow_and_update();
         // A job of the served workflow, or one that runs its own graph.
-        let own = match self.own_prompt(dir).await {
+        let own = match self.own_prompt(id, dir).await {
             Ok(own) => own,
             Err(e) => return Outcome::Failed(internal_error(e)),
         };
@@ -335,11 +336,13 @@ impl Engine {
                         other => {
                             if matches!(other, ComfyEvent::Started | ComfyEvent::Executing(_)) && !started {
                                 started = true;
+                                // Recorded and read back in one trip to the store.
                                 let key = id.to_owned();
-                                if let Err(e) = self.store.run(move |s| s.mark_started(&key)).await {
-                                    tracing::warn!(job = %id, "recording the start: {e}");
+                                match self.store.run(move |s| { s.mark_started(&key)?; s.get(&key) }).await {
+                                    Ok(Some(row)) => self.publish_row(&row).await,
+                                    Ok(None) => {}
+                                    Err(e) => tracing::warn!(job = %id, "recording the start: {e}"),
                                 }
-                                self.publish_status(id).await;
                                 self.refresh_queue_positions().await;
                             }
                             if let Some(p) = tracker.apply(other) {

@@ -26,6 +26,7 @@ mod progress;
 pub mod prompt;
 mod results;
 mod retention;
+pub mod sink;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -135,8 +136,11 @@ pub struct Engine {
     event_base: AtomicU64,
     /// Since when (ms) ComfyUI has not answered; `None` while it answers.
     down_since: Mutex<Option<i64>>,
-    /// Per-prompt `extra_data` of unfinished jobs (never stored).
-    extra: Mutex<HashMap<String, serde_json::Value>>,
+    /// What unfinished prompt jobs of this process run (their graph, as
+    /// also stored in their directory, and the `extra_data`, never stored).
+    held: Mutex<HashMap<String, Arc<prompt::HeldPrompt>>>,
+    /// Where prompt jobs' outputs go (set once, by the v2 surface).
+    output_sink: std::sync::OnceLock<Arc<dyn sink::OutputSink>>,
     /// Files put into ComfyUI's input directory (named by their content's
     /// hash) under the ComfyUI generation they were put there in.
     placed: Mutex<(u64, std::collections::HashSet<String>)>,
@@ -151,6 +155,15 @@ enum Waiting {
     Here,
     /// Handed to ComfyUI, not yet executing.
     InComfyUi,
+}
+
+/// The place in the queue of `row` when it waits.
+fn position_in(s: &Store, row: &JobRow) -> Result<Option<u64>, WorkerError> {
+    Ok(match waiting(row) {
+        None => None,
+        Some(Waiting::Here) => Some(s.queue_position(row.seq)?),
+        Some(Waiting::InComfyUi) => Some(s.handed_position(row.seq)?),
+    })
 }
 
 fn waiting(row: &JobRow) -> Option<Waiting> {
@@ -180,11 +193,17 @@ impl Engine {
             in_flight: AtomicUsize::new(0),
             event_base: AtomicU64::new(0),
             down_since: Mutex::new(None),
-            extra: Mutex::new(HashMap::new()),
+            held: Mutex::new(HashMap::new()),
+            output_sink: std::sync::OnceLock::new(),
             placed: Mutex::new((0, std::collections::HashSet::new())),
             upload_digests: Default::default(),
             shutdown,
         })
+    }
+
+    /// Send prompt jobs' outputs to `sink` (once; a second sink is ignored).
+    pub fn set_output_sink(&self, sink: Arc<dyn sink::OutputSink>) {
+        let _ = self.output_sink.set(sink);
     }
 
     pub fn job_dir(&self, id: &str) -> PathBuf {
@@ -215,10 +234,19 @@ impl Engine {
         job
     }
 
-    /// The stored job with this id.
+    /// The stored job with this id (a waiting one with its place in the
+    /// queue, read in the same trip to the store).
     pub async fn job(&self, id: &str) -> Result<Option<JobRow>, WorkerError> {
         let id = id.to_owned();
-        self.store.run(move |s| s.get(&id)).await
+        self.store
+            .run(move |s| {
+                let Some(mut row) = s.get(&id)? else {
+                    return Ok(None);
+                };
+                row.queue_position = position_in(s, &row)?;
+                Ok(Some(row))
+            })
+            .await
     }
 
     /// Recover after a restart and prepare the spool. Call once before serving.
@@ -265,15 +293,14 @@ impl Engine {
     pub async fn view(&self, row: &JobRow, base: &str) -> JobView {
         let position = match waiting(row) {
             None => None,
-            Some(w) => {
-                let seq = row.seq;
+            Some(_) if row.queue_position.is_some() => row.queue_position,
+            Some(_) => {
+                let r = row.clone();
                 self.store
-                    .run(move |s| match w {
-                        Waiting::Here => s.queue_position(seq),
-                        Waiting::InComfyUi => s.handed_position(seq),
-                    })
+                    .run(move |s| position_in(s, &r))
                     .await
                     .ok()
+                    .flatten()
             }
         };
         let inline = self.inline_result(row).await;
@@ -443,10 +470,19 @@ impl Engine {
     /// inputs can be gigabytes).
     async fn cleanup_inputs(&self, id: &str) {
         let dir = self.job_dir(id);
-        self.extra
+        let held = self
+            .held
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
+        // A prompt job of this process made only what it says it made (a
+        // collection that failed after spilling leaves `files/` to retention).
+        if let Some(h) = held {
+            if h.reads_files() {
+                let _ = tokio::task::spawn_blocking(move || prompt::cleanup(&dir)).await;
+            }
+            return;
+        }
         let _ = tokio::task::spawn_blocking(move || {
             let _ = std::fs::remove_file(layout::inputs_file(&dir));
             let _ = std::fs::remove_dir_all(layout::outputs_dir(&dir));

@@ -22,8 +22,10 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use comfy_remote_protocol::api::{ErrorCode, ErrorInfo, ValueInfo};
+use comfy_remote_protocol::v2::outputs::{split, Naming};
 use comfy_remote_protocol::{Entry, Value};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
@@ -82,10 +84,25 @@ struct UploadEntry {
 
 /// What a prompt job's directory says it runs ([`JOB_FILE`]).
 #[derive(Debug, Serialize, Deserialize)]
-pub(super) struct OwnPrompt {
+pub(crate) struct OwnPrompt {
     pub prompt: Json,
     #[serde(default)]
     uploads: Vec<UploadEntry>,
+}
+
+/// A prompt job of this process, held in memory until it ends (so its
+/// graph is not read back from its directory to run it).
+#[derive(Debug)]
+pub(crate) struct HeldPrompt {
+    own: Arc<OwnPrompt>,
+    extra_data: Option<Json>,
+}
+
+impl HeldPrompt {
+    /// Its graph reads files (kept in the job's `uploads/`).
+    pub(super) fn reads_files(&self) -> bool {
+        !self.own.uploads.is_empty()
+    }
 }
 
 /// Does the job in `dir` run a graph of its own?
@@ -133,7 +150,7 @@ impl Engine {
         let sha = hex::encode(Sha256::digest(&text));
         let uploads = job.uploads;
         let d = dir.clone();
-        let stored = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
+        let stored = tokio::task::spawn_blocking(move || -> std::io::Result<(u64, OwnPrompt)> {
             let mut total = text.len() as u64;
             if uploads.is_empty() {
                 std::fs::create_dir_all(&d)?;
@@ -161,11 +178,11 @@ impl Engine {
                 uploads: entries,
             };
             std::fs::write(d.join(JOB_FILE), serde_json::to_vec(&own)?)?;
-            Ok(total)
+            Ok((total, own))
         })
         .await
         .map_err(internal)?;
-        let total = match stored {
+        let (total, own) = match stored {
             Ok(t) => t,
             Err(e) => {
                 let _ = tokio::fs::remove_dir_all(&dir).await;
@@ -181,12 +198,14 @@ impl Engine {
         };
         match self.store.run(move |s| s.insert(&new)).await {
             Ok(Inserted::New(row)) => {
-                if let Some(extra) = job.extra_data {
-                    self.extra
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(id.clone(), extra);
-                }
+                let held = HeldPrompt {
+                    own: Arc::new(own),
+                    extra_data: job.extra_data,
+                };
+                self.held
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id.clone(), Arc::new(held));
                 tracing::info!(job = %id, bytes = total, "job accepted (its own graph)");
                 self.accepted(&row).await;
                 Ok(row)
@@ -199,13 +218,35 @@ impl Engine {
         }
     }
 
-    /// The graph of a prompt job in `dir` (`Ok(None)` for a job of the
-    /// served workflow).
-    pub(super) async fn own_prompt(&self, dir: &Path) -> Result<Option<OwnPrompt>, String> {
+    /// The graph of prompt job `id` (`Ok(None)` for a job of the served
+    /// workflow): held since it was accepted, else (accepted before a
+    /// restart) read from its directory.
+    pub(super) async fn own_prompt(
+        &self,
+        id: &str,
+        dir: &Path,
+    ) -> Result<Option<Arc<OwnPrompt>>, String> {
+        if let Some(h) = self.held_prompt(id) {
+            return Ok(Some(h.own.clone()));
+        }
         let d = dir.to_path_buf();
-        tokio::task::spawn_blocking(move || read_own_prompt(&d))
+        let read = tokio::task::spawn_blocking(move || read_own_prompt(&d))
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        read.map(|own| own.map(Arc::new))
+    }
+
+    /// Does job `id` run a graph of its own?
+    pub(super) fn runs_own_graph(&self, id: &str, dir: &Path) -> bool {
+        self.held_prompt(id).is_some() || is_prompt_job(dir)
+    }
+
+    fn held_prompt(&self, id: &str) -> Option<Arc<HeldPrompt>> {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
     }
 
     /// Put a prompt job's files into ComfyUI's input directory.
@@ -286,11 +327,7 @@ impl Engine {
 
     /// The partner-node `extra_data` a job was submitted with (memory only).
     pub(super) fn extra_data(&self, id: &str) -> Option<Json> {
-        self.extra
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .cloned()
+        self.held_prompt(id)?.extra_data.clone()
     }
 
     /// Read back the files a succeeded prompt wrote into the job's result
@@ -298,6 +335,7 @@ impl Engine {
     /// as in ComfyUI's history), else those its history names.
     pub(super) async fn collect_prompt_outputs(
         &self,
+        id: &str,
         prompt_id: &str,
         shown: Option<Json>,
         dir: &Path,
@@ -377,10 +415,63 @@ impl Engine {
                 }
             }
         }
+        let collected = match self.keep_in_sink(id, collected).await {
+            Ok(kept) => return Ok(kept),
+            Err(c) => c,
+        };
         let d = dir.to_path_buf();
         tokio::task::spawn_blocking(move || write_result(&d, collected))
             .await
             .map_err(super::outcome::internal_error)?
+    }
+
+    /// Give a job's outputs to the output sink, when there is one and they
+    /// are all in memory: the outputs' names and types and their size.
+    /// `Err` hands them back, to be written as the result container.
+    async fn keep_in_sink(
+        &self,
+        id: &str,
+        collected: Vec<(String, Collected)>,
+    ) -> Result<(Vec<ValueInfo>, u64), Vec<(String, Collected)>> {
+        let Some(sink) = self.output_sink.get() else {
+            return Err(collected);
+        };
+        let entries: Option<Vec<Entry<'_>>> = collected
+            .iter()
+            .map(|(name, c)| {
+                let value = match c {
+                    Collected::Held(b) => Value::Bytes(std::borrow::Cow::Borrowed(&b[..])),
+                    Collected::Text(t) => Value::Str(t.clone()),
+                    Collected::File(_) => return None,
+                };
+                Some(Entry {
+                    name: name.clone(),
+                    comfy_type: None,
+                    value,
+                })
+            })
+            .collect();
+        let Some(entries) = entries else {
+            return Err(collected);
+        };
+        let infos = super::collect::infos_of(&entries);
+        let payload = comfy_remote_protocol::Payload { entries };
+        let files = match split(&payload, Naming::NodeFiles) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(job = %id, "splitting the outputs into files: {e}");
+                return Err(collected);
+            }
+        };
+        drop(payload);
+        let size = files.iter().map(|f| f.bytes.len() as u64).sum();
+        match sink.keep(id, files).await {
+            Ok(()) => Ok((infos, size)),
+            Err(e) => {
+                tracing::warn!(job = %id, "keeping the outputs as assets: {e}");
+                Err(collected)
+            }
+        }
     }
 }
 

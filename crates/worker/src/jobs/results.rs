@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use comfy_remote_contract::layout;
-use comfy_remote_protocol::{Limits, PackOptions};
+use comfy_remote_protocol::{Entry, Limits, PackOptions, Payload, Value};
 
 use super::Engine;
 use crate::error::WorkerError;
@@ -27,7 +27,7 @@ impl Engine {
     /// on a blocking thread).
     pub async fn result_file(&self, id: &str, opts: &PackOptions) -> Result<PathBuf, WorkerError> {
         let dir = self.job_dir(id);
-        let plain = layout::result_file(&dir);
+        let plain = self.container(id).await?;
         if opts.is_empty() {
             return Ok(plain);
         }
@@ -60,6 +60,58 @@ impl Engine {
             }
             std::fs::rename(&tmp, &packed).map_err(|e| io("packing the result", e))?;
             Ok(packed)
+        })
+        .await
+        .map_err(|e| WorkerError::Task(e.to_string()))?
+    }
+
+    /// The result container of job `id` as collected; for a prompt job
+    /// whose outputs went to the output sink, made now from the files it
+    /// kept (each a bytes entry `<node id>/<file name>`) and kept beside.
+    async fn container(&self, id: &str) -> Result<PathBuf, WorkerError> {
+        let dir = self.job_dir(id);
+        let plain = layout::result_file(&dir);
+        if tokio::fs::try_exists(&plain).await.unwrap_or(false) {
+            return Ok(plain);
+        }
+        let Some(sink) = self.output_sink.get() else {
+            return Ok(plain);
+        };
+        let files = sink.files(id).await?;
+        tokio::task::spawn_blocking(move || -> Result<PathBuf, WorkerError> {
+            let io = |e: std::io::Error| WorkerError::io("writing the result".to_owned(), e);
+            let maps = files
+                .iter()
+                .map(|(_, path)| crate::fsutil::map(path))
+                .collect::<std::io::Result<Vec<_>>>()
+                .map_err(io)?;
+            let entries = files
+                .iter()
+                .zip(&maps)
+                .map(|((name, _), m)| Entry {
+                    name: name.clone(),
+                    comfy_type: None,
+                    value: Value::Bytes(std::borrow::Cow::Borrowed(&m[..])),
+                })
+                .collect();
+            // A name of its own: two readers may make it at once.
+            let tmp = dir.join(format!(
+                "{}.{}.tmp",
+                layout::RESULT_FILE,
+                uuid::Uuid::new_v4()
+            ));
+            let written = (|| -> Result<(), WorkerError> {
+                let file = std::fs::File::create(&tmp).map_err(io)?;
+                let mut w = std::io::BufWriter::new(file);
+                comfy_remote_protocol::encode_to_writer(&Payload { entries }, &mut w)
+                    .map_err(|e| WorkerError::Comfy(format!("writing the result: {e}")))?;
+                std::io::Write::flush(&mut w).map_err(io)?;
+                std::fs::rename(&tmp, &plain).map_err(io)
+            })();
+            if written.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            written.map(|()| plain)
         })
         .await
         .map_err(|e| WorkerError::Task(e.to_string()))?
