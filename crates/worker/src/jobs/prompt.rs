@@ -10,7 +10,9 @@
 //!                               graph to queue and what goes into ComfyUI's input directory
 //! <job dir>/uploads/<file>      those files' bytes
 //! <job dir>/files/<n>           the prompt's larger output files, while they are collected
-//! <job dir>/result.crc          one entry per output file: `<node id>/<file name>` (bytes), or a node's text
+//! <job dir>/result.crc          one entry per output file: `<node id>/<file name>` (bytes), or a node's text;
+//!                               only without an output sink (`super::sink`), when the outputs were
+//!                               too large to hold, or once a protocol v1 client asked for it
 //! ```
 //!
 //! Each file made is work for the file system on every job, so a job makes
