@@ -357,6 +357,24 @@ mod tests {
     }
 
     #[test]
+    fn a_job_whose_outputs_were_kept_before_its_record_keeps_both() {
+        // A prompt job can end (and its outputs be kept) before the request
+        // that submitted it records what v2 adds.
+        let (_d, s) = store();
+        s.put_outputs("j", &[]).expect("outputs first");
+        let job = V2Job {
+            id: "j".into(),
+            own_graph: true,
+            workflow: r#"{"1": {}}"#.into(),
+            outputs_ready: false,
+        };
+        s.insert_job(&job, None).expect("then the record");
+        let got = s.job("j").expect("job").expect("there");
+        assert!(got.own_graph && got.outputs_ready);
+        assert_eq!(got.workflow, job.workflow);
+    }
+
+    #[test]
     fn assets_expire_and_the_last_record_of_a_blob_frees_it() {
         let (_d, s) = store();
         let a = |id: &str, expires_at: Option<i64>| AssetRow {
