@@ -479,7 +479,7 @@ impl Engine {
         // collection that failed after spilling leaves `files/` to retention).
         if let Some(h) = held {
             if h.reads_files() {
-                let _ = tokio::task::spawn_blocking(move || prompt::cleanup(&dir)).await;
+                let _ = tokio::task::spawn_blocking(move || h.cleanup(&dir)).await;
             }
             return;
         }

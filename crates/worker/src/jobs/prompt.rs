@@ -101,6 +101,19 @@ pub(crate) struct HeldPrompt {
 }
 
 impl HeldPrompt {
+    /// Remove the files its job kept for the run (those of `uploads/`, by
+    /// name: the directory is not listed); blocking.
+    pub(super) fn cleanup(&self, dir: &Path) {
+        if self.own.uploads.is_empty() {
+            return;
+        }
+        let uploads = dir.join(UPLOADS_DIR);
+        for u in &self.own.uploads {
+            let _ = std::fs::remove_file(uploads.join(&u.file));
+        }
+        let _ = std::fs::remove_dir(&uploads);
+    }
+
     /// Its graph reads files (kept in the job's `uploads/`).
     pub(super) fn reads_files(&self) -> bool {
         !self.own.uploads.is_empty()
