@@ -130,8 +130,11 @@ def test_any_api_workflow_runs_with_allow_any_workflow(worker) -> None:
     spool = Path(worker.argv[worker.argv.index("--spool") + 1])
     assert sorted(p.name for p in (spool / "jobs" / done["id"]).iterdir()) == ["prompt-job.json"]
     # The same job through protocol v1: a result container of that one file, as bytes.
-    [(name, _, value)] = codec.decode(worker.result(done["id"]))
+    container = worker.result(done["id"])
+    [(name, _, value)] = codec.decode(container)
     assert (name, bytes(value)) == (f"3/{out['name']}", content)
+    v1 = request("GET", f"{worker.url}/v1/jobs/{done['id']}", headers=auth()).json()
+    assert v1["result"]["bytes"] == len(container), v1["result"]
 
 
 def test_a_burst_of_jobs_on_one_asset_all_succeed(worker) -> None:

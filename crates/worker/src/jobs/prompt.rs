@@ -479,7 +479,19 @@ impl Engine {
             }
         };
         drop(payload);
-        let size = files.iter().map(|f| f.bytes.len() as u64).sum();
+        // The size of the container a v1 client gets ([`super::results`]).
+        let kept: Vec<_> = files
+            .iter()
+            .map(|f| (format!("{}/{}", f.node_id, f.name), &f.bytes[..]))
+            .collect();
+        let size = match super::results::kept_container_size(&kept) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(job = %id, "sizing the outputs: {e}");
+                return Err(collected);
+            }
+        };
+        drop(kept);
         match sink.keep(id, files).await {
             Ok(()) => Ok((infos, size)),
             Err(e) => {

@@ -21,6 +21,26 @@ fn variant_name(opts: &PackOptions) -> String {
     }
 }
 
+/// The result container of a job whose outputs the output sink kept: one
+/// bytes entry per file, `(<node id>/<file name>, bytes)`.
+fn kept_entries<'a>(files: impl Iterator<Item = (&'a String, &'a [u8])>) -> Vec<Entry<'a>> {
+    files
+        .map(|(name, bytes)| Entry {
+            name: name.clone(),
+            comfy_type: None,
+            value: Value::Bytes(std::borrow::Cow::Borrowed(bytes)),
+        })
+        .collect()
+}
+
+/// The size of that container.
+pub(super) fn kept_container_size(
+    files: &[(String, &[u8])],
+) -> Result<u64, comfy_remote_protocol::WriteError> {
+    let entries = kept_entries(files.iter().map(|(n, b)| (n, *b)));
+    comfy_remote_protocol::encode_to_writer(&Payload { entries }, &mut std::io::sink())
+}
+
 impl Engine {
     /// The result of job `id` for a client that reads `opts`: the stored
     /// container, or its packed copy (made now when it does not exist yet,
@@ -85,15 +105,7 @@ impl Engine {
                 .map(|(_, path)| crate::fsutil::map(path))
                 .collect::<std::io::Result<Vec<_>>>()
                 .map_err(io)?;
-            let entries = files
-                .iter()
-                .zip(&maps)
-                .map(|((name, _), m)| Entry {
-                    name: name.clone(),
-                    comfy_type: None,
-                    value: Value::Bytes(std::borrow::Cow::Borrowed(&m[..])),
-                })
-                .collect();
+            let entries = kept_entries(files.iter().zip(&maps).map(|((n, _), m)| (n, &m[..])));
             // A name of its own: two readers may make it at once.
             let tmp = dir.join(format!(
                 "{}.{}.tmp",
