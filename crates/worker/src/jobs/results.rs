@@ -94,7 +94,12 @@ impl Engine {
         if tokio::fs::try_exists(&plain).await.unwrap_or(false) {
             return Ok(plain);
         }
-        let Some(sink) = self.output_sink.get() else {
+        // Only a prompt job's outputs go to the sink.
+        let Some(sink) = self
+            .output_sink
+            .get()
+            .filter(|_| self.runs_own_graph(id, &dir))
+        else {
             return Ok(plain);
         };
         let files = sink.files(id).await?;
