@@ -28,6 +28,11 @@ pub enum Naming<'a> {
     NodeFiles,
 }
 
+/// The entry name of a file a job's own graph wrote ([`Naming::NodeFiles`]).
+pub fn node_file_entry(node_id: &str, file_name: &str) -> String {
+    format!("{node_id}/{file_name}")
+}
+
 /// The kind and media type of a file by its name's extension.
 pub fn kind_of_name(name: &str) -> (FileKind, &'static str) {
     let ext = name

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use comfy_remote_contract::layout;
 use comfy_remote_protocol::api::JobStatus;
 use comfy_remote_protocol::v2::assets::AssetRecord;
-use comfy_remote_protocol::v2::outputs::{split, Naming, OutputFile};
+use comfy_remote_protocol::v2::outputs::{node_file_entry, split, Naming, OutputFile};
 use comfy_remote_protocol::v2::view::{blake3_hash, OutputRecord};
 use comfy_remote_protocol::Limits;
 
@@ -98,7 +98,7 @@ impl OutputSink for Keeper {
                 .map(|a| {
                     let node = a.node_id.as_deref().unwrap_or_default();
                     let name = a.name.as_deref().unwrap_or_default();
-                    (format!("{node}/{name}"), self.blobs.path(&a.hash))
+                    (node_file_entry(node, name), self.blobs.path(&a.hash))
                 })
                 .collect())
         })

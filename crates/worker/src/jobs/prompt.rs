@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use comfy_remote_protocol::api::{ErrorCode, ErrorInfo, ValueInfo};
-use comfy_remote_protocol::v2::outputs::{split, Naming};
+use comfy_remote_protocol::v2::outputs::{node_file_entry, split, Naming};
 use comfy_remote_protocol::{Entry, Value};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
@@ -420,10 +420,10 @@ impl Engine {
                             Collected::File(path)
                         };
                         let base = filename.rsplit('/').next().unwrap_or(filename);
-                        collected.push((unique(format!("{node_id}/{base}")), kept));
+                        collected.push((unique(node_file_entry(node_id, base)), kept));
                     } else if let (Some(text), "text") = (item.as_str(), key.as_str()) {
                         collected.push((
-                            unique(format!("{node_id}/text")),
+                            unique(node_file_entry(node_id, "text")),
                             Collected::Text(text.to_owned()),
                         ));
                     }
@@ -482,7 +482,7 @@ impl Engine {
         // The size of the container a v1 client gets ([`super::results`]).
         let kept: Vec<_> = files
             .iter()
-            .map(|f| (format!("{}/{}", f.node_id, f.name), &f.bytes[..]))
+            .map(|f| (node_file_entry(&f.node_id, &f.name), &f.bytes[..]))
             .collect();
         let size = match super::results::kept_container_size(&kept) {
             Ok(n) => n,
