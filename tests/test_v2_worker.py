@@ -125,10 +125,11 @@ def test_any_api_workflow_runs_with_allow_any_workflow(worker) -> None:
     # Its workflow is the graph as submitted.
     wf = request("GET", f"{worker.url}/api/v2/jobs/{done['id']}/workflow", headers=auth()).json()
     assert wf["workflow"]["1"]["inputs"]["image"]["info"]["id"] == asset["id"]
-    # What the job kept on disk once it ended: the graph it ran; its input went back, and its output
-    # is the asset (no result container until a v1 client asks for one).
+    # What the job kept on disk once it ended: nothing of its own. Its graph is in its record, its
+    # input went back, and its output is the asset (no result container until a v1 client asks).
     spool = Path(worker.argv[worker.argv.index("--spool") + 1])
-    assert sorted(p.name for p in (spool / "jobs" / done["id"]).iterdir()) == ["prompt-job.json"]
+    assert not (spool / "jobs" / done["id"]).exists()
+    assert list((spool / "inputs").iterdir()) == []
     # The same job through protocol v1: a result container of that one file, as bytes.
     container = worker.result(done["id"])
     [(name, _, value)] = codec.decode(container)

@@ -150,7 +150,7 @@ async fn readyz(State(st): State<AppState>) -> Response {
 
 async fn metrics(State(st): State<AppState>) -> Result<Response, ApiError> {
     let e = &st.engine;
-    let counts = e.store.run(|s| s.counts()).await?;
+    let counts = e.store.read(|s| s.counts()).await?;
     let mut text = e.metrics.render(
         &counts,
         e.comfy.restarts.load(Ordering::Relaxed),
@@ -399,17 +399,14 @@ async fn serve_result(
     let wants_json = h("accept")
         .is_some_and(|a| a.contains("application/json") && !a.contains(CONTAINER_MEDIA_TYPE));
     if wants_json {
-        let path = st
-            .engine
-            .result_file(&row.id, &PackOptions::default())
-            .await?;
+        let path = st.engine.result_file(row, &PackOptions::default()).await?;
         let bytes = tokio::fs::read(&path).await.map_err(ApiError::internal)?;
         return Ok(
             Json(comfy_remote_protocol::api::JsonForm::from_container(&bytes)).into_response(),
         );
     }
     let packing = http::result_packing(h(HEADER_CODECS), h(HEADER_IMAGES));
-    let path = st.engine.result_file(&row.id, &packing).await?;
+    let path = st.engine.result_file(row, &packing).await?;
     let mut file = tokio::fs::File::open(&path)
         .await
         .map_err(ApiError::internal)?;

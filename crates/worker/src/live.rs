@@ -2,7 +2,7 @@
 //! event log that SSE subscribers replay (`Last-Event-ID`) and follow.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use comfy_remote_protocol::api::{JobView, PreviewEvent, Progress};
 use tokio::sync::broadcast;
@@ -10,6 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Events kept for replay per job (previews are never kept).
 const LOG_CAP: usize = 1024;
+/// Events a follower may fall behind by before it misses some.
+const FOLLOW_CAP: usize = 256;
 
 /// What an SSE event carries.
 #[derive(Debug, Clone)]
@@ -69,7 +71,9 @@ pub struct Subscription {
 #[derive(Debug)]
 pub struct LiveJob {
     inner: Mutex<Inner>,
-    tx: broadcast::Sender<JobEvent>,
+    /// Made for the first follower: most jobs have none, and the channel
+    /// holds [`FOLLOW_CAP`] slots.
+    tx: OnceLock<broadcast::Sender<JobEvent>>,
     /// Fired by `POST /cancel` while the job is running.
     pub cancel: CancellationToken,
     base: u64,
@@ -80,7 +84,6 @@ impl LiveJob {
     /// process is above `base`, and `base` is above every id an earlier
     /// process gave (see [`crate::store::Store::next_boot`]).
     pub fn new(progress: Progress, base: u64) -> Self {
-        let (tx, _) = broadcast::channel(256);
         LiveJob {
             inner: Mutex::new(Inner {
                 progress,
@@ -90,7 +93,7 @@ impl LiveJob {
                 done: false,
                 last_preview: None,
             }),
-            tx,
+            tx: OnceLock::new(),
             cancel: CancellationToken::new(),
             base,
         }
@@ -110,7 +113,7 @@ impl LiveJob {
 
     /// Whether anyone follows the job's events now.
     pub fn is_watched(&self) -> bool {
-        self.tx.receiver_count() > 0
+        self.tx.get().is_some_and(|tx| tx.receiver_count() > 0)
     }
 
     /// The latest preview the job sent, if any.
@@ -161,7 +164,9 @@ impl LiveJob {
             }
             inner.log.push_back(ev.clone());
         }
-        let _ = self.tx.send(ev);
+        if let Some(tx) = self.tx.get() {
+            let _ = tx.send(ev);
+        }
     }
 
     /// Events after `after` (all when `None`) and a receiver for what follows,
@@ -188,7 +193,10 @@ impl LiveJob {
             snapshot,
             snapshot_seq,
             replay,
-            rx: self.tx.subscribe(),
+            rx: self
+                .tx
+                .get_or_init(|| broadcast::channel(FOLLOW_CAP).0)
+                .subscribe(),
             after,
         }
     }

@@ -1,8 +1,9 @@
 //! The durable job table (embedded SQLite, WAL): submit, claim, finish,
 //! recovery after a restart, and retention.
 
+use std::cell::RefCell;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use comfy_remote_protocol::api::{ErrorCode, ErrorInfo, JobStatus, ValueInfo};
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -35,6 +36,8 @@ pub struct JobRow {
     pub updated_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
+    /// It runs a graph of its own (its record holds it: [`NewJob::prompt`]).
+    pub own_graph: bool,
     /// A waiting job's place in the queue, when it was read with the row
     /// (`Engine::job`); never stored.
     pub queue_position: Option<u64>,
@@ -48,6 +51,9 @@ pub struct NewJob {
     pub idempotency_key: Option<String>,
     pub body_sha256: String,
     pub input_bytes: i64,
+    /// The graph of its own it runs, and what it reads (JSON; see
+    /// `jobs::prompt`); `None` for a job of the served workflow.
+    pub prompt: Option<String>,
 }
 
 /// Result of an insert with an idempotency key.
@@ -102,6 +108,8 @@ CREATE TABLE IF NOT EXISTS meta (
 const ADDED_COLUMNS: &[(&str, &str)] = &[
     // 1 once retention deleted the job's files (the sweep skips it then).
     ("files_dropped", "INTEGER NOT NULL DEFAULT 0"),
+    // What a job that runs a graph of its own runs (`NewJob::prompt`).
+    ("prompt", "TEXT"),
 ];
 
 /// Columns of earlier releases that nothing reads any more; dropped from an
@@ -109,7 +117,8 @@ const ADDED_COLUMNS: &[(&str, &str)] = &[
 const DROPPED_COLUMNS: &[&str] = &["attempts", "prompt_id", "owner", "lease_until"];
 
 const COLUMNS: &str = "seq, id, status, retryable, idempotency_key, body_sha256, \
-     input_bytes, result_bytes, error, outputs, created_at, updated_at, started_at, finished_at";
+     input_bytes, result_bytes, error, outputs, created_at, updated_at, started_at, finished_at, \
+     prompt IS NOT NULL";
 
 fn row_to_job(r: &Row<'_>) -> rusqlite::Result<JobRow> {
     let status: String = r.get(2)?;
@@ -132,6 +141,7 @@ fn row_to_job(r: &Row<'_>) -> rusqlite::Result<JobRow> {
         updated_at: r.get(11)?,
         started_at: r.get(12)?,
         finished_at: r.get(13)?,
+        own_graph: r.get(14)?,
         queue_position: None,
     })
 }
@@ -158,13 +168,15 @@ pub(crate) fn open_connection(path: &Path, schema: &str) -> Result<Connection, W
     Ok(conn)
 }
 
-/// One SQLite connection behind a mutex (every statement is short).
+/// One SQLite connection behind a lock (every statement is short). The
+/// lock is reentrant, so a trip that holds it (see [`read`]) runs the
+/// store's methods, which take it again, on the same thread.
 #[derive(Debug)]
-pub(crate) struct Db(Mutex<Connection>);
+pub(crate) struct Db(parking_lot::ReentrantMutex<RefCell<Connection>>);
 
 impl Db {
     pub(crate) fn new(conn: Connection) -> Db {
-        Db(Mutex::new(conn))
+        Db(parking_lot::ReentrantMutex::new(RefCell::new(conn)))
     }
 
     /// Run `f` on the connection (waiting for its lock).
@@ -172,9 +184,15 @@ impl Db {
         &self,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
     ) -> Result<T, WorkerError> {
-        let mut conn = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let held = self.0.lock();
+        let mut conn = held.borrow_mut();
         Ok(f(&mut conn)?)
     }
+}
+
+/// A store on one [`Db`].
+pub(crate) trait OnDb {
+    fn db(&self) -> &Db;
 }
 
 /// Run `f` on `store` on a blocking thread, so statements (and the waits on
@@ -191,6 +209,41 @@ where
         .map_err(|e| WorkerError::Task(e.to_string()))?
 }
 
+/// Run `f`, which only reads, on `store`: here, when no other thread holds
+/// the connection (a read of a few rows takes microseconds, less than
+/// handing it to a blocking thread), else on a blocking thread.
+pub(crate) async fn read<S, T, F>(store: &Arc<S>, f: F) -> Result<T, WorkerError>
+where
+    S: OnDb + Send + Sync + 'static,
+    T: Send + 'static,
+    F: FnOnce(&S) -> Result<T, WorkerError> + Send + 'static,
+{
+    match read_here(&**store, f) {
+        Ok(done) => done,
+        Err(f) => run_blocking(store, f).await,
+    }
+}
+
+/// `f` run on this thread while it holds the connection; `Err(f)` when
+/// another thread holds it.
+fn read_here<S: OnDb, T, F: FnOnce(&S) -> Result<T, WorkerError>>(
+    store: &S,
+    f: F,
+) -> Result<Result<T, WorkerError>, F> {
+    let Some(held) = store.db().0.try_lock() else {
+        return Err(f);
+    };
+    let done = f(store);
+    drop(held);
+    Ok(done)
+}
+
+impl OnDb for Store {
+    fn db(&self) -> &Db {
+        &self.db
+    }
+}
+
 impl Store {
     /// Run `f` on the store on a blocking thread ([`run_blocking`]).
     pub async fn run<T, F>(self: &Arc<Self>, f: F) -> Result<T, WorkerError>
@@ -199,6 +252,15 @@ impl Store {
         F: FnOnce(&Store) -> Result<T, WorkerError> + Send + 'static,
     {
         run_blocking(self, f).await
+    }
+
+    /// Run `f`, which only reads, on the store ([`read`]).
+    pub async fn read<T, F>(self: &Arc<Self>, f: F) -> Result<T, WorkerError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T, WorkerError> + Send + 'static,
+    {
+        read(self, f).await
     }
 
     /// Open (or create) the store at `path`.
@@ -271,9 +333,9 @@ impl Store {
             }
             let now = now_ms();
             let row = tx.prepare_cached(&format!(
-                    "INSERT INTO jobs (id, status, retryable, idempotency_key, body_sha256, input_bytes, created_at, updated_at)
-                     VALUES (?1, 'queued', ?2, ?3, ?4, ?5, ?6, ?6) RETURNING {COLUMNS}"
-                ))?.query_row(params![job.id, job.retryable as i64, job.idempotency_key, job.body_sha256, job.input_bytes, now],
+                    "INSERT INTO jobs (id, status, retryable, idempotency_key, body_sha256, input_bytes, prompt, created_at, updated_at)
+                     VALUES (?1, 'queued', ?2, ?3, ?4, ?5, ?6, ?7, ?7) RETURNING {COLUMNS}"
+                ))?.query_row(params![job.id, job.retryable as i64, job.idempotency_key, job.body_sha256, job.input_bytes, job.prompt, now],
                 row_to_job,
             )?;
             tx.commit()?;
@@ -286,6 +348,29 @@ impl Store {
             c.prepare_cached(&format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"))?
                 .query_row([id], row_to_job)
                 .optional()
+        })
+    }
+
+    /// What each unfinished job that runs a graph of its own runs:
+    /// `(id, NewJob::prompt)`.
+    pub fn unfinished_prompts(&self) -> Result<Vec<(String, String)>, WorkerError> {
+        self.db.with(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT id, prompt FROM jobs WHERE prompt IS NOT NULL
+                 AND status IN ('queued', 'running', 'canceling') ORDER BY seq",
+            )?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })
+    }
+
+    /// Record what job `id` runs of its own (a spool of an earlier version
+    /// kept it in the job's directory).
+    pub fn set_own_prompt(&self, id: &str, prompt: &str) -> Result<(), WorkerError> {
+        self.db.with(|c| {
+            c.prepare_cached("UPDATE jobs SET prompt = ?2 WHERE id = ?1")?
+                .execute(params![id, prompt])
+                .map(drop)
         })
     }
 
@@ -606,6 +691,7 @@ mod tests {
             idempotency_key: key.map(Into::into),
             body_sha256: hash.into(),
             input_bytes: 1,
+            prompt: None,
         }
     }
 

@@ -29,7 +29,7 @@ const TOKEN: &str = "s3cret";
 struct App {
     router: axum::Router,
     engine: Arc<Engine>,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
     shutdown: CancellationToken,
 }
 
@@ -41,7 +41,14 @@ impl Drop for App {
 
 fn app_with(f: impl FnOnce(&mut EngineConfig, &mut V2Config)) -> App {
     let dir = tempfile::tempdir().expect("tmp");
-    let mut config = EngineConfig::new(dir.path().to_path_buf());
+    let mut app = app_in(dir.path(), f);
+    app._dir = Some(dir);
+    app
+}
+
+/// A worker on the spool `dir` (a restart when one ran there before).
+fn app_in(dir: &std::path::Path, f: impl FnOnce(&mut EngineConfig, &mut V2Config)) -> App {
+    let mut config = EngineConfig::new(dir.to_path_buf());
     let mut v2config = V2Config {
         max_asset_bytes: 1 << 16,
         ..V2Config::default()
@@ -55,7 +62,7 @@ fn app_with(f: impl FnOnce(&mut EngineConfig, &mut V2Config)) -> App {
         },
         shutdown.clone(),
     );
-    let store = Store::open(&dir.path().join("jobs.db")).expect("store");
+    let store = Store::open(&dir.join("jobs.db")).expect("store");
     let wf = Workflow::parse("wf.json", WF).expect("workflow");
     let engine = Engine::new(config, store, wf, comfy, shutdown.clone());
     engine.recover().expect("recover");
@@ -63,7 +70,7 @@ fn app_with(f: impl FnOnce(&mut EngineConfig, &mut V2Config)) -> App {
     App {
         router: router(AppState::new(engine.clone(), Some(TOKEN), None)).merge(api_v2::router(v2)),
         engine,
-        _dir: dir,
+        _dir: None,
         shutdown,
     }
 }
@@ -320,9 +327,73 @@ async fn another_graph_is_refused_by_node_unless_any_workflow_is_allowed() {
         String::from_utf8_lossy(&r.body)
     );
     let id = r.json()["id"].as_str().expect("id").to_owned();
-    let kept = std::fs::read(any.engine.job_dir(&id).join("prompt-job.json")).expect("its graph");
-    let kept: serde_json::Value = serde_json::from_slice(&kept).expect("json");
+    // Kept in its record, so it runs after a restart; no directory is made for it.
+    let kept = any.engine.store.unfinished_prompts().expect("store");
+    let (_, record) = kept.iter().find(|(j, _)| *j == id).expect("its graph");
+    let kept: serde_json::Value = serde_json::from_str(record).expect("json");
     assert_eq!(kept["prompt"]["7"]["class_type"], "SaveImage", "{kept}");
+    assert!(!any.engine.job_dir(&id).exists());
+}
+
+#[tokio::test]
+async fn a_graph_of_its_own_and_the_asset_it_reads_survive_a_restart_until_the_job_ends() {
+    let spool = tempfile::tempdir().expect("tmp");
+    let any = |_: &mut EngineConfig, v: &mut V2Config| v.allow_any_workflow = true;
+    let first = app_in(spool.path(), any);
+    let bytes = b"not really a png".to_vec();
+    let asset = call(&first, upload_req(&bytes, "photo.png", None)).await;
+    assert_eq!(asset.status, StatusCode::CREATED);
+    let asset_id = asset.json()["id"].as_str().expect("id").to_owned();
+    let g = json!({
+        "1": {"class_type": "LoadImage", "inputs": {"image": {"__type": "core/ASSET", "info": {"id": asset_id}}}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}}
+    });
+    let r = call(&first, submit_req(&json!({"workflow": g}), None)).await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let id = r.json()["id"].as_str().expect("id").to_owned();
+    // Its input is kept in the spool (the asset may be deleted meanwhile), not in a directory of its own.
+    let kept = spool.path().join("inputs").join(format!("{id}.0"));
+    assert_eq!(std::fs::read(&kept).expect("its input"), bytes);
+    assert!(!first.engine.job_dir(&id).exists());
+    drop(first);
+
+    // A file no unfinished job reads (its job ended while the worker was stopped) goes at start.
+    let stray = spool.path().join("inputs").join("ended-job.0");
+    std::fs::write(&stray, b"x").expect("stray");
+    let second = app_in(spool.path(), any);
+    let job = call(
+        &second,
+        req("GET", &format!("/api/v2/jobs/{id}"))
+            .body(Body::empty())
+            .expect("req"),
+    )
+    .await;
+    assert_eq!(
+        (job.status, job.json()["status"].as_str()),
+        (StatusCode::OK, Some("queued"))
+    );
+    assert_eq!(std::fs::read(&kept).expect("its input, still"), bytes);
+    assert!(!stray.exists());
+    // Its end takes its input with it.
+    let canceled = call(
+        &second,
+        req("POST", &format!("/api/v2/jobs/{id}/cancel"))
+            .body(Body::empty())
+            .expect("req"),
+    )
+    .await;
+    assert_eq!(
+        canceled.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&canceled.body)
+    );
+    assert!(!kept.exists());
 }
 
 #[tokio::test]

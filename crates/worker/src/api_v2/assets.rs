@@ -42,7 +42,7 @@ impl V2 {
         check_id(id, "asset")?;
         let key = id.to_owned();
         self.store
-            .run(move |s| s.asset(&key))
+            .read(move |s| s.asset(&key))
             .await?
             .ok_or_else(|| Refusal::not_found("asset").into())
     }
@@ -238,7 +238,7 @@ pub(super) async fn from_hash(
     let expires_at = v2.expiry(expires_in);
     let _blobs = v2.blob_lock.lock().await;
     let h = hash.clone();
-    let Some(existing) = v2.store.run(move |s| s.by_hash(&h)).await? else {
+    let Some(existing) = v2.store.read(move |s| s.by_hash(&h)).await? else {
         return Err(not_found());
     };
     if !v2.blobs.exists(&hash) {
@@ -277,7 +277,7 @@ pub(super) async fn by_hash(
         return Ok(StatusCode::NOT_FOUND.into_response());
     }
     let h = hash.clone();
-    let known = v2.store.run(move |s| s.by_hash(&h)).await?.is_some() && v2.blobs.exists(&hash);
+    let known = v2.store.read(move |s| s.by_hash(&h)).await?.is_some() && v2.blobs.exists(&hash);
     Ok(if known {
         StatusCode::OK
     } else {

@@ -92,12 +92,12 @@ pub(super) async fn events(
         let _slot = slot;
         let mut sent = Sent::default();
         let row = match engine.job(&id).await { Ok(Some(r)) => r, _ => row };
-        let view = engine.view(&row, "").await;
+        let view = engine.status_view(&row).await;
         let finish = |v2: Arc<V2>, id: String, base: String| async move {
             // The outputs of a succeeded job, then its terminal status.
             let mut frames = Vec::new();
             if let Ok(Some(row)) = v2.engine.job(&id).await {
-                let v = v2.engine.view(&row, "").await;
+                let v = v2.engine.status_view(&row).await;
                 if let Ok(job) = v2.job_of(&row, &base).await {
                     for o in &job.outputs {
                         frames.push(event("output", o));
@@ -169,7 +169,7 @@ pub(super) async fn events(
                             for f in finish(v2.clone(), id.clone(), base.clone()).await { yield Ok(f); }
                             return;
                         }
-                        let v = engine.view(&r, "").await;
+                        let v = engine.status_view(&r).await;
                         if let Some(e) = sent.status(&v) { yield Ok(e); }
                         if let Some(e) = sent.progress(&v.progress) { yield Ok(e); }
                     }

@@ -37,7 +37,7 @@ pub const INPUT_SUBFOLDER: &str = "comfy-remote";
 impl V2 {
     /// The v2 job of a stored row, links under `base`.
     pub(super) async fn job_of(&self, row: &JobRow, base: &str) -> Result<Job, V2Error> {
-        let v = self.engine.view(row, "").await;
+        let v = self.engine.status_view(row).await;
         let outputs = self.outputs_of(row).await?;
         // Outputs (and their links) are kept as long as the job's result.
         let expires = rfc3339(row.finished_at.unwrap_or_else(now_ms) + self.retention_ms());
@@ -62,7 +62,7 @@ impl V2 {
             let label = r.label();
             let row = self
                 .store
-                .run(move |s| match (&r.id, &r.hash) {
+                .read(move |s| match (&r.id, &r.hash) {
                     (Some(id), _) => s.asset(id),
                     (None, Some(h)) => s.by_hash(h),
                     (None, None) => Ok(None),
@@ -437,7 +437,7 @@ pub(super) async fn workflow(
 ) -> Result<Response, V2Error> {
     v2.stored(&id).await?;
     let key = id.clone();
-    let graph = match v2.store.run(move |s| s.job(&key)).await? {
+    let graph = match v2.store.read(move |s| s.job(&key)).await? {
         Some(j) if j.workflow != "{}" => {
             serde_json::from_str(&j.workflow).map_err(V2Error::internal)?
         }
@@ -491,7 +491,7 @@ pub(super) async fn list(
     let mut jobs = Vec::new();
     // Newest first; a status filter reads a few pages' worth at most.
     let scan = if wanted.is_some() { 500 } else { limit };
-    let ids = v2.store.run(move |s| s.recent_jobs(scan)).await?;
+    let ids = v2.store.read(move |s| s.recent_jobs(scan)).await?;
     for id in ids {
         if jobs.len() >= limit as usize {
             break;

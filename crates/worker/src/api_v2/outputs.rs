@@ -19,7 +19,6 @@ use super::blobs::Blobs;
 use super::store::{AssetRow, V2Store};
 use super::V2;
 use crate::error::WorkerError;
-use crate::jobs::prompt::is_prompt_job;
 use crate::jobs::sink::{OutputSink, SinkFuture};
 use crate::store::{now_ms, JobRow};
 
@@ -92,7 +91,7 @@ impl OutputSink for Keeper {
     fn files<'a>(&'a self, job: &'a str) -> SinkFuture<'a, Vec<(String, PathBuf)>> {
         Box::pin(async move {
             let id = job.to_owned();
-            let rows = self.store.run(move |s| s.outputs(&id)).await?;
+            let rows = self.store.read(move |s| s.outputs(&id)).await?;
             Ok(rows
                 .iter()
                 .map(|a| {
@@ -116,7 +115,7 @@ impl V2 {
         let id = row.id.clone();
         let ready = |rows: Vec<AssetRow>| rows.iter().filter_map(AssetRow::output).collect();
         let kept = |id: String| {
-            self.store.run(move |s| {
+            self.store.read(move |s| {
                 let ready = s.job(&id)?.is_some_and(|j| j.outputs_ready);
                 Ok(if ready { Some(s.outputs(&id)?) } else { None })
             })
@@ -130,6 +129,7 @@ impl V2 {
             return Ok(ready(rows));
         }
         let dir = self.engine.job_dir(&id);
+        let own_graph = row.own_graph;
         let sig = self.engine.workflow.outputs.clone();
         let files = tokio::task::spawn_blocking(move || -> Result<_, WorkerError> {
             let path = layout::result_file(&dir);
@@ -142,7 +142,7 @@ impl V2 {
             };
             let payload = comfy_remote_protocol::decode(&map, &limits)
                 .map_err(|e| WorkerError::Task(format!("reading the result: {e}")))?;
-            let naming = if is_prompt_job(&dir) {
+            let naming = if own_graph {
                 Naming::NodeFiles
             } else {
                 Naming::Signature(&sig)

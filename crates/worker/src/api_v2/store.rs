@@ -121,6 +121,12 @@ pub struct V2Store {
     db: crate::store::Db,
 }
 
+impl crate::store::OnDb for V2Store {
+    fn db(&self) -> &crate::store::Db {
+        &self.db
+    }
+}
+
 impl V2Store {
     /// Run `f` on a blocking thread (as `Store::run` does).
     pub async fn run<T, F>(self: &Arc<Self>, f: F) -> Result<T, WorkerError>
@@ -129,6 +135,15 @@ impl V2Store {
         F: FnOnce(&V2Store) -> Result<T, WorkerError> + Send + 'static,
     {
         crate::store::run_blocking(self, f).await
+    }
+
+    /// Run `f`, which only reads, here when it can (`crate::store::read`).
+    pub async fn read<T, F>(self: &Arc<Self>, f: F) -> Result<T, WorkerError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&V2Store) -> Result<T, WorkerError> + Send + 'static,
+    {
+        crate::store::read(self, f).await
     }
 
     pub fn open(path: &Path) -> Result<V2Store, WorkerError> {

@@ -101,7 +101,7 @@ impl Engine {
         let known = match req.idempotency_key.clone() {
             Some(k) => self
                 .store
-                .run(move |s| s.by_idempotency_key(&k))
+                .read(move |s| s.by_idempotency_key(&k))
                 .await
                 .map_err(internal)?,
             None => None,
@@ -167,6 +167,7 @@ impl Engine {
             idempotency_key: req.idempotency_key,
             body_sha256,
             input_bytes: total as i64,
+            prompt: None,
         };
         let inserted = self.store.run(move |s| s.insert(&new)).await;
         let drop_dir = || async {
@@ -206,7 +207,7 @@ impl Engine {
         }
         let active = self
             .store
-            .run(|s| s.active_count())
+            .read(|s| s.active_count())
             .await
             .map_err(internal)?;
         if active >= self.config.max_active_jobs {

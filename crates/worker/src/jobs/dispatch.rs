@@ -151,7 +151,7 @@ impl Engine {
                 p.step = None;
                 p.text = "collecting outputs".into();
                 live.publish(EventData::Progress(p));
-                let collected = if self.runs_own_graph(&id, &dir) {
+                let collected = if row.own_graph {
                     self.collect_prompt_outputs(&id, &prompt_id, shown, &dir)
                         .await
                 } else {
@@ -225,7 +225,7 @@ impl Engine {
         let mut generation = comfy.generation.clone();
         let gen0 = *generation.borrow_and_update();
         // A job of the served workflow, or one that runs its own graph.
-        let own = match self.own_prompt(id, dir).await {
+        let own = match self.own_prompt(row) {
             Ok(own) => own,
             Err(e) => return Outcome::Failed(internal_error(e)),
         };
@@ -239,7 +239,7 @@ impl Engine {
         let mut tries = 0;
         loop {
             let placed = match &own {
-                Some(o) => self.place_uploads(dir, o).await,
+                Some(o) => self.place_uploads(o).await,
                 None => Ok(()),
             };
             let queued = match placed {

@@ -56,7 +56,7 @@ pub use prompt::{PromptJob, Upload};
 /// Limits and policies of the engine.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    /// Holds `jobs.db`, `jobs/<id>/` and `tmp/`. Absolute: job directories
+    /// Holds `jobs.db`, `jobs/<id>/`, `inputs/` and `tmp/`. Absolute: job directories
     /// are handed to ComfyUI, which would resolve a relative path against
     /// its own directory.
     pub spool_dir: PathBuf,
@@ -214,6 +214,11 @@ impl Engine {
         self.config.spool_dir.join("tmp")
     }
 
+    /// The files unfinished prompt jobs read (`prompt`).
+    fn inputs_dir(&self) -> PathBuf {
+        self.config.spool_dir.join("inputs")
+    }
+
     pub fn live(&self, id: &str) -> Option<Arc<LiveJob>> {
         self.live
             .lock()
@@ -239,7 +244,7 @@ impl Engine {
     pub async fn job(&self, id: &str) -> Result<Option<JobRow>, WorkerError> {
         let id = id.to_owned();
         self.store
-            .run(move |s| {
+            .read(move |s| {
                 let Some(mut row) = s.get(&id)? else {
                     return Ok(None);
                 };
@@ -251,7 +256,11 @@ impl Engine {
 
     /// Recover after a restart and prepare the spool. Call once before serving.
     pub fn recover(&self) -> Result<(), WorkerError> {
-        for d in [self.tmp_dir(), self.config.spool_dir.join("jobs")] {
+        for d in [
+            self.tmp_dir(),
+            self.inputs_dir(),
+            self.config.spool_dir.join("jobs"),
+        ] {
             std::fs::create_dir_all(&d)
                 .map_err(|e| WorkerError::io(format!("creating {}", d.display()), e))?;
         }
@@ -278,6 +287,8 @@ impl Engine {
                 }
             }
         }
+        self.adopt_spooled_prompts(&known)?;
+        self.hold_unfinished_prompts()?;
         for id in self.store.queued_ids()? {
             self.add_live(&id, Progress::start(Phase::Queued));
         }
@@ -291,20 +302,32 @@ impl Engine {
 
     /// The public view of a job. `base` prefixes its URLs.
     pub async fn view(&self, row: &JobRow, base: &str) -> JobView {
-        let position = match waiting(row) {
+        let position = self.position(row).await;
+        let inline = self.inline_result(row).await;
+        self.view_at(row, base, position, inline)
+    }
+
+    /// The view of a job without its inline result (which a Comfy API v2
+    /// job does not carry: it lists its outputs).
+    pub async fn status_view(&self, row: &JobRow) -> JobView {
+        let position = self.position(row).await;
+        self.view_at(row, "", position, None)
+    }
+
+    /// A waiting job's place in the queue.
+    async fn position(&self, row: &JobRow) -> Option<u64> {
+        match waiting(row) {
             None => None,
             Some(_) if row.queue_position.is_some() => row.queue_position,
             Some(_) => {
                 let r = row.clone();
                 self.store
-                    .run(move |s| position_in(s, &r))
+                    .read(move |s| position_in(s, &r))
                     .await
                     .ok()
                     .flatten()
             }
-        };
-        let inline = self.inline_result(row).await;
-        self.view_at(row, base, position, inline)
+        }
     }
 
     /// The view of `row` with its queue position (when waiting) known.
@@ -455,7 +478,7 @@ impl Engine {
         if watched.is_empty() {
             return;
         }
-        let Ok(waiting) = self.store.run(|s| s.waiting_positions()).await else {
+        let Ok(waiting) = self.store.read(|s| s.waiting_positions()).await else {
             return;
         };
         for (row, position) in waiting {
@@ -475,11 +498,12 @@ impl Engine {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
-        // A prompt job of this process made only what it says it made (a
-        // collection that failed after spilling leaves `files/` to retention).
+        // A prompt job made only what it says it made (a collection that
+        // failed after spilling leaves `files/` to retention).
         if let Some(h) = held {
             if h.reads_files() {
-                let _ = tokio::task::spawn_blocking(move || h.cleanup(&dir)).await;
+                let inputs = self.inputs_dir();
+                let _ = tokio::task::spawn_blocking(move || h.cleanup(&inputs)).await;
             }
             return;
         }

@@ -1,26 +1,30 @@
 //! Jobs that run a graph of their own rather than the served workflow
 //! (Comfy API v2 on a worker started with `--allow-any-workflow`):
-//! admission (the graph and the files it reads, kept in the job directory
-//! so the job survives a restart), the files put into ComfyUI's input
-//! directory before the prompt is queued, and the files the prompt wrote,
-//! read back from ComfyUI into the job's result container.
+//! admission (the graph and the list of files it reads, kept in the job's
+//! record, and those files, kept in the spool, so the job survives a
+//! restart), the files put into ComfyUI's input directory before the
+//! prompt is queued, and the files the prompt wrote, read back from
+//! ComfyUI into the output sink (or the job's result container).
 //!
 //! ```text
-//! <job dir>/prompt-job.json     {prompt, uploads: [{subfolder, filename, file}]}: the API-format
-//!                               graph to queue and what goes into ComfyUI's input directory
-//! <job dir>/uploads/<file>      those files' bytes
-//! <job dir>/files/<n>           the prompt's larger output files, while they are collected
-//! <job dir>/result.crc          one entry per output file: `<node id>/<file name>` (bytes), or a node's text;
-//!                               only without an output sink (`super::sink`), when the outputs were
-//!                               too large to hold, or once a protocol v1 client asked for it
+//! jobs.prompt                    {prompt, uploads: [{subfolder, filename, file}]}: the API-format
+//!                                graph to queue and what goes into ComfyUI's input directory
+//! <spool>/inputs/<job id>.<n>    those files' bytes (`file`), until the job ends
+//! <job dir>/files/<n>            the prompt's larger output files, while they are collected
+//! <job dir>/result.crc           one entry per output file: `<node id>/<file name>` (bytes), or a node's text;
+//!                                only without an output sink (`super::sink`), when the outputs were
+//!                                too large to hold, or once a protocol v1 client asked for it
 //! ```
 //!
-//! Each file made is work for the file system on every job, so a job makes
-//! few: one file says what it runs, a graph that reads no files has no
-//! `uploads/`, and outputs up to [`HELD_OUTPUT_BYTES`] in all are held in
-//! memory until the result container is written (`files/` holds only what
-//! is larger). A spool written before `prompt-job.json` holds the graph in
-//! `prompt.json` and the list in `uploads.json`; such jobs are still read.
+//! Each file or directory made is work for the file system on every job,
+//! so a job makes few: its record says what it runs, its input files are
+//! hard links in one directory, and outputs up to [`HELD_OUTPUT_BYTES`] in
+//! all are held in memory until they are kept (`files/`, and the job's
+//! directory, are made only for what is larger). A spool written before
+//! the record held the graph kept it in the job's directory
+//! (`prompt-job.json`, or older, `prompt.json` and `uploads.json`, with
+//! the files in `uploads/`); [`Engine::adopt_spooled_prompts`] moves such
+//! jobs into the record when the worker starts.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -42,13 +46,13 @@ use crate::store::{Inserted, JobRow, NewJob};
 const HISTORY_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 const HISTORY_TRIES: u32 = 250;
 
-/// What a prompt job runs: its graph and the files it reads.
-const JOB_FILE: &str = "prompt-job.json";
-/// The same, in a spool written before [`JOB_FILE`]: the graph, and the
-/// list of files beside it (absent: none).
-const OLD_PROMPT_FILE: &str = "prompt.json";
-const OLD_UPLOADS_FILE: &str = "uploads.json";
-const UPLOADS_DIR: &str = "uploads";
+/// What a prompt job ran, in a spool written before its record held it.
+const OLD_JOB_FILE: &str = "prompt-job.json";
+/// The same, older: the graph, and the list of files beside it (absent: none).
+const OLDER_PROMPT_FILE: &str = "prompt.json";
+const OLDER_UPLOADS_FILE: &str = "uploads.json";
+/// The files of such a job, in its directory.
+const OLD_UPLOADS_DIR: &str = "uploads";
 const FILES_DIR: &str = "files";
 
 /// Output bytes a prompt job holds in memory while it collects them; past
@@ -71,7 +75,7 @@ pub struct PromptJob {
 /// A file placed into ComfyUI's input directory as `subfolder/filename`.
 #[derive(Debug, Clone)]
 pub struct Upload {
-    /// Where its bytes are now (hard-linked, else copied, into the job).
+    /// Where its bytes are now (hard-linked, else copied, into the spool).
     pub source: PathBuf,
     pub subfolder: String,
     pub filename: String,
@@ -81,10 +85,12 @@ pub struct Upload {
 struct UploadEntry {
     subfolder: String,
     filename: String,
+    /// Its name in the spool's `inputs/` (in a job's `uploads/`, in a
+    /// spool of an earlier version).
     file: String,
 }
 
-/// What a prompt job's directory says it runs ([`JOB_FILE`]).
+/// What a prompt job runs (its record, `jobs.prompt`).
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct OwnPrompt {
     pub prompt: Json,
@@ -92,8 +98,18 @@ pub(crate) struct OwnPrompt {
     uploads: Vec<UploadEntry>,
 }
 
+impl OwnPrompt {
+    /// Remove the files it read, kept in `inputs` (by name: the directory
+    /// is not listed); blocking.
+    fn remove_inputs(&self, inputs: &Path) {
+        for u in &self.uploads {
+            let _ = std::fs::remove_file(inputs.join(&u.file));
+        }
+    }
+}
+
 /// A prompt job of this process, held in memory until it ends (so its
-/// graph is not read back from its directory to run it).
+/// graph is not read back from the store to run it).
 #[derive(Debug)]
 pub(crate) struct HeldPrompt {
     own: Arc<OwnPrompt>,
@@ -101,28 +117,15 @@ pub(crate) struct HeldPrompt {
 }
 
 impl HeldPrompt {
-    /// Remove the files its job kept for the run (those of `uploads/`, by
-    /// name: the directory is not listed); blocking.
-    pub(super) fn cleanup(&self, dir: &Path) {
-        if self.own.uploads.is_empty() {
-            return;
-        }
-        let uploads = dir.join(UPLOADS_DIR);
-        for u in &self.own.uploads {
-            let _ = std::fs::remove_file(uploads.join(&u.file));
-        }
-        let _ = std::fs::remove_dir(&uploads);
+    /// Remove the files its job kept for the run; blocking.
+    pub(super) fn cleanup(&self, inputs: &Path) {
+        self.own.remove_inputs(inputs);
     }
 
-    /// Its graph reads files (kept in the job's `uploads/`).
+    /// Its graph reads files.
     pub(super) fn reads_files(&self) -> bool {
         !self.own.uploads.is_empty()
     }
-}
-
-/// Does the job in `dir` run a graph of its own?
-pub fn is_prompt_job(dir: &Path) -> bool {
-    dir.join(JOB_FILE).is_file() || dir.join(OLD_PROMPT_FILE).is_file()
 }
 
 /// A file of a job directory; `None` when there is none.
@@ -134,82 +137,100 @@ fn read_if_there(path: &Path, what: &str) -> Result<Option<Vec<u8>>, String> {
     }
 }
 
-/// What the job in `dir` runs, when it runs a graph of its own.
-fn read_own_prompt(dir: &Path) -> Result<Option<OwnPrompt>, String> {
-    if let Some(bytes) = read_if_there(&dir.join(JOB_FILE), "graph")? {
+/// What the job in `dir` runs, when a spool of an earlier version kept
+/// its graph in its directory.
+fn read_spooled_prompt(dir: &Path) -> Result<Option<OwnPrompt>, String> {
+    if let Some(bytes) = read_if_there(&dir.join(OLD_JOB_FILE), "graph")? {
         return serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|e| e.to_string());
     }
-    let Some(text) = read_if_there(&dir.join(OLD_PROMPT_FILE), "graph")? else {
+    let Some(text) = read_if_there(&dir.join(OLDER_PROMPT_FILE), "graph")? else {
         return Ok(None);
     };
     let prompt = serde_json::from_slice(&text).map_err(|e| e.to_string())?;
-    let uploads = match read_if_there(&dir.join(OLD_UPLOADS_FILE), "file list")? {
+    let uploads = match read_if_there(&dir.join(OLDER_UPLOADS_FILE), "file list")? {
         Some(u) => serde_json::from_slice(&u).map_err(|e| e.to_string())?,
         None => Vec::new(),
     };
     Ok(Some(OwnPrompt { prompt, uploads }))
 }
 
+/// Move what the job `id` in `dir` runs, kept there by a spool of an
+/// earlier version, to the form of today: its files into `inputs`, its
+/// record (returned) to be stored. `None`: a job of the served workflow.
+fn adopt_spooled(id: &str, dir: &Path, inputs: &Path) -> Result<Option<String>, String> {
+    let Some(mut own) = read_spooled_prompt(dir)? else {
+        return Ok(None);
+    };
+    for u in &mut own.uploads {
+        let name = format!("{id}.{}", u.file);
+        let from = dir.join(OLD_UPLOADS_DIR).join(&u.file);
+        match std::fs::rename(&from, inputs.join(&name)) {
+            Ok(()) => {}
+            // The job ended: its files were removed.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("moving {}: {e}", from.display())),
+        }
+        u.file = name;
+    }
+    serde_json::to_string(&own)
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
+/// The spooled files [`adopt_spooled`] made redundant once the record is stored.
+fn drop_spooled(dir: &Path) {
+    for f in [OLD_JOB_FILE, OLDER_PROMPT_FILE, OLDER_UPLOADS_FILE] {
+        let _ = std::fs::remove_file(dir.join(f));
+    }
+    let _ = std::fs::remove_dir_all(dir.join(OLD_UPLOADS_DIR));
+}
+
 impl Engine {
     /// Admit a job that runs `job.prompt`: the limit on unfinished jobs,
-    /// then its directory and record. ComfyUI validates the graph when it
-    /// is queued (a refusal fails the job with `validation_failed`).
+    /// then its files and record. ComfyUI validates the graph when it is
+    /// queued (a refusal fails the job with `validation_failed`).
     pub async fn submit_prompt(&self, job: PromptJob) -> Result<JobRow, SubmitError> {
         self.check_capacity(false).await?;
         let id = uuid::Uuid::new_v4().to_string();
-        let dir = self.job_dir(&id);
         let prompt = Json::Object(job.prompt);
         let text = serde_json::to_vec(&prompt).map_err(internal)?;
         let sha = hex::encode(Sha256::digest(&text));
-        let uploads = job.uploads;
-        let d = dir.clone();
-        let stored = tokio::task::spawn_blocking(move || -> std::io::Result<(u64, OwnPrompt)> {
-            let mut total = text.len() as u64;
-            if uploads.is_empty() {
-                std::fs::create_dir_all(&d)?;
-            } else {
-                std::fs::create_dir_all(d.join(UPLOADS_DIR))?;
+        let inputs = self.inputs_dir();
+        let (files, bytes) = if job.uploads.is_empty() {
+            (Vec::new(), 0)
+        } else {
+            let (uploads, name, dir) = (job.uploads, id.clone(), inputs.clone());
+            tokio::task::spawn_blocking(move || keep_inputs(&name, &uploads, &dir))
+                .await
+                .map_err(internal)?
+                .map_err(internal)?
+        };
+        let own = OwnPrompt {
+            prompt,
+            uploads: files,
+        };
+        let forget = |own: &OwnPrompt| {
+            if !own.uploads.is_empty() {
+                own.remove_inputs(&inputs);
             }
-            let mut entries = Vec::with_capacity(uploads.len());
-            for (i, u) in uploads.iter().enumerate() {
-                let file = i.to_string();
-                let dest = d.join(UPLOADS_DIR).join(&file);
-                // A hard link costs nothing and keeps the bytes when the asset expires.
-                if std::fs::hard_link(&u.source, &dest).is_err() {
-                    std::fs::copy(&u.source, &dest)?;
-                }
-                total += std::fs::metadata(&dest)?.len();
-                entries.push(UploadEntry {
-                    subfolder: u.subfolder.clone(),
-                    filename: u.filename.clone(),
-                    file,
-                });
-            }
-            // Last: a directory that says what it runs is complete.
-            let own = OwnPrompt {
-                prompt,
-                uploads: entries,
-            };
-            std::fs::write(d.join(JOB_FILE), serde_json::to_vec(&own)?)?;
-            Ok((total, own))
-        })
-        .await
-        .map_err(internal)?;
-        let (total, own) = match stored {
-            Ok(t) => t,
+        };
+        let record = match serde_json::to_string(&own) {
+            Ok(r) => r,
             Err(e) => {
-                let _ = tokio::fs::remove_dir_all(&dir).await;
+                forget(&own);
                 return Err(internal(e));
             }
         };
+        let total = text.len() as u64 + bytes;
         let new = NewJob {
             id: id.clone(),
             retryable: job.retryable,
             idempotency_key: None,
             body_sha256: sha,
             input_bytes: total as i64,
+            prompt: Some(record),
         };
         match self.store.run(move |s| s.insert(&new)).await {
             Ok(Inserted::New(row)) => {
@@ -225,35 +246,85 @@ impl Engine {
                 self.accepted(&row).await;
                 Ok(row)
             }
-            Ok(_) => Err(internal("a new job id was taken")),
+            Ok(_) => {
+                forget(&own);
+                Err(internal("a new job id was taken"))
+            }
             Err(e) => {
-                let _ = tokio::fs::remove_dir_all(&dir).await;
+                forget(&own);
                 Err(internal(e))
             }
         }
     }
 
-    /// The graph of prompt job `id` (`Ok(None)` for a job of the served
-    /// workflow): held since it was accepted, else (accepted before a
-    /// restart) read from its directory.
-    pub(super) async fn own_prompt(
-        &self,
-        id: &str,
-        dir: &Path,
-    ) -> Result<Option<Arc<OwnPrompt>>, String> {
-        if let Some(h) = self.held_prompt(id) {
-            return Ok(Some(h.own.clone()));
+    /// The graph of prompt job `row` (`Ok(None)` for a job of the served
+    /// workflow), held since it was accepted or since the worker started.
+    pub(super) fn own_prompt(&self, row: &JobRow) -> Result<Option<Arc<OwnPrompt>>, String> {
+        match self.held_prompt(&row.id) {
+            Some(h) => Ok(Some(h.own.clone())),
+            None if row.own_graph => Err("the job's graph could not be read back".to_owned()),
+            None => Ok(None),
         }
-        let d = dir.to_path_buf();
-        let read = tokio::task::spawn_blocking(move || read_own_prompt(&d))
-            .await
-            .map_err(|e| e.to_string())?;
-        read.map(|own| own.map(Arc::new))
     }
 
-    /// Does job `id` run a graph of its own?
-    pub(super) fn runs_own_graph(&self, id: &str, dir: &Path) -> bool {
-        self.held_prompt(id).is_some() || is_prompt_job(dir)
+    /// Hold the graphs of the prompt jobs a restart left unfinished, and
+    /// remove the input files of any other job (one that ended while the
+    /// worker stopped); at start, before serving, after the store's
+    /// recovery.
+    pub(super) fn hold_unfinished_prompts(&self) -> Result<(), crate::error::WorkerError> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        for (id, record) in self.store.unfinished_prompts()? {
+            match serde_json::from_str::<OwnPrompt>(&record) {
+                Ok(own) => {
+                    let h = HeldPrompt {
+                        own: Arc::new(own),
+                        extra_data: None,
+                    };
+                    held.insert(id, Arc::new(h));
+                }
+                Err(e) => tracing::error!(job = %id, "reading the job's graph: {e}"),
+            }
+        }
+        let keep: HashSet<&str> = held
+            .values()
+            .flat_map(|h| h.own.uploads.iter().map(|u| u.file.as_str()))
+            .collect();
+        if let Ok(rd) = std::fs::read_dir(self.inputs_dir()) {
+            for e in rd.flatten() {
+                if !keep.contains(e.file_name().to_string_lossy().as_ref()) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Move the prompt jobs a spool of an earlier version kept in their
+    /// directories into their records (at start, before serving).
+    pub(super) fn adopt_spooled_prompts(
+        &self,
+        known: &HashSet<String>,
+    ) -> Result<(), crate::error::WorkerError> {
+        let Ok(rd) = std::fs::read_dir(self.config.spool_dir.join("jobs")) else {
+            return Ok(());
+        };
+        let inputs = self.inputs_dir();
+        for e in rd.flatten() {
+            let id = e.file_name().to_string_lossy().into_owned();
+            if !known.contains(&id) {
+                continue;
+            }
+            let dir = e.path();
+            match adopt_spooled(&id, &dir, &inputs) {
+                Ok(Some(record)) => {
+                    self.store.set_own_prompt(&id, &record)?;
+                    drop_spooled(&dir);
+                }
+                Ok(None) => {}
+                Err(msg) => tracing::warn!(job = %id, "reading a spooled graph: {msg}"),
+            }
+        }
+        Ok(())
     }
 
     fn held_prompt(&self, id: &str) -> Option<Arc<HeldPrompt>> {
@@ -265,10 +336,11 @@ impl Engine {
     }
 
     /// Put a prompt job's files into ComfyUI's input directory.
-    pub(super) async fn place_uploads(&self, dir: &Path, own: &OwnPrompt) -> Result<(), String> {
+    pub(super) async fn place_uploads(&self, own: &OwnPrompt) -> Result<(), String> {
         let generation = *self.comfy.generation.borrow();
+        let inputs = self.inputs_dir();
         for u in &own.uploads {
-            let path = dir.join(UPLOADS_DIR).join(&u.file);
+            let path = inputs.join(&u.file);
             // Files are named by their content's hash: one ComfyUI already
             // has is not written again (a prompt of an earlier job may be
             // reading it right now). What this ComfyUI process was given is
@@ -538,7 +610,10 @@ fn write_result(
             },
         })
         .collect();
-    let written = super::collect::write_container(dir, entries);
+    // A job whose outputs are all held has no directory yet.
+    let written = std::fs::create_dir_all(dir)
+        .map_err(comfy_remote_protocol::WriteError::from)
+        .and_then(|()| super::collect::write_container(dir, entries));
     // Only larger outputs were spilled to `files/`.
     let spilled = maps.iter().any(Option::is_some);
     drop(maps);
@@ -548,10 +623,47 @@ fn write_result(
     written.map_err(super::outcome::internal_error)
 }
 
-/// A finished prompt job's files that only served the run.
+/// What a finished prompt job left in its directory that only served
+/// the run (outputs spilled by a collection that failed).
 pub(super) fn cleanup(dir: &Path) {
-    let _ = std::fs::remove_dir_all(dir.join(UPLOADS_DIR));
     let _ = std::fs::remove_dir_all(dir.join(FILES_DIR));
+}
+
+/// Keep `uploads` for job `id` in `inputs`: hard links (they cost nothing
+/// and keep the bytes when the asset expires), else copies. Their entries
+/// and their size in all; blocking.
+fn keep_inputs(
+    id: &str,
+    uploads: &[Upload],
+    inputs: &Path,
+) -> std::io::Result<(Vec<UploadEntry>, u64)> {
+    let mut entries: Vec<UploadEntry> = Vec::with_capacity(uploads.len());
+    let mut total = 0;
+    let kept = (|| {
+        for (i, u) in uploads.iter().enumerate() {
+            let file = format!("{id}.{i}");
+            let dest = inputs.join(&file);
+            if std::fs::hard_link(&u.source, &dest).is_err() {
+                std::fs::copy(&u.source, &dest)?;
+            }
+            entries.push(UploadEntry {
+                subfolder: u.subfolder.clone(),
+                filename: u.filename.clone(),
+                file,
+            });
+            total += std::fs::metadata(&dest)?.len();
+        }
+        Ok(())
+    })();
+    match kept {
+        Ok(()) => Ok((entries, total)),
+        Err(e) => {
+            for u in &entries {
+                let _ = std::fs::remove_file(inputs.join(&u.file));
+            }
+            Err(e)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -559,40 +671,68 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_job_directory_says_what_it_runs_in_one_file_and_an_older_spools_two_are_read() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let d = dir.path();
+    fn a_spooled_graph_of_either_earlier_form_moves_into_the_record_with_its_files() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (dir, inputs) = (tmp.path().join("job"), tmp.path().join("inputs"));
+        std::fs::create_dir_all(dir.join(OLD_UPLOADS_DIR)).expect("dirs");
+        std::fs::create_dir_all(&inputs).expect("inputs");
         assert!(
-            read_own_prompt(d).expect("read").is_none(),
+            adopt_spooled("j", &dir, &inputs).expect("read").is_none(),
             "a job of the served workflow"
         );
-        assert!(!is_prompt_job(d));
 
-        // A spool of an earlier version: the graph, and the list beside it.
+        // The oldest form: the graph, and the list beside it.
         std::fs::write(
-            d.join(OLD_PROMPT_FILE),
+            dir.join(OLDER_PROMPT_FILE),
             br#"{"1": {"class_type": "A", "inputs": {}}}"#,
         )
         .expect("graph");
-        let own = read_own_prompt(d).expect("read").expect("a prompt job");
-        assert!(own.uploads.is_empty() && own.prompt["1"]["class_type"] == "A");
         std::fs::write(
-            d.join(OLD_UPLOADS_FILE),
+            dir.join(OLDER_UPLOADS_FILE),
             br#"[{"subfolder": "s", "filename": "f.png", "file": "0"}]"#,
         )
         .expect("list");
-        let own = read_own_prompt(d).expect("read").expect("a prompt job");
-        assert_eq!(own.uploads[0].filename, "f.png");
-        assert!(is_prompt_job(d));
+        std::fs::write(dir.join(OLD_UPLOADS_DIR).join("0"), b"png bytes").expect("file");
+        let record = adopt_spooled("j", &dir, &inputs)
+            .expect("adopt")
+            .expect("a prompt job");
+        let own: OwnPrompt = serde_json::from_str(&record).expect("record");
+        assert_eq!(own.prompt["1"]["class_type"], "A");
+        assert_eq!(
+            (
+                own.uploads[0].filename.as_str(),
+                own.uploads[0].file.as_str()
+            ),
+            ("f.png", "j.0")
+        );
+        assert_eq!(
+            std::fs::read(inputs.join("j.0")).expect("moved"),
+            b"png bytes"
+        );
+        drop_spooled(&dir);
+        assert!(adopt_spooled("j", &dir, &inputs).expect("read").is_none());
+        assert!(!dir.join(OLD_UPLOADS_DIR).exists());
 
-        // Today's: one file, which wins.
-        let now = OwnPrompt {
+        // The later form: one file. A job that ended has no files left.
+        let later = OwnPrompt {
             prompt: serde_json::json!({"2": {"class_type": "B", "inputs": {}}}),
-            uploads: vec![],
+            uploads: vec![UploadEntry {
+                subfolder: "s".into(),
+                filename: "g.png".into(),
+                file: "0".into(),
+            }],
         };
-        std::fs::write(d.join(JOB_FILE), serde_json::to_vec(&now).expect("json")).expect("job");
-        let own = read_own_prompt(d).expect("read").expect("a prompt job");
-        assert!(own.uploads.is_empty() && own.prompt["2"]["class_type"] == "B");
+        std::fs::write(
+            dir.join(OLD_JOB_FILE),
+            serde_json::to_vec(&later).expect("json"),
+        )
+        .expect("job");
+        let record = adopt_spooled("k", &dir, &inputs)
+            .expect("adopt")
+            .expect("a prompt job");
+        let own: OwnPrompt = serde_json::from_str(&record).expect("record");
+        assert_eq!(own.prompt["2"]["class_type"], "B");
+        assert_eq!(own.uploads[0].file, "k.0");
     }
 
     #[test]

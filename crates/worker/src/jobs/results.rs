@@ -10,6 +10,7 @@ use comfy_remote_protocol::{Entry, Limits, PackOptions, Payload, Value};
 
 use super::Engine;
 use crate::error::WorkerError;
+use crate::store::JobRow;
 
 /// The file name of the result packed with `opts` (`result.crc` unpacked).
 fn variant_name(opts: &PackOptions) -> String {
@@ -42,12 +43,16 @@ pub(super) fn kept_container_size(
 }
 
 impl Engine {
-    /// The result of job `id` for a client that reads `opts`: the stored
+    /// The result of job `row` for a client that reads `opts`: the stored
     /// container, or its packed copy (made now when it does not exist yet,
     /// on a blocking thread).
-    pub async fn result_file(&self, id: &str, opts: &PackOptions) -> Result<PathBuf, WorkerError> {
-        let dir = self.job_dir(id);
-        let plain = self.container(id).await?;
+    pub async fn result_file(
+        &self,
+        row: &JobRow,
+        opts: &PackOptions,
+    ) -> Result<PathBuf, WorkerError> {
+        let dir = self.job_dir(&row.id);
+        let plain = self.container(row).await?;
         if opts.is_empty() {
             return Ok(plain);
         }
@@ -85,24 +90,20 @@ impl Engine {
         .map_err(|e| WorkerError::Task(e.to_string()))?
     }
 
-    /// The result container of job `id` as collected; for a prompt job
+    /// The result container of job `row` as collected; for a prompt job
     /// whose outputs went to the output sink, made now from the files it
     /// kept (each a bytes entry `<node id>/<file name>`) and kept beside.
-    async fn container(&self, id: &str) -> Result<PathBuf, WorkerError> {
-        let dir = self.job_dir(id);
+    async fn container(&self, row: &JobRow) -> Result<PathBuf, WorkerError> {
+        let dir = self.job_dir(&row.id);
         let plain = layout::result_file(&dir);
         if tokio::fs::try_exists(&plain).await.unwrap_or(false) {
             return Ok(plain);
         }
         // Only a prompt job's outputs go to the sink.
-        let Some(sink) = self
-            .output_sink
-            .get()
-            .filter(|_| self.runs_own_graph(id, &dir))
-        else {
+        let Some(sink) = self.output_sink.get().filter(|_| row.own_graph) else {
             return Ok(plain);
         };
-        let files = sink.files(id).await?;
+        let files = sink.files(&row.id).await?;
         tokio::task::spawn_blocking(move || -> Result<PathBuf, WorkerError> {
             let io = |e: std::io::Error| WorkerError::io("writing the result".to_owned(), e);
             let maps = files
@@ -111,6 +112,8 @@ impl Engine {
                 .collect::<std::io::Result<Vec<_>>>()
                 .map_err(io)?;
             let entries = kept_entries(files.iter().zip(&maps).map(|((n, _), m)| (n, &m[..])));
+            // Its outputs were all kept: it has no directory yet.
+            std::fs::create_dir_all(&dir).map_err(io)?;
             // A name of its own: two readers may make it at once.
             let tmp = dir.join(format!(
                 "{}.{}.tmp",
