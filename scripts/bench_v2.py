@@ -117,7 +117,10 @@ def start_ours(bin_: Path, comfy_url: str, work: Path) -> Server:
     wf.write_text(json.dumps(SERVED))
     port = free_port()
     logf = open(work / "ours.log", "ab")
+    # ComfyUI runs on this machine: ours reads its outputs from its output directory, as it does
+    # for a ComfyUI it starts itself (comfy-api-proxy has no such option).
     proc = subprocess.Popen([str(bin_), "serve", "--workflow", str(wf), "--comfyui-url", comfy_url,
+                             "--comfyui-output-dir", str(work / "comfy" / "output"),
                              "--listen", f"127.0.0.1:{port}", "--spool", str(work / "ours-spool"),
                              "--allow-any-workflow", "--max-jobs", "256"],
                             stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,

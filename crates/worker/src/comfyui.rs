@@ -34,7 +34,12 @@ pub enum ComfyMode {
         args: Vec<String>,
     },
     /// Use a ComfyUI that is already running at `url`.
-    Attach { url: String },
+    Attach {
+        url: String,
+        /// Its output directory, when this machine sees it: the files a
+        /// prompt wrote are read from there rather than through `/view`.
+        output_dir: Option<PathBuf>,
+    },
 }
 
 /// Where a prompt is in ComfyUI's queue.
@@ -59,11 +64,14 @@ pub struct ComfyClient {
     base: Arc<Mutex<String>>,
     http: reqwest::Client,
     pub client_id: String,
+    /// ComfyUI's output directory, when it is on this machine (`files`).
+    output_dir: Option<Arc<PathBuf>>,
 }
 
 impl ComfyClient {
-    fn new(base: String) -> Self {
+    fn new(base: String, output_dir: Option<PathBuf>) -> Self {
         ComfyClient {
+            output_dir: output_dir.map(Arc::new),
             base: Arc::new(Mutex::new(base.trim_end_matches('/').to_owned())),
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(5))
@@ -268,11 +276,14 @@ pub fn start(
     mode: ComfyMode,
     shutdown: CancellationToken,
 ) -> (ComfyHandle, Vec<tokio::task::JoinHandle<()>>) {
-    let base = match &mode {
-        ComfyMode::Attach { url } => url.clone(),
-        ComfyMode::Spawn { .. } => String::from("http://127.0.0.1:0"),
+    let (base, output_dir) = match &mode {
+        ComfyMode::Attach { url, output_dir } => (url.clone(), output_dir.clone()),
+        ComfyMode::Spawn { dir, args, .. } => (
+            String::from("http://127.0.0.1:0"),
+            Some(files::output_dir_of(dir, args)),
+        ),
     };
-    let client = ComfyClient::new(base);
+    let client = ComfyClient::new(base, output_dir);
     let (ready_tx, ready) = watch::channel(false);
     let (ws_tx, ws_up) = watch::channel(false);
     let (gen_tx, generation) = watch::channel(0u64);

@@ -70,7 +70,7 @@ impl Worker {
             })?;
         let store = store::Store::open(&config.spool_dir.join("jobs.db"))?;
         let attached = match &mode {
-            ComfyMode::Attach { url } => Some(url.clone()),
+            ComfyMode::Attach { url, .. } => Some(url.clone()),
             _ => None,
         };
         let inner = shutdown.child_token();

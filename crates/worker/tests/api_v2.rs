@@ -59,6 +59,7 @@ fn app_in(dir: &std::path::Path, f: impl FnOnce(&mut EngineConfig, &mut V2Config
     let (comfy, _tasks) = comfyui::start(
         ComfyMode::Attach {
             url: "http://127.0.0.1:9".into(),
+            output_dir: None,
         },
         shutdown.clone(),
     );

@@ -33,6 +33,10 @@ pub struct Args {
     /// Attach to a ComfyUI that is already running instead of starting one.
     #[arg(long, value_name = "URL", value_parser = http_url)]
     pub comfyui_url: Option<String>,
+    /// That ComfyUI's output directory, when this machine sees it: outputs are read from there
+    /// instead of through ComfyUI's /view (a ComfyUI the worker starts is read so always).
+    #[arg(long, value_name = "DIR", requires = "comfyui_url")]
+    pub comfyui_output_dir: Option<PathBuf>,
     /// Address to listen on. Beyond loopback a token is required.
     #[arg(long, default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
@@ -193,7 +197,10 @@ pub fn execute(args: Args) -> anyhow::Result<i32> {
         return Ok(exit::USAGE);
     }
     let mode = match (&args.comfyui, &args.comfyui_url) {
-        (_, Some(url)) => ComfyMode::Attach { url: url.clone() },
+        (_, Some(url)) => ComfyMode::Attach {
+            url: url.clone(),
+            output_dir: args.comfyui_output_dir.as_deref().map(absolute),
+        },
         (Some(dir), None) => {
             if !dir.join("main.py").is_file() {
                 eprintln!(

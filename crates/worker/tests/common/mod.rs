@@ -46,6 +46,7 @@ pub fn app_in(dir: &std::path::Path, f: impl FnOnce(&mut EngineConfig)) -> App {
     let (comfy, _tasks) = comfyui::start(
         ComfyMode::Attach {
             url: "http://127.0.0.1:9".into(),
+            output_dir: None,
         },
         shutdown.clone(),
     );
