@@ -16,9 +16,14 @@ image an uploaded asset). Prints a Markdown section for docs/benchmarks.md.
    (crates/worker/examples/load.rs), 3 s each.
 4. A 100 MB asset upload (multipart, streamed from a file): time, and the server's peak
    RSS above its RSS before (sampled every 2 ms).
-5. 200 concurrent submits, BURSTS times per server in turn: answers, submit latency, time until
-   every accepted job ended (status polled every 0.2 s), and until each succeeded job's output was
-   downloaded as well (8 at once); times are the bursts' medians.
+5. 200 concurrent submits, BURSTS times per server in turn (the order alternating from round to
+   round): answers, submit latency, time until every accepted job ended (status polled every
+   0.2 s), and until each succeeded job's output was downloaded as well (8 at once); times are the
+   bursts' medians. ComfyUI's output directory is emptied after each burst: SaveImage lists it to
+   number its file, so without that each burst would run slower than the one before it. Before
+   each burst ComfyUI is asked to free memory (POST /free), which runs its garbage collection
+   then: it collects at most every 10 s, for about half a second with nothing else running, and
+   bursts of ~2.5 s in a fixed order would otherwise meet it on one server's turn more often.
 
 Needs COMFYUI_DIR, a release build (`cargo build --release -p comfy-remote-cli
 -p comfy-remote-worker --example load`), the wheel in target/wheels and comfy-api-proxy
@@ -53,8 +58,8 @@ from harness import (  # noqa: E402
 )
 
 TRACE = "CR_TEST_NODES_TRACE"
-# 200-submit bursts per server, taken in turn (ours, theirs, ours, ...).
-BURSTS = 3
+# 200-submit bursts per server, taken in turn (ours, theirs; theirs, ours; ...).
+BURSTS = 5
 # Steps of latency each server's (and the floor's) event row is computed from, at least.
 EVENT_SAMPLES = 60
 EVENT_MAX_JOBS = 40
@@ -332,6 +337,26 @@ def bench_upload(s: Server, path: Path) -> dict:
     return {"seconds": took, "rss_before": before, "rss_added": peak[0] - before, "size": asset["size_bytes"]}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def executing(comfy_url: str, n: int = 200) -> str:
+    """The last `n` prompts' time executing, and from the first's start to the last's end, from
+    ComfyUI's history (for the log: where a burst's time went)."""
+    runs = []
+    for entry in request("GET", f"{comfy_url}/history?max_items={n}").json().values():
+        st = {m[0]: m[1].get("timestamp") for m in entry.get("status", {}).get("messages", [])}
+        if "execution_start" in st and "execution_success" in st:
+            runs.append((st["execution_start"], st["execution_success"]))
+    if not runs:
+        return "n/a"
+    busy = sum(e - s for s, e in runs) / 1000
+    return f"{busy:.2f} of {(max(e for _, e in runs) - min(s for s, _ in runs)) / 1000:.2f}"
+
+
 def bench_burst(s: Server, asset_ref: object, n: int) -> dict:
     def one(i: int) -> tuple[int, float, str | None]:
         t0 = time.perf_counter()
@@ -437,9 +462,21 @@ def main() -> int:
             big.unlink()
             log("200 concurrent submits")
             runs: dict[str, list[dict]] = {s.name: [] for s in servers}
-            for _ in range(BURSTS):
-                for s in servers:
+            outputs = work / "comfy" / "output"
+            for i in range(BURSTS):
+                for s in servers if i % 2 == 0 else servers[::-1]:
+                    request("POST", f"{comfy_url}/free", json.dumps({"free_memory": True}).encode(),
+                            {"Content-Type": "application/json"})
+                    time.sleep(1.0)
+                    cpu0 = cpu_seconds(s.proc.pid), cpu_seconds(comfy_proc.pid)
                     runs[s.name].append(bench_burst(s, refs[s.name], 200))
+                    cpu1 = cpu_seconds(s.proc.pid), cpu_seconds(comfy_proc.pid)
+                    r = runs[s.name][-1]
+                    log(f"burst of {s.name}: {r['total_s']:.2f} s, outputs {r['with_outputs_s']:.2f} s; CPU s: "
+                        f"server {cpu1[0] - cpu0[0]:.2f}, ComfyUI {cpu1[1] - cpu0[1]:.2f}; "
+                        f"ComfyUI executing (s): {executing(comfy_url)}")
+                    shutil.rmtree(outputs)
+                    outputs.mkdir()
             burst = {k: merge_bursts(v) for k, v in runs.items()}
         finally:
             for s in servers:
@@ -499,7 +536,7 @@ def main() -> int:
         b = burst[s]
         b["desc"] = (f"{b['accepted']}/{200 * b['bursts']} accepted, {b['succeeded']} succeeded, answers "
                      + ", ".join(f"{k}: {v}" for k, v in sorted(b["codes"].items())))
-    lines.append(f"| 200 concurrent submits, {BURSTS} bursts each, in turn | {burst[ours]['desc']} | "
+    lines.append(f"| 200 concurrent submits, {BURSTS} bursts each, in alternating turns | {burst[ours]['desc']} | "
                  f"{burst[theirs]['desc']} | |")
     row("200 concurrent submits, submit p99 ms", pct(burst[ours]["lat"], 0.99), pct(burst[theirs]["lat"], 0.99), "{:.0f}")
     each = {k: "/".join(f"{t:.1f}" for t in burst[k]["totals"]) for k in (ours, theirs)}

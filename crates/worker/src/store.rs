@@ -162,21 +162,61 @@ pub(crate) fn open_connection(path: &Path, schema: &str) -> Result<Connection, W
     // and a second worker started on the same spool is refused.
     conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // Checkpoints (which write the database file and sync it) run on a
+    // blocking thread every CHECKPOINT_EVERY writes ([`write`]), never in
+    // a statement run on the async runtime.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     // Every statement is prepared once per connection and reused.
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     conn.execute_batch(schema)?;
     Ok(conn)
 }
 
+/// Writes between two checkpoints of a database's write-ahead log (about
+/// what SQLite's own default of 1000 pages holds).
+const CHECKPOINT_EVERY: u32 = 256;
+
 /// One SQLite connection behind a lock (every statement is short). The
-/// lock is reentrant, so a trip that holds it (see [`read`]) runs the
+/// lock is reentrant, so a trip that holds it (see [`here`]) runs the
 /// store's methods, which take it again, on the same thread.
 #[derive(Debug)]
-pub(crate) struct Db(parking_lot::ReentrantMutex<RefCell<Connection>>);
+pub(crate) struct Db {
+    conn: parking_lot::ReentrantMutex<RefCell<Connection>>,
+    /// Writes since the last checkpoint.
+    writes: std::sync::atomic::AtomicU32,
+}
 
 impl Db {
     pub(crate) fn new(conn: Connection) -> Db {
-        Db(parking_lot::ReentrantMutex::new(RefCell::new(conn)))
+        Db {
+            conn: parking_lot::ReentrantMutex::new(RefCell::new(conn)),
+            writes: std::sync::atomic::AtomicU32::new(0),
+        }
+    }
+
+    /// Count a write; true when the log is due a checkpoint.
+    fn wrote(&self) -> bool {
+        let n = self
+            .writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        n + 1 >= CHECKPOINT_EVERY
+            && self
+                .writes
+                .compare_exchange(
+                    n + 1,
+                    0,
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+
+    /// Copy the write-ahead log into the database; blocking.
+    fn checkpoint(&self) {
+        let done = self.with(|c| c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())));
+        if let Err(e) = done {
+            tracing::warn!("checkpointing a database: {e}");
+        }
     }
 
     /// Run `f` on the connection (waiting for its lock).
@@ -184,7 +224,7 @@ impl Db {
         &self,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
     ) -> Result<T, WorkerError> {
-        let held = self.0.lock();
+        let held = self.conn.lock();
         let mut conn = held.borrow_mut();
         Ok(f(&mut conn)?)
     }
@@ -218,19 +258,39 @@ where
     T: Send + 'static,
     F: FnOnce(&S) -> Result<T, WorkerError> + Send + 'static,
 {
-    match read_here(&**store, f) {
+    match here(&**store, f) {
         Ok(done) => done,
         Err(f) => run_blocking(store, f).await,
     }
 }
 
+/// Run `f`, which writes, on `store` as [`read`] does (a commit does not
+/// sync: WAL with `synchronous=NORMAL`); every [`CHECKPOINT_EVERY`]
+/// writes, a checkpoint follows on a blocking thread.
+pub(crate) async fn write<S, T, F>(store: &Arc<S>, f: F) -> Result<T, WorkerError>
+where
+    S: OnDb + Send + Sync + 'static,
+    T: Send + 'static,
+    F: FnOnce(&S) -> Result<T, WorkerError> + Send + 'static,
+{
+    let done = match here(&**store, f) {
+        Ok(done) => done,
+        Err(f) => run_blocking(store, f).await,
+    };
+    if store.db().wrote() {
+        let s = Arc::clone(store);
+        tokio::task::spawn_blocking(move || s.db().checkpoint());
+    }
+    done
+}
+
 /// `f` run on this thread while it holds the connection; `Err(f)` when
 /// another thread holds it.
-fn read_here<S: OnDb, T, F: FnOnce(&S) -> Result<T, WorkerError>>(
+fn here<S: OnDb, T, F: FnOnce(&S) -> Result<T, WorkerError>>(
     store: &S,
     f: F,
 ) -> Result<Result<T, WorkerError>, F> {
-    let Some(held) = store.db().0.try_lock() else {
+    let Some(held) = store.db().conn.try_lock() else {
         return Err(f);
     };
     let done = f(store);
@@ -245,13 +305,13 @@ impl OnDb for Store {
 }
 
 impl Store {
-    /// Run `f` on the store on a blocking thread ([`run_blocking`]).
+    /// Run `f`, which may write, on the store ([`write`]).
     pub async fn run<T, F>(self: &Arc<Self>, f: F) -> Result<T, WorkerError>
     where
         T: Send + 'static,
         F: FnOnce(&Store) -> Result<T, WorkerError> + Send + 'static,
     {
-        run_blocking(self, f).await
+        write(self, f).await
     }
 
     /// Run `f`, which only reads, on the store ([`read`]).
@@ -683,6 +743,22 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_checkpoint_is_due_once_every_so_many_writes_and_rows_outlive_it() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("jobs.db");
+        let store = Store::open(&path).expect("open");
+        let due: Vec<u32> = (1..=2 * CHECKPOINT_EVERY)
+            .filter(|_| store.db.wrote())
+            .collect();
+        assert_eq!(due.len(), 2);
+        store.insert(&new("a", None, "h")).expect("insert");
+        store.db.checkpoint();
+        drop(store);
+        let again = Store::open(&path).expect("reopen");
+        assert!(again.get("a").expect("get").is_some());
+    }
 
     fn new(id: &str, key: Option<&str>, hash: &str) -> NewJob {
         NewJob {

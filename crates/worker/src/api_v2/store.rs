@@ -128,13 +128,13 @@ impl crate::store::OnDb for V2Store {
 }
 
 impl V2Store {
-    /// Run `f` on a blocking thread (as `Store::run` does).
+    /// Run `f`, which may write (`crate::store::write`).
     pub async fn run<T, F>(self: &Arc<Self>, f: F) -> Result<T, WorkerError>
     where
         T: Send + 'static,
         F: FnOnce(&V2Store) -> Result<T, WorkerError> + Send + 'static,
     {
-        crate::store::run_blocking(self, f).await
+        crate::store::write(self, f).await
     }
 
     /// Run `f`, which only reads, here when it can (`crate::store::read`).

@@ -15,8 +15,9 @@
 //!
 //! Execution is serialized by ComfyUI's own queue: the dispatcher keeps at
 //! most `comfy_queue_depth` prompts in ComfyUI (one running, the next ready)
-//! and the rest wait in the durable store. The store is only touched from
-//! blocking threads ([`Store::run`]).
+//! and the rest wait in the durable store. A trip to the store runs on the
+//! calling thread when its connection is free, else on a blocking thread
+//! ([`Store::run`], [`Store::read`]); its checkpoints always run on one.
 
 mod admission;
 mod collect;
