@@ -125,6 +125,11 @@ fn req(method: &str, path: &str) -> axum::http::request::Builder {
         .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
 }
 
+/// A request without a body.
+fn bare(method: &str, path: &str) -> Request<Body> {
+    req(method, path).body(Body::empty()).expect("request")
+}
+
 fn submit_req(body: &Value, key: Option<&str>) -> Request<Body> {
     let mut r = req("POST", "/api/v2/jobs").header(header::CONTENT_TYPE, "application/json");
     if let Some(k) = key {
@@ -223,13 +228,7 @@ async fn health_is_open_and_everything_else_needs_the_token() {
         "{}",
         String::from_utf8_lossy(&r.body)
     );
-    let r = call(
-        &app,
-        req("GET", "/api/v2/jobs/not-a-uuid")
-            .body(Body::empty())
-            .expect("req"),
-    )
-    .await;
+    let r = call(&app, bare("GET", "/api/v2/jobs/not-a-uuid")).await;
     assert_eq!(
         (r.status, r.code().as_str()),
         (StatusCode::NOT_FOUND, "not_found")
@@ -264,13 +263,7 @@ async fn the_served_workflow_with_other_inputs_is_a_job_of_it() {
     assert!(job["expires_at"].is_string() && job["created_at"].is_string());
     assert_eq!(job["progress"]["nodes_done"], 0);
     // The same job in protocol v1, with the value the graph gave.
-    let v1 = call(
-        &app,
-        req("GET", &format!("/v1/jobs/{id}"))
-            .body(Body::empty())
-            .expect("req"),
-    )
-    .await;
+    let v1 = call(&app, bare("GET", &format!("/v1/jobs/{id}"))).await;
     assert_eq!(v1.status, StatusCode::OK);
     let inputs = std::fs::read(app.engine.job_dir(&id).join("inputs.crc")).expect("inputs");
     let payload = comfy_remote_protocol::decode(&inputs, &Default::default()).expect("decode");
@@ -279,25 +272,13 @@ async fn the_served_workflow_with_other_inputs_is_a_job_of_it() {
         Some(comfy_remote_protocol::Value::Int(7))
     );
     // Its workflow is the graph as submitted.
-    let w = call(
-        &app,
-        req("GET", &format!("/api/v2/jobs/{id}/workflow"))
-            .body(Body::empty())
-            .expect("req"),
-    )
-    .await;
+    let w = call(&app, bare("GET", &format!("/api/v2/jobs/{id}/workflow"))).await;
     assert_eq!(
         (w.json()["format"].as_str(), &w.json()["workflow"]),
         (Some("api"), &with_steps(7))
     );
     // Listed, newest first.
-    let l = call(
-        &app,
-        req("GET", "/api/v2/jobs?limit=5")
-            .body(Body::empty())
-            .expect("req"),
-    )
-    .await;
+    let l = call(&app, bare("GET", "/api/v2/jobs?limit=5")).await;
     assert_eq!(l.json()["jobs"][0]["id"], id);
 }
 
@@ -367,13 +348,7 @@ async fn a_graph_of_its_own_and_the_asset_it_reads_survive_a_restart_until_the_j
     let stray = spool.path().join("inputs").join("ended-job.0");
     std::fs::write(&stray, b"x").expect("stray");
     let second = app_in(spool.path(), any);
-    let job = call(
-        &second,
-        req("GET", &format!("/api/v2/jobs/{id}"))
-            .body(Body::empty())
-            .expect("req"),
-    )
-    .await;
+    let job = call(&second, bare("GET", &format!("/api/v2/jobs/{id}"))).await;
     assert_eq!(
         (job.status, job.json()["status"].as_str()),
         (StatusCode::OK, Some("queued"))
@@ -381,13 +356,7 @@ async fn a_graph_of_its_own_and_the_asset_it_reads_survive_a_restart_until_the_j
     assert_eq!(std::fs::read(&kept).expect("its input, still"), bytes);
     assert!(!stray.exists());
     // Its end takes its input with it.
-    let canceled = call(
-        &second,
-        req("POST", &format!("/api/v2/jobs/{id}/cancel"))
-            .body(Body::empty())
-            .expect("req"),
-    )
-    .await;
+    let canceled = call(&second, bare("POST", &format!("/api/v2/jobs/{id}/cancel"))).await;
     assert_eq!(
         canceled.status,
         StatusCode::OK,
@@ -484,13 +453,7 @@ async fn keys_are_single_use_and_free_again_after_a_refusal() {
     );
     assert_eq!(full.headers[header::RETRY_AFTER], "5");
     let first = r.json()["id"].as_str().expect("id").to_owned();
-    let c = call(
-        &app,
-        req("POST", &format!("/api/v2/jobs/{first}/cancel"))
-            .body(Body::empty())
-            .expect("req"),
-    )
-    .await;
+    let c = call(&app, bare("POST", &format!("/api/v2/jobs/{first}/cancel"))).await;
     assert_eq!(
         (c.status, c.json()["status"].as_str()),
         (StatusCode::OK, Some("canceled"))
@@ -543,18 +506,14 @@ async fn assets_are_content_addressed_ranged_and_become_inputs() {
     );
     let head = call(
         &app,
-        req("HEAD", &format!("/api/v2/assets/by-hash/{hash}"))
-            .body(Body::empty())
-            .expect("req"),
+        bare("HEAD", &format!("/api/v2/assets/by-hash/{hash}")),
     )
     .await;
     assert_eq!(head.status, StatusCode::OK);
     let unknown = format!("blake3:{}", "0".repeat(64));
     let head = call(
         &app,
-        req("HEAD", &format!("/api/v2/assets/by-hash/{unknown}"))
-            .body(Body::empty())
-            .expect("req"),
+        bare("HEAD", &format!("/api/v2/assets/by-hash/{unknown}")),
     )
     .await;
     assert_eq!(head.status, StatusCode::NOT_FOUND);
@@ -585,13 +544,7 @@ async fn assets_are_content_addressed_ranged_and_become_inputs() {
         (StatusCode::NOT_FOUND, "blob_not_found")
     );
     // The bytes, whole and in a range.
-    let full = call(
-        &app,
-        req("GET", &format!("/api/v2/assets/{id}/content"))
-            .body(Body::empty())
-            .expect("req"),
-    )
-    .await;
+    let full = call(&app, bare("GET", &format!("/api/v2/assets/{id}/content"))).await;
     assert_eq!(
         (
             full.status,
@@ -661,21 +614,9 @@ async fn assets_are_content_addressed_ranged_and_become_inputs() {
         (StatusCode::UNPROCESSABLE_ENTITY, "missing_asset")
     );
     // Deleted: gone.
-    let d = call(
-        &app,
-        req("DELETE", &format!("/api/v2/assets/{id}"))
-            .body(Body::empty())
-            .expect("req"),
-    )
-    .await;
+    let d = call(&app, bare("DELETE", &format!("/api/v2/assets/{id}"))).await;
     assert_eq!(d.status, StatusCode::NO_CONTENT);
-    let d = call(
-        &app,
-        req("DELETE", &format!("/api/v2/assets/{id}"))
-            .body(Body::empty())
-            .expect("req"),
-    )
-    .await;
+    let d = call(&app, bare("DELETE", &format!("/api/v2/assets/{id}"))).await;
     assert_eq!(d.status, StatusCode::NOT_FOUND);
 }
 
@@ -688,33 +629,17 @@ async fn a_canceled_jobs_stream_is_its_status_and_streams_are_limited() {
     let open = app
         .router
         .clone()
-        .oneshot(
-            req("GET", &format!("/api/v2/jobs/{id}/events"))
-                .body(Body::empty())
-                .expect("req"),
-        )
+        .oneshot(bare("GET", &format!("/api/v2/jobs/{id}/events")))
         .await
         .expect("stream");
     assert_eq!(open.status(), StatusCode::OK);
-    let second = call(
-        &app,
-        req("GET", &format!("/api/v2/jobs/{id}/events"))
-            .body(Body::empty())
-            .expect("req"),
-    )
-    .await;
+    let second = call(&app, bare("GET", &format!("/api/v2/jobs/{id}/events"))).await;
     assert_eq!(
         (second.status, second.code().as_str()),
         (StatusCode::TOO_MANY_REQUESTS, "too_many_streams")
     );
     assert!(second.headers.contains_key(header::RETRY_AFTER));
-    call(
-        &app,
-        req("POST", &format!("/api/v2/jobs/{id}/cancel"))
-            .body(Body::empty())
-            .expect("req"),
-    )
-    .await;
+    call(&app, bare("POST", &format!("/api/v2/jobs/{id}/cancel"))).await;
     // The open stream ends with the terminal status; then its slot is free.
     let text = String::from_utf8(
         open.into_body()
@@ -732,13 +657,7 @@ async fn a_canceled_jobs_stream_is_its_status_and_streams_are_limited() {
         "{text}"
     );
     assert!(!text.contains("id:"), "v2 streams carry no ids: {text}");
-    let done = call(
-        &app,
-        req("GET", &format!("/api/v2/jobs/{id}/events"))
-            .body(Body::empty())
-            .expect("req"),
-    )
-    .await;
+    let done = call(&app, bare("GET", &format!("/api/v2/jobs/{id}/events"))).await;
     let text = String::from_utf8_lossy(&done.body).into_owned();
     assert_eq!(done.status, StatusCode::OK);
     assert!(text.contains("\"status\":\"canceled\""), "{text}");
