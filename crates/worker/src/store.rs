@@ -730,6 +730,21 @@ impl Store {
         })
     }
 
+    /// Those of `ids` whose job expired or is not in the store.
+    pub fn expired_or_unknown(&self, ids: &[String]) -> Result<Vec<String>, WorkerError> {
+        self.db.with(|c| {
+            let mut st = c.prepare_cached("SELECT status FROM jobs WHERE id = ?1")?;
+            let mut gone = Vec::new();
+            for id in ids {
+                let status: Option<String> = st.query_row([id], |r| r.get(0)).optional()?;
+                if status.is_none() || status.as_deref() == Some(JobStatus::Expired.as_str()) {
+                    gone.push(id.clone());
+                }
+            }
+            Ok(gone)
+        })
+    }
+
     /// Every job id the store knows (to clean orphan spool directories).
     pub fn all_ids(&self) -> Result<std::collections::HashSet<String>, WorkerError> {
         self.db.with(|c| {
@@ -743,6 +758,24 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expired_and_unknown_jobs_are_told_apart_from_the_rest_in_one_trip() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Store::open(&dir.path().join("jobs.db")).expect("open");
+        for id in ["kept", "old"] {
+            store.insert(&new(id, None, "h")).expect("insert");
+        }
+        store
+            .finish("old", JobStatus::Succeeded, None, &[], Some(1))
+            .expect("finish");
+        store.expire("old").expect("expire");
+        let ids = ["kept", "old", "never"].map(String::from);
+        assert_eq!(
+            store.expired_or_unknown(&ids).expect("read"),
+            ["old", "never"]
+        );
+    }
 
     #[test]
     fn a_checkpoint_is_due_once_every_so_many_writes_and_rows_outlive_it() {

@@ -155,16 +155,16 @@ impl V2 {
         for id in self.store.run(|s| s.expired_assets()).await? {
             self.delete_asset(&id).await?;
         }
-        for job in self.store.run(|s| s.jobs_with_outputs()).await? {
-            let gone = match self.engine.job(&job).await? {
-                Some(row) => row.status == comfy_remote_protocol::api::JobStatus::Expired,
-                None => true,
-            };
-            if gone {
-                let j = job.clone();
-                for a in self.store.run(move |s| s.outputs(&j)).await? {
-                    self.delete_asset(&a.id).await?;
-                }
+        let with_outputs = self.store.read(|s| s.jobs_with_outputs()).await?;
+        // Read in one trip to the job store, however many jobs there are.
+        let gone = self
+            .engine
+            .store
+            .read(move |s| s.expired_or_unknown(&with_outputs))
+            .await?;
+        for job in gone {
+            for a in self.store.read(move |s| s.outputs(&job)).await? {
+                self.delete_asset(&a.id).await?;
             }
         }
         self.store.run(|s| s.forget_old_keys()).await
