@@ -182,7 +182,7 @@ const CHECKPOINT_EVERY: u32 = 256;
 #[derive(Debug)]
 pub(crate) struct Db {
     conn: parking_lot::ReentrantMutex<RefCell<Connection>>,
-    /// Writes since the last checkpoint.
+    /// Writes so far (a checkpoint follows every [`CHECKPOINT_EVERY`]th).
     writes: std::sync::atomic::AtomicU32,
 }
 
@@ -199,16 +199,7 @@ impl Db {
         let n = self
             .writes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        n + 1 >= CHECKPOINT_EVERY
-            && self
-                .writes
-                .compare_exchange(
-                    n + 1,
-                    0,
-                    std::sync::atomic::Ordering::Relaxed,
-                    std::sync::atomic::Ordering::Relaxed,
-                )
-                .is_ok()
+        n.wrapping_add(1) % CHECKPOINT_EVERY == 0
     }
 
     /// Copy the write-ahead log into the database; blocking.
@@ -273,10 +264,7 @@ where
     T: Send + 'static,
     F: FnOnce(&S) -> Result<T, WorkerError> + Send + 'static,
 {
-    let done = match here(&**store, f) {
-        Ok(done) => done,
-        Err(f) => run_blocking(store, f).await,
-    };
+    let done = read(store, f).await;
     if store.db().wrote() {
         let s = Arc::clone(store);
         tokio::task::spawn_blocking(move || s.db().checkpoint());

@@ -125,6 +125,18 @@ fn req(method: &str, path: &str) -> axum::http::request::Builder {
         .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
 }
 
+/// Submit `graph`, which must be accepted: the new job's id.
+async fn created(app: &App, graph: &Value) -> String {
+    let r = call(app, submit_req(&json!({"workflow": graph}), None)).await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    r.json()["id"].as_str().expect("id").to_owned()
+}
+
 /// A request without a body.
 fn bare(method: &str, path: &str) -> Request<Body> {
     req(method, path).body(Body::empty()).expect("request")
@@ -301,14 +313,7 @@ async fn another_graph_is_refused_by_node_unless_any_workflow_is_allowed() {
         "{msg}"
     );
     let any = app_with(|_, v| v.allow_any_workflow = true);
-    let r = call(&any, submit_req(&json!({"workflow": g}), None)).await;
-    assert_eq!(
-        r.status,
-        StatusCode::CREATED,
-        "{}",
-        String::from_utf8_lossy(&r.body)
-    );
-    let id = r.json()["id"].as_str().expect("id").to_owned();
+    let id = created(&any, &g).await;
     // Kept in its record, so it runs after a restart; no directory is made for it.
     let kept = any.engine.store.unfinished_prompts().expect("store");
     let (_, record) = kept.iter().find(|(j, _)| *j == id).expect("its graph");
@@ -330,14 +335,7 @@ async fn a_graph_of_its_own_and_the_asset_it_reads_survive_a_restart_until_the_j
         "1": {"class_type": "LoadImage", "inputs": {"image": {"__type": "core/ASSET", "info": {"id": asset_id}}}},
         "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}}
     });
-    let r = call(&first, submit_req(&json!({"workflow": g}), None)).await;
-    assert_eq!(
-        r.status,
-        StatusCode::CREATED,
-        "{}",
-        String::from_utf8_lossy(&r.body)
-    );
-    let id = r.json()["id"].as_str().expect("id").to_owned();
+    let id = created(&first, &g).await;
     // Its input is kept in the spool (the asset may be deleted meanwhile), not in a directory of its own.
     let kept = spool.path().join("inputs").join(format!("{id}.0"));
     assert_eq!(std::fs::read(&kept).expect("its input"), bytes);
