@@ -11,19 +11,26 @@ image an uploaded asset). Prints a Markdown section for docs/benchmarks.md.
    reports it (CR_TEST_NODES_TRACE); the client notes when that step's `progress` arrives.
    Each server runs jobs until it delivered at least EVENT_SAMPLES steps (comfy-api-proxy
    throttles `progress`, so it runs more jobs), so both p99s come from samples of one size.
-   The floor: the same steps read from ComfyUI's own websocket.
+   The floor: the same steps read from ComfyUI's own websocket. The jobs go in rounds, one per
+   server and one to ComfyUI directly, the order alternating: arrivals come in steps of about
+   4 ms, on ComfyUI's own websocket too (its executing thread and its event loop share Python's
+   lock), so a median can jump by one step, and a slow spell of the host would fall on one.
 3. Status polls: GET /api/v2/jobs/{id} of a finished job from 1 and 32 keep-alive clients
    (crates/worker/examples/load.rs), 3 s each.
 4. A 100 MB asset upload (multipart, streamed from a file): time, and the server's peak
    RSS above its RSS before (sampled every 2 ms).
 5. 200 concurrent submits, BURSTS times per server in turn (the order alternating from round to
-   round): answers, submit latency, time until every accepted job ended (status polled every
-   0.2 s), and until each succeeded job's output was downloaded as well (8 at once); times are the
-   bursts' medians. ComfyUI's output directory is emptied after each burst: SaveImage lists it to
+   round): answers, submit latency, time until every accepted job ended (each pending job's
+   status polled every 0.2 s, or at once again when a round of polls took longer), and until
+   each succeeded job's output was downloaded as well (8 at once); times are the bursts'
+   medians. ComfyUI's output directory is emptied after each burst: SaveImage lists it to
    number its file, so without that each burst would run slower than the one before it. Before
    each burst ComfyUI is asked to free memory (POST /free), which runs its garbage collection
    then: it collects at most every 10 s, for about half a second with nothing else running, and
    bursts of ~2.5 s in a fixed order would otherwise meet it on one server's turn more often.
+   During the bursts ComfyUI runs on a core of its own, the servers and this client on the rest
+   (pin_apart): on two shared cores, the server that answered polls soonest was polled most
+   (900 polls a burst against 300) and so took the most CPU from ComfyUI.
 
 Needs COMFYUI_DIR, a release build (`cargo build --release -p comfy-remote-cli
 -p comfy-remote-worker --example load`), the wheel in target/wheels and comfy-api-proxy
@@ -44,6 +51,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -59,10 +67,12 @@ from harness import (  # noqa: E402
 
 TRACE = "CR_TEST_NODES_TRACE"
 # 200-submit bursts per server, taken in turn (ours, theirs; theirs, ours; ...).
-BURSTS = 5
+BURSTS = 9
+# Per server: job event streams that closed before their job ended (run_job then polls).
+SSE_CLOSED_EARLY: dict[str, int] = {}
 # Steps of latency each server's (and the floor's) event row is computed from, at least.
-EVENT_SAMPLES = 60
-EVENT_MAX_JOBS = 40
+EVENT_SAMPLES = 120
+EVENT_MAX_JOBS = 80
 TERMINAL = ("succeeded", "failed", "canceled", "expired")
 # Our worker serves this workflow; the benchmark's jobs run their own graph (--allow-any-workflow).
 SERVED = {
@@ -189,10 +199,19 @@ def run_job(s: Server, g: dict) -> tuple[float, dict]:
     t0 = time.perf_counter()
     st, j = s.post_json("/api/v2/jobs", {"workflow": g})
     assert st == 201, (s.name, st, j)
+    ended = False
     for ev in sse(f"{s.url}/api/v2/jobs/{j['id']}/events"):
         if ev.get("event") == "status" and (ev["data"] or {}).get("status") in TERMINAL:
+            ended = True
             break
     done = s.job(j["id"])
+    if not ended:
+        # The stream closed before the job ended: a client falls back to polling (counted, logged).
+        SSE_CLOSED_EARLY[s.name] = SSE_CLOSED_EARLY.get(s.name, 0) + 1
+        give_up = time.monotonic() + 120
+        while done["status"] not in TERMINAL and time.monotonic() < give_up:
+            time.sleep(0.01)
+            done = s.job(j["id"])
     assert done["status"] == "succeeded" and done["outputs"], (s.name, done)
     out = done["outputs"][0]
     content = request("GET", out["url"])
@@ -238,64 +257,78 @@ def step_latencies(trace: Path, arrived: dict[int, float]) -> list[float]:
     return [(t - stamps[k]) * 1000 for k, t in arrived.items() if k in stamps]
 
 
-def bench_events(s: Server, asset_ref: object, trace: Path, steps: int) -> dict:
-    lat: list[float] = []
-    delivered = jobs = 0
-    while len(lat) < EVENT_SAMPLES and jobs < EVENT_MAX_JOBS:
-        jobs += 1
-        trace.write_text("")
-        # A step time of its own per job: ComfyUI would serve an identical CRTestSlow from its cache.
-        seconds = 0.05 + jobs * 1e-6 * (2 if s.name == "comfy-remote" else 1)
-        st, j = s.post_json("/api/v2/jobs", {"workflow": graph(asset_ref, steps, seconds, uuid.uuid4().hex[:8])})
-        assert st == 201, j
-        arrived: dict[int, float] = {}
-        for ev in sse(f"{s.url}/api/v2/jobs/{j['id']}/events"):
-            now = time.time()
-            d = ev["data"] or {}
-            if ev.get("event") == "progress" and d.get("current_node") == "2" and d.get("step"):
-                arrived.setdefault(int(d["step"]), now)
-            if ev.get("event") == "status" and d.get("status") in TERMINAL:
-                break
-        lat += step_latencies(trace, arrived)
-        delivered += len(arrived)
-    return {"lat": lat, "delivered": delivered, "total": steps * jobs, "jobs": jobs}
+def events_job(s: Server, asset_ref: object, trace: Path, steps: int, jobs: int) -> list[float]:
+    """One job's step -> SSE `progress` latencies (of the steps that arrived)."""
+    trace.write_text("")
+    # A step time of its own per job: ComfyUI would serve an identical CRTestSlow from its cache.
+    seconds = 0.05 + jobs * 1e-6 * (2 if s.name == "comfy-remote" else 1)
+    st, j = s.post_json("/api/v2/jobs", {"workflow": graph(asset_ref, steps, seconds, uuid.uuid4().hex[:8])})
+    assert st == 201, j
+    arrived: dict[int, float] = {}
+    for ev in sse(f"{s.url}/api/v2/jobs/{j['id']}/events"):
+        now = time.time()
+        d = ev["data"] or {}
+        if ev.get("event") == "progress" and d.get("current_node") == "2" and d.get("step"):
+            arrived.setdefault(int(d["step"]), now)
+        if ev.get("event") == "status" and d.get("status") in TERMINAL:
+            break
+    return step_latencies(trace, arrived)
 
 
-def bench_events_direct(comfy_url: str, image_name: str, trace: Path, steps: int) -> dict:
-    """The floor: the steps' `progress` messages on ComfyUI's own websocket."""
+def events_job_direct(comfy_url: str, image_name: str, trace: Path, steps: int, jobs: int) -> list[float]:
+    """The floor: one job's steps as `progress` messages on ComfyUI's own websocket."""
     import asyncio
 
     import aiohttp
 
     async def run() -> list[float]:
-        lat: list[float] = []
-        jobs = 0
         async with aiohttp.ClientSession() as http:
-            while len(lat) < EVENT_SAMPLES and jobs < EVENT_MAX_JOBS:
-                jobs += 1
-                client = uuid.uuid4().hex
-                async with http.ws_connect(f"{comfy_url.replace('http', 'ws', 1)}/ws?clientId={client}") as ws:
-                    trace.write_text("")
-                    g = graph(image_name, steps, 0.05 + jobs * 1e-6 * 3, uuid.uuid4().hex[:8])
-                    async with http.post(f"{comfy_url}/prompt", json={"prompt": g, "client_id": client}) as r:
-                        pid = (await r.json())["prompt_id"]
-                    arrived: dict[int, float] = {}
-                    async for msg in ws:
-                        now = time.time()
-                        if msg.type != aiohttp.WSMsgType.TEXT:
-                            continue
-                        m = json.loads(msg.data)
-                        d = m.get("data") or {}
-                        if d.get("prompt_id") != pid:
-                            continue
-                        if m["type"] == "progress" and str(d.get("node")) == "2":
-                            arrived.setdefault(int(d["value"]), now)
-                        if m["type"] in ("execution_success", "execution_error", "execution_interrupted"):
-                            break
-                lat += step_latencies(trace, arrived)
-        return lat
+            client = uuid.uuid4().hex
+            async with http.ws_connect(f"{comfy_url.replace('http', 'ws', 1)}/ws?clientId={client}") as ws:
+                trace.write_text("")
+                g = graph(image_name, steps, 0.05 + jobs * 1e-6 * 3, uuid.uuid4().hex[:8])
+                async with http.post(f"{comfy_url}/prompt", json={"prompt": g, "client_id": client}) as r:
+                    pid = (await r.json())["prompt_id"]
+                arrived: dict[int, float] = {}
+                async for msg in ws:
+                    now = time.time()
+                    if msg.type != aiohttp.WSMsgType.TEXT:
+                        continue
+                    m = json.loads(msg.data)
+                    d = m.get("data") or {}
+                    if d.get("prompt_id") != pid:
+                        continue
+                    if m["type"] == "progress" and str(d.get("node")) == "2":
+                        arrived.setdefault(int(d["value"]), now)
+                    if m["type"] in ("execution_success", "execution_error", "execution_interrupted"):
+                        break
+        return step_latencies(trace, arrived)
 
-    return {"lat": asyncio.run(run())}
+    return asyncio.run(run())
+
+
+def bench_events(servers: list[Server], refs: dict[str, object], comfy_url: str, direct_name: str,
+                 trace: Path, steps: int) -> dict[str, dict]:
+    """Jobs in rounds (one per server and one straight to ComfyUI, the order alternating), each
+    taking part until it has EVENT_SAMPLES steps: the host's slow and quick spells fall on all."""
+    runs = {k: {"lat": [], "delivered": 0, "jobs": 0} for k in [s.name for s in servers] + ["direct"]}
+    jobs: list[tuple[str, object]] = [(s.name, s) for s in servers] + [("direct", None)]
+    rnd = 0
+    while True:
+        todo = [(k, s) for k, s in jobs if len(runs[k]["lat"]) < EVENT_SAMPLES and runs[k]["jobs"] < EVENT_MAX_JOBS]
+        if not todo:
+            break
+        for k, s in todo if rnd % 2 == 0 else todo[::-1]:
+            r = runs[k]
+            r["jobs"] += 1
+            lat = (events_job_direct(comfy_url, direct_name, trace, steps, r["jobs"]) if s is None
+                   else events_job(s, refs[k], trace, steps, r["jobs"]))
+            r["lat"] += lat
+            r["delivered"] += len(lat)
+        rnd += 1
+    for r in runs.values():
+        r["total"] = steps * r["jobs"]
+    return runs
 
 
 def bench_polls(s: Server, job_id: str) -> list[dict]:
@@ -357,6 +390,54 @@ def executing(comfy_url: str, n: int = 200) -> str:
     return f"{busy:.2f} of {(max(e for _, e in runs) - min(s for s, _ in runs)) / 1000:.2f}"
 
 
+def pin_apart(comfy_pid: int, server_pids: list[int]) -> bool:
+    """ComfyUI on the first core, the servers and this client on the others (every thread of
+    each process; threads made later inherit it). A client polls from another machine in
+    practice: sharing ComfyUI's cores, the server polled most (the one answering soonest)
+    would be the one taking most CPU from ComfyUI."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(cpus) < 2:
+        return False
+
+    def pin(pid: int, to: set[int]) -> None:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                os.sched_setaffinity(int(tid), to)
+            except OSError:
+                pass  # a thread that just ended
+
+    pin(comfy_pid, {cpus[0]})
+    for pid in server_pids:
+        pin(pid, set(cpus[1:]))
+    pin(os.getpid(), set(cpus[1:]))
+    return True
+
+
+class KeepAlive:
+    """GETs over one kept-alive connection, as a polling client (comfy-sdk's httpx) makes them:
+    a poll then costs the client little of the two cores it shares with the servers."""
+
+    def __init__(self, url: str) -> None:
+        u = urllib.parse.urlsplit(url)
+        self.host, self.port = u.hostname or "127.0.0.1", u.port or 80
+        self.conn: http.client.HTTPConnection | None = None
+
+    def get_json(self, path: str) -> dict:
+        for attempt in (0, 1):
+            if self.conn is None:
+                self.conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
+            try:
+                self.conn.request("GET", path)
+                r = self.conn.getresponse()
+                return json.loads(r.read())
+            except (OSError, http.client.HTTPException):
+                self.conn.close()
+                self.conn = None
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+
 def bench_burst(s: Server, asset_ref: object, n: int) -> dict:
     def one(i: int) -> tuple[int, float, str | None]:
         t0 = time.perf_counter()
@@ -372,13 +453,19 @@ def bench_burst(s: Server, asset_ref: object, n: int) -> dict:
     accepted = [jid for st, _, jid in answers if st == 201 and jid]
     pending = set(accepted)
     ended: dict[str, str] = {}
+    polls = 0
+    poller = KeepAlive(s.url)
     while pending:
+        # Each pending job is polled every 0.2 s (a round that takes longer is followed by the next
+        # at once): a server that answers sooner is not polled more often.
+        round0 = time.perf_counter()
         for jid in list(pending):
-            st = s.job(jid)["status"]
+            st = poller.get_json(f"/api/v2/jobs/{jid}")["status"]
+            polls += 1
             if st in TERMINAL:
                 ended[jid] = st
                 pending.discard(jid)
-        time.sleep(0.2)
+        time.sleep(max(0.0, 0.2 - (time.perf_counter() - round0)))
     total = time.perf_counter() - t0
 
     # What the client came for: every succeeded job's output, downloaded (8 at a time).
@@ -394,7 +481,8 @@ def bench_burst(s: Server, asset_ref: object, n: int) -> dict:
         codes[st] = codes.get(st, 0) + 1
     return {"codes": codes, "lat": [t * 1000 for _, t, _ in answers], "total_s": total,
             "with_outputs_s": with_outputs, "fetched": fetched,
-            "succeeded": sum(1 for v in ended.values() if v == "succeeded"), "accepted": len(accepted)}
+            "succeeded": sum(1 for v in ended.values() if v == "succeeded"), "accepted": len(accepted),
+            "polls": polls}
 
 
 def merge_bursts(runs: list[dict]) -> dict:
@@ -446,8 +534,7 @@ def main() -> int:
             log("latency per job")
             lat = bench_latency(servers, refs, comfy_url, direct_name, args.iterations)
             log("event latency")
-            ev = {s.name: bench_events(s, refs[s.name], trace, 20) for s in servers}
-            ev["direct"] = bench_events_direct(comfy_url, direct_name, trace, 20)
+            ev = bench_events(servers, refs, comfy_url, direct_name, trace, 20)
             log("status polls")
             polls = {}
             for s in servers:
@@ -461,6 +548,7 @@ def main() -> int:
             up = {s.name: bench_upload(s, big) for s in servers}
             big.unlink()
             log("200 concurrent submits")
+            pinned = pin_apart(comfy_proc.pid, [s.proc.pid for s in servers])
             runs: dict[str, list[dict]] = {s.name: [] for s in servers}
             outputs = work / "comfy" / "output"
             for i in range(BURSTS):
@@ -472,7 +560,8 @@ def main() -> int:
                     runs[s.name].append(bench_burst(s, refs[s.name], 200))
                     cpu1 = cpu_seconds(s.proc.pid), cpu_seconds(comfy_proc.pid)
                     r = runs[s.name][-1]
-                    log(f"burst of {s.name}: {r['total_s']:.2f} s, outputs {r['with_outputs_s']:.2f} s; CPU s: "
+                    log(f"burst of {s.name}: {r['total_s']:.2f} s, outputs {r['with_outputs_s']:.2f} s, "
+                        f"{r['polls']} status polls; CPU s: "
                         f"server {cpu1[0] - cpu0[0]:.2f}, ComfyUI {cpu1[1] - cpu0[1]:.2f}; "
                         f"ComfyUI executing (s): {executing(comfy_url)}")
                     shutil.rmtree(outputs)
@@ -550,7 +639,12 @@ def main() -> int:
                  "`progress` to about 2 a second by design; every step's latency counts only the steps a server "
                  "delivered. The load loop and both servers share the two cores, so requests/s are floors. "
                  "comfy-remote ran with `--max-jobs 256` (its default, 64, answers the rest `429 queue_full` with "
-                 "`Retry-After`, which comfy-sdk honours).")
+                 "`Retry-After`, which comfy-sdk honours). "
+                 + ("For the bursts ComfyUI had the first core to itself; the servers and the client shared the "
+                    "other. " if pinned else "")
+                 + "Job event streams that closed before their job ended "
+                 f"(the job was then polled until it did, in the time): comfy-remote {SSE_CLOSED_EARLY.get(ours, 0)}, "
+                 f"comfy-api-proxy {SSE_CLOSED_EARLY.get(theirs, 0)}.")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -197,6 +197,14 @@ def test_serve_rejects_a_comfyui_url_that_is_not_http(tmp_path):
     assert r.returncode == 2 and "--comfyui-url" in r.stderr
 
 
+def test_a_comfyui_output_dir_that_is_not_there_is_a_usage_error(tmp_path):
+    # A typo would otherwise only show as every output read through /view.
+    r = serve("--workflow", str(REPO / "examples" / "invert_blur.json"), "--comfyui-url", "http://127.0.0.1:9",
+              "--comfyui-output-dir", str(tmp_path / "ouptut"), "--spool", str(tmp_path / "spool"))
+    assert r.returncode == 2, r.stderr
+    assert "--comfyui-output-dir" in r.stderr and "ouptut" in r.stderr and "no such directory" in r.stderr
+
+
 def test_token_errors_are_usage_errors_naming_the_source(tmp_path):
     wf = str(REPO / "examples" / "invert_blur.json")
     missing = tmp_path / "no-token"

@@ -196,6 +196,15 @@ pub fn execute(args: Args) -> anyhow::Result<i32> {
         );
         return Ok(exit::USAGE);
     }
+    if let Some(dir) = args.comfyui_output_dir.as_deref().filter(|d| !d.is_dir()) {
+        eprintln!(
+            "error: --comfyui-output-dir {}: no such directory; pass the output directory of the \
+             ComfyUI at --comfyui-url (its `output` folder, or its --output-directory), or leave \
+             the flag out to read outputs through ComfyUI",
+            dir.display()
+        );
+        return Ok(exit::USAGE);
+    }
     let mode = match (&args.comfyui, &args.comfyui_url) {
         (_, Some(url)) => ComfyMode::Attach {
             url: url.clone(),
