@@ -202,7 +202,7 @@ def test_a_comfyui_output_dir_that_is_not_there_is_a_usage_error(tmp_path):
     r = serve("--workflow", str(REPO / "examples" / "invert_blur.json"), "--comfyui-url", "http://127.0.0.1:9",
               "--comfyui-output-dir", str(tmp_path / "ouptut"), "--spool", str(tmp_path / "spool"))
     assert r.returncode == 2, r.stderr
-    assert "--comfyui-output-dir" in r.stderr and "ouptut" in r.stderr and "no such directory" in r.stderr
+    assert "--comfyui-output-dir" in r.stderr and "ouptut" in r.stderr and "not a directory" in r.stderr
 
 
 def test_token_errors_are_usage_errors_naming_the_source(tmp_path):

@@ -198,7 +198,7 @@ pub fn execute(args: Args) -> anyhow::Result<i32> {
     }
     if let Some(dir) = args.comfyui_output_dir.as_deref().filter(|d| !d.is_dir()) {
         eprintln!(
-            "error: --comfyui-output-dir {}: no such directory; pass the output directory of the \
+            "error: --comfyui-output-dir {}: not a directory; pass the output directory of the \
              ComfyUI at --comfyui-url (its `output` folder, or its --output-directory), or leave \
              the flag out to read outputs through ComfyUI",
             dir.display()
