@@ -51,7 +51,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.parse
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -418,7 +417,7 @@ class KeepAlive:
     a poll then costs the client little of the two cores it shares with the servers."""
 
     def __init__(self, url: str) -> None:
-        u = urllib.parse.urlsplit(url)
+        u = urlsplit(url)
         self.host, self.port = u.hostname or "127.0.0.1", u.port or 80
         self.conn: http.client.HTTPConnection | None = None
 
