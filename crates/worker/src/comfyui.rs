@@ -58,11 +58,21 @@ pub enum QueueError {
     Unavailable(String),
 }
 
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap_or_default()
+}
+
 /// A small HTTP client for ComfyUI's server routes.
 #[derive(Debug, Clone)]
 pub struct ComfyClient {
     base: Arc<Mutex<String>>,
     http: reqwest::Client,
+    /// Posts prompts only: its connections are driven by the runtime of
+    /// the dispatcher, which posts them (the backstage runtime of [`crate::Worker`]).
+    post: reqwest::Client,
     pub client_id: String,
     /// ComfyUI's output directory, when it is on this machine (`files`).
     output_dir: Option<Arc<PathBuf>>,
@@ -73,10 +83,8 @@ impl ComfyClient {
         ComfyClient {
             output_dir: output_dir.map(Arc::new),
             base: Arc::new(Mutex::new(base.trim_end_matches('/').to_owned())),
-            http: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(5))
-                .build()
-                .unwrap_or_default(),
+            http: http_client(),
+            post: http_client(),
             client_id: uuid::Uuid::new_v4().simple().to_string(),
         }
     }
@@ -132,7 +140,7 @@ impl ComfyClient {
             body["extra_data"] = extra.clone();
         }
         let r = self
-            .http
+            .post
             .post(self.url("/prompt"))
             .json(&body)
             .timeout(Duration::from_secs(60))

@@ -42,6 +42,8 @@ pub struct Worker {
     pub engine: Arc<Engine>,
     tasks: Vec<JoinHandle<()>>,
     shutdown: CancellationToken,
+    /// Where the tasks run (declared before the lock: dropped first).
+    _backstage: Backstage,
     /// The spool's lock, released when the worker is dropped (after stop).
     _lock: fsutil::SpoolLock,
 }
@@ -74,7 +76,11 @@ impl Worker {
             _ => None,
         };
         let inner = shutdown.child_token();
-        let (comfy, mut tasks) = comfyui::start(mode, inner.clone());
+        let backstage = Backstage::new()?;
+        let (comfy, mut tasks) = {
+            let _on = backstage.enter();
+            comfyui::start(mode, inner.clone())
+        };
         let stop_all = |tasks: Vec<JoinHandle<()>>, token: CancellationToken| async move {
             token.cancel();
             for t in tasks {
@@ -128,12 +134,13 @@ impl Worker {
             stop_all(tasks, inner).await;
             return Err(e);
         }
-        tasks.push(tokio::spawn(engine.clone().dispatch()));
+        tasks.push(backstage.spawn(engine.clone().dispatch()));
         tasks.push(tokio::spawn(engine.clone().janitor()));
         Ok(Worker {
             engine,
             tasks,
             shutdown: inner,
+            _backstage: backstage,
             _lock: lock,
         })
     }
@@ -143,6 +150,52 @@ impl Worker {
         self.shutdown.cancel();
         for t in self.tasks {
             let _ = t.await;
+        }
+    }
+}
+
+/// The runtime of the tasks that talk to ComfyUI: its websocket, the
+/// supervisor, the dispatcher and the jobs' drivers. It has a thread of
+/// its own, so a storm of requests on the server's runtime does not delay
+/// ComfyUI's events, on which the next prompt waits (ComfyUI idles
+/// meanwhile).
+#[derive(Debug)]
+struct Backstage {
+    runtime: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
+}
+
+impl Backstage {
+    fn new() -> Result<Backstage, WorkerError> {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("comfyui-tasks")
+            .enable_all()
+            .build()
+            .map(|rt| Backstage {
+                handle: rt.handle().clone(),
+                runtime: Some(rt),
+            })
+            .map_err(|e| WorkerError::io("starting the runtime of the ComfyUI tasks", e))
+    }
+
+    fn enter(&self) -> tokio::runtime::EnterGuard<'_> {
+        self.handle.enter()
+    }
+
+    fn spawn<F>(&self, task: F) -> JoinHandle<()>
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.handle.spawn(task)
+    }
+}
+
+impl Drop for Backstage {
+    fn drop(&mut self) {
+        // Dropped from async code: its tasks have ended (or are abandoned).
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
         }
     }
 }
