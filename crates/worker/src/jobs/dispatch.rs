@@ -46,11 +46,25 @@ impl Drop for Slot {
     }
 }
 
+/// Where a job's post stands among the others': prompts are posted in the
+/// order their jobs were claimed, each as soon as the one before it is on
+/// its way, without waiting for ComfyUI's answer to it. ComfyUI runs its
+/// queue by the `number` each prompt carries (the job's place in ours), so
+/// the order holds whenever more than one prompt waits there.
+struct PostOrder {
+    /// Fires, or is dropped, when the job claimed before this one posts.
+    after: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// Fired when this job's prompt is on its way.
+    go: tokio::sync::oneshot::Sender<()>,
+}
+
 impl Engine {
     /// Feed ComfyUI from the store until shutdown. Drivers are owned here.
     pub async fn dispatch(self: Arc<Self>) {
         let mut drivers = JoinSet::new();
         let mut ready = self.comfy.ready.clone();
+        // The turn of the job claimed last: the next one posts after it.
+        let mut last: Option<tokio::sync::oneshot::Receiver<()>> = None;
         loop {
             while drivers.try_join_next().is_some() {}
             self.fail_overdue().await;
@@ -65,19 +79,15 @@ impl Engine {
                             self.add_live(&row.id, Progress::start(Phase::Starting))
                         });
                         let engine = self.clone();
-                        // The next prompt is posted only after this one, so
-                        // ComfyUI sees them in queue order.
-                        let (posted_tx, posted) = tokio::sync::oneshot::channel::<()>();
+                        let (go, turn) = tokio::sync::oneshot::channel::<()>();
+                        let after = last.replace(turn);
                         drivers.spawn(async move {
                             let id = row.id.clone();
-                            engine.drive(row, prompt_id, live, posted_tx, slot).await;
+                            let order = PostOrder { after, go };
+                            engine.drive(row, prompt_id, live, order, slot).await;
                             tracing::debug!(job = %id, "driver finished");
                         });
                         self.refresh_queue_positions().await;
-                        tokio::select! {
-                            _ = posted => {}
-                            _ = self.shutdown.cancelled() => break,
-                        }
                         continue;
                     }
                     Ok(None) => {}
@@ -100,14 +110,14 @@ impl Engine {
         row: JobRow,
         prompt_id: String,
         live: Arc<LiveJob>,
-        posted: tokio::sync::oneshot::Sender<()>,
+        order: PostOrder,
         slot: Slot,
     ) {
         let id = row.id.clone();
         let t0 = Instant::now();
         let dir = self.job_dir(&id);
         let rx = self.comfy.router.register(&prompt_id);
-        let outcome = self.follow(&row, &prompt_id, &dir, &live, rx, posted).await;
+        let outcome = self.follow(&row, &prompt_id, &dir, &live, rx, order).await;
         self.comfy.router.unregister(&prompt_id);
         // ComfyUI is done with the prompt: the next one may go while this
         // job's outputs are collected and recorded.
@@ -200,7 +210,7 @@ impl Engine {
         dir: &Path,
         live: &Arc<LiveJob>,
         mut rx: EventReceiver,
-        posted: tokio::sync::oneshot::Sender<()>,
+        order: PostOrder,
     ) -> Outcome {
         let (id, seq) = (row.id.as_str(), row.seq);
         let comfy = &self.comfy;
@@ -236,6 +246,15 @@ impl Engine {
         let empty = serde_json::Map::new();
         let nodes = prompt.as_object().unwrap_or(&empty);
         let extra = self.extra_data(id);
+        // The job claimed before this one has begun posting (or gave up).
+        if let Some(after) = order.after {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return Outcome::Shutdown,
+                _ = live.cancel.cancelled() => return Outcome::Canceled,
+                _ = after => {}
+            }
+        }
+        let _ = order.go.send(());
         let mut tries = 0;
         loop {
             let placed = match &own {
@@ -274,7 +293,6 @@ impl Engine {
                 }
             }
         }
-        let _ = posted.send(());
         tracing::info!(job = %id, prompt = %prompt_id, "prompt queued in ComfyUI");
         let mut tracker = Tracker::new(nodes);
         let mut started = false;

@@ -14,7 +14,7 @@
 //! - `retention`: expiry of results and of jobs stuck waiting for ComfyUI.
 //!
 //! Execution is serialized by ComfyUI's own queue: the dispatcher keeps at
-//! most `comfy_queue_depth` prompts in ComfyUI (one running, the next ready)
+//! most `comfy_queue_depth` prompts in ComfyUI (one running, the next ones ready)
 //! and the rest wait in the durable store. A trip to the store runs on the
 //! calling thread when its connection is free, else on a blocking thread
 //! ([`Store::run`], [`Store::read`]); its checkpoints always run on one.
@@ -86,9 +86,11 @@ pub mod defaults {
     pub const MAX_BODY_BYTES: u64 = 2 << 30;
     /// `--max-jobs`.
     pub const MAX_ACTIVE_JOBS: u64 = 64;
-    /// `--comfyui-queue-depth`: one running and a few ready, so a short
-    /// prompt's end never waits for the next one to be posted.
-    pub const COMFY_QUEUE_DEPTH: usize = 4;
+    /// `--comfyui-queue-depth`: one running and enough ready that a run of
+    /// prompts of a few milliseconds each (weight-free, or cached) does not
+    /// outrun the worker's posting of the next ones while a storm of
+    /// submits keeps it busy.
+    pub const COMFY_QUEUE_DEPTH: usize = 16;
     /// `--retention-secs`.
     pub const RETENTION_SECS: u64 = 24 * 3600;
     /// `--max-result-bytes`.
