@@ -12,6 +12,7 @@ import signal
 import struct
 import time
 import uuid
+from datetime import datetime
 
 import pytest
 
@@ -221,6 +222,17 @@ def test_cancel_running_job_and_the_next_still_succeeds(worker):
     done = worker.wait(after)
     assert done["status"] == "succeeded", done
     assert worker.get(f"/v1/jobs/{slow}/result").status == 409
+
+
+def test_jobs_start_in_the_order_they_were_submitted(worker):
+    # Prompts are posted without waiting for ComfyUI's answer to the one
+    # before; behind a running job they still start in submit order.
+    ids = [worker.submit(enc(image=torch.rand(1, 8, 8, 3), size=SLOW // 2)).json()["id"]]
+    ids += [worker.submit(enc(image=torch.rand(1, 8, 8, 3), size=FAST + k)).json()["id"] for k in range(10)]
+    done = [worker.wait(i) for i in ids]
+    assert [d["status"] for d in done] == ["succeeded"] * len(ids)
+    started = [datetime.fromisoformat(d["started_at"]) for d in done]
+    assert started == sorted(started), [d["started_at"] for d in done]
 
 
 def test_bad_requests_get_the_right_4xx(worker):

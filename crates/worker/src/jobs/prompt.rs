@@ -207,19 +207,14 @@ impl Engine {
                 .map_err(internal)?
                 .map_err(internal)?
         };
-        let own = OwnPrompt {
+        let own = Arc::new(OwnPrompt {
             prompt,
             uploads: files,
-        };
-        let forget = |own: &OwnPrompt| {
-            if !own.uploads.is_empty() {
-                own.remove_inputs(&inputs);
-            }
-        };
-        let record = match serde_json::to_string(&own) {
+        });
+        let record = match serde_json::to_string(&*own) {
             Ok(r) => r,
             Err(e) => {
-                forget(&own);
+                own.remove_inputs(&inputs);
                 return Err(internal(e));
             }
         };
@@ -232,29 +227,31 @@ impl Engine {
             input_bytes: total as i64,
             prompt: Some(record),
         };
-        match self.store.run(move |s| s.insert(&new)).await {
+        // Held before its row is stored: the dispatcher may claim the job
+        // as soon as the row is there.
+        let held = HeldPrompt {
+            own: own.clone(),
+            extra_data: job.extra_data,
+        };
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), Arc::new(held));
+        let refused = match self.store.run(move |s| s.insert(&new)).await {
             Ok(Inserted::New(row)) => {
-                let held = HeldPrompt {
-                    own: Arc::new(own),
-                    extra_data: job.extra_data,
-                };
-                self.held
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(id.clone(), Arc::new(held));
                 tracing::info!(job = %id, bytes = total, "job accepted (its own graph)");
                 self.accepted(&row).await;
-                Ok(row)
+                return Ok(row);
             }
-            Ok(_) => {
-                forget(&own);
-                Err(internal("a new job id was taken"))
-            }
-            Err(e) => {
-                forget(&own);
-                Err(internal(e))
-            }
-        }
+            Ok(_) => internal("a new job id was taken"),
+            Err(e) => internal(e),
+        };
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        own.remove_inputs(&inputs);
+        Err(refused)
     }
 
     /// The graph of prompt job `row` (`Ok(None)` for a job of the served
