@@ -24,7 +24,10 @@ image an uploaded asset). Prints a Markdown section for docs/benchmarks.md.
    status polled every 0.2 s, or at once again when a round of polls took longer), and until
    each succeeded job's output was downloaded as well (8 at once); times are the bursts'
    medians. ComfyUI's output directory is emptied after each burst: SaveImage lists it to
-   number its file, so without that each burst would run slower than the one before it. Before
+   number its file, so without that each burst would run slower than the one before it; its
+   history is cleared then too, so each burst meets the same ComfyUI (a run that kept it saw
+   both servers' bursts slow down as it went; neither server reads a finished burst's history
+   again). Before
    each burst ComfyUI is asked to free memory (POST /free), which runs its garbage collection
    then: it collects at most every 10 s, for about half a second with nothing else running, and
    bursts of ~2.5 s in a fixed order would otherwise meet it on one server's turn more often.
@@ -565,6 +568,8 @@ def main() -> int:
                         f"ComfyUI executing (s): {executing(comfy_url)}")
                     shutil.rmtree(outputs)
                     outputs.mkdir()
+                    request("POST", f"{comfy_url}/history", json.dumps({"clear": True}).encode(),
+                            {"Content-Type": "application/json"})
             burst = {k: merge_bursts(v) for k, v in runs.items()}
         finally:
             for s in servers:

@@ -228,11 +228,14 @@ impl Engine {
         self.metrics
             .submitted
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let live = self.add_live(
+        let (live, made) = self.live_or_add(
             &row.id,
             comfy_remote_protocol::api::Progress::start(comfy_remote_protocol::api::Phase::Queued),
         );
-        live.publish(EventData::Status(Box::new(self.view(row, "").await)));
+        // Else the dispatcher claimed the job first and speaks for it.
+        if made {
+            live.publish(EventData::Status(Box::new(self.view(row, "").await)));
+        }
         self.wake.notify_one();
     }
 }

@@ -75,9 +75,7 @@ impl Engine {
                 match self.store.run(|s| s.claim_next()).await {
                     Ok(Some(row)) => {
                         let slot = Slot::take(&self);
-                        let live = self.live(&row.id).unwrap_or_else(|| {
-                            self.add_live(&row.id, Progress::start(Phase::Starting))
-                        });
+                        let (live, _) = self.live_or_add(&row.id, Progress::start(Phase::Starting));
                         let engine = self.clone();
                         let (go, turn) = tokio::sync::oneshot::channel::<()>();
                         let after = last.replace(turn);

@@ -230,16 +230,21 @@ impl Engine {
             .cloned()
     }
 
-    fn add_live(&self, id: &str, progress: Progress) -> Arc<LiveJob> {
-        let job = Arc::new(LiveJob::new(
-            progress,
-            self.event_base.load(Ordering::Relaxed),
-        ));
-        self.live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.to_owned(), job.clone());
-        job
+    /// The live state of job `id`, made with `progress` unless it has one
+    /// (its submit and the dispatcher's claim race to make it); true when
+    /// made here.
+    fn live_or_add(&self, id: &str, progress: Progress) -> (Arc<LiveJob>, bool) {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        match live.entry(id.to_owned()) {
+            std::collections::hash_map::Entry::Occupied(e) => (e.get().clone(), false),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let job = Arc::new(LiveJob::new(
+                    progress,
+                    self.event_base.load(Ordering::Relaxed),
+                ));
+                (e.insert(job).clone(), true)
+            }
+        }
     }
 
     /// The stored job with this id (a waiting one with its place in the
@@ -293,7 +298,7 @@ impl Engine {
         self.adopt_spooled_prompts(&known)?;
         self.hold_unfinished_prompts()?;
         for id in self.store.queued_ids()? {
-            self.add_live(&id, Progress::start(Phase::Queued));
+            self.live_or_add(&id, Progress::start(Phase::Queued));
         }
         Ok(())
     }
