@@ -25,9 +25,8 @@ image an uploaded asset). Prints a Markdown section for docs/benchmarks.md.
    each succeeded job's output was downloaded as well (8 at once); times are the bursts'
    medians. ComfyUI's output directory is emptied after each burst: SaveImage lists it to
    number its file, so without that each burst would run slower than the one before it; its
-   history is cleared then too, so each burst meets the same ComfyUI (a run that kept it saw
-   both servers' bursts slow down as it went; neither server reads a finished burst's history
-   again). Before
+   history is cleared then too, so each burst meets a ComfyUI in the same state (neither server
+   reads a finished burst's history again). Before
    each burst ComfyUI is asked to free memory (POST /free), which runs its garbage collection
    then: it collects at most every 10 s, for about half a second with nothing else running, and
    bursts of ~2.5 s in a fixed order would otherwise meet it on one server's turn more often.
