@@ -301,8 +301,13 @@ impl Engine {
         // unless the websocket dropped meanwhile (a message may be lost).
         let shows_outputs = own.is_some();
         let mut shown = serde_json::Map::new();
+        // Whether ComfyUI still has the prompt is checked every 2 s while
+        // it runs, every 10 s while it waits (one GET /queue each, which
+        // copies ComfyUI's whole queue), and at once when an event says
+        // it ended.
         let mut tick = tokio::time::interval(Duration::from_secs(2));
         tick.tick().await;
+        let (mut ticks, mut check_now) = (0u32, false);
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return Outcome::Shutdown,
@@ -338,6 +343,7 @@ impl Engine {
                         }
                         ComfyEvent::Finished => {
                             // Success/error arrive before this; check history in case they were missed.
+                            check_now = true;
                             tick.reset_immediately();
                         }
                         ComfyEvent::Executed(node, output) => {
@@ -384,7 +390,10 @@ impl Engine {
                                 tracing::warn!(job = %id, "interrupt: {e}");
                             }
                         }
-                        Ok(QueuePlace::Absent) => tick.reset_immediately(),
+                        Ok(QueuePlace::Absent) => {
+                            check_now = true;
+                            tick.reset_immediately();
+                        }
                         Err(_) => return Outcome::Canceled,
                     }
                 }
@@ -394,9 +403,12 @@ impl Engine {
                     }
                 }
                 _ = tick.tick() => {
-                    if !*comfy.ready.borrow() {
+                    ticks = ticks.wrapping_add(1);
+                    let due = started || check_now || ticks % 5 == 0;
+                    if !due || !*comfy.ready.borrow() {
                         continue;
                     }
+                    check_now = false;
                     match comfy.client.queue_place(prompt_id).await {
                         Ok(QueuePlace::Absent) => {}
                         Ok(_) => continue,
