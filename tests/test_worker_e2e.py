@@ -224,6 +224,24 @@ def test_cancel_running_job_and_the_next_still_succeeds(worker):
     assert worker.get(f"/v1/jobs/{slow}/result").status == 409
 
 
+def test_a_waiting_jobs_stream_shows_its_place_as_the_queue_moves(worker):
+    slow = worker.submit(enc(image=torch.rand(1, 8, 8, 3), size=SLOW)).json()["id"]
+    middle = worker.submit(enc(image=torch.rand(1, 8, 8, 3), size=SLOW // 2)).json()["id"]
+    last = worker.submit(enc(image=torch.rand(1, 8, 8, 3), size=FAST)).json()["id"]
+    wait_until(lambda: worker.job(slow)["status"] == "running" and worker.job(slow)["started_at"],
+               "the first job to be running")
+    events = list(worker.events(last))
+    places: list[int] = []
+    for e in events:
+        if e["event"] == "status" and e["data"]["status"] == "queued":
+            p = e["data"]["progress"]["queue_position"]
+            if not places or places[-1] != p:
+                places.append(p)
+    assert places == [2, 1], [(e["event"], e["data"].get("status")) for e in events]
+    assert events[-1]["event"] == "done" and events[-1]["data"]["status"] == "succeeded", events[-1]
+    assert [worker.wait(j)["status"] for j in (slow, middle)] == ["succeeded", "succeeded"]
+
+
 def test_jobs_start_in_the_order_they_were_submitted(worker):
     # Prompts are posted without waiting for ComfyUI's answer to the one
     # before; behind a running job they still start in submit order.

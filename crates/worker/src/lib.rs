@@ -136,6 +136,7 @@ impl Worker {
         }
         tasks.push(backstage.spawn(engine.clone().dispatch()));
         tasks.push(tokio::spawn(engine.clone().janitor()));
+        tasks.push(tokio::spawn(engine.clone().keep_queue_positions()));
         Ok(Worker {
             engine,
             tasks,

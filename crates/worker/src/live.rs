@@ -50,6 +50,9 @@ struct Inner {
     done: bool,
     /// The latest preview (a Comfy API v2 stream sends it on connect).
     last_preview: Option<PreviewEvent>,
+    /// The latest status published: the same one again is not an event
+    /// (the queue moving on often leaves a job's place as it was).
+    last_status: Option<Box<JobView>>,
 }
 
 /// What a subscriber gets on connect.
@@ -92,6 +95,7 @@ impl LiveJob {
                 trimmed: 0,
                 done: false,
                 last_preview: None,
+                last_status: None,
             }),
             tx: OnceLock::new(),
             cancel: CancellationToken::new(),
@@ -142,6 +146,12 @@ impl LiveJob {
         }
         if let EventData::Preview(p) = &data {
             inner.last_preview = Some(p.clone());
+        }
+        if let EventData::Status(v) = &data {
+            if inner.last_status.as_ref() == Some(v) {
+                return;
+            }
+            inner.last_status = Some(v.clone());
         }
         let ev = JobEvent {
             seq: inner.next_seq,
@@ -214,6 +224,10 @@ mod tests {
     }
 
     fn status() -> EventData {
+        status_at("")
+    }
+
+    fn status_at(updated_at: &str) -> EventData {
         EventData::Status(Box::new(JobView {
             id: "j".into(),
             status: comfy_remote_protocol::api::JobStatus::Running,
@@ -221,7 +235,7 @@ mod tests {
             poll_url: String::new(),
             urls: comfy_remote_protocol::api::JobUrls::under("", "j"),
             created_at: String::new(),
-            updated_at: String::new(),
+            updated_at: updated_at.into(),
             started_at: None,
             finished_at: None,
             result: None,
@@ -232,14 +246,14 @@ mod tests {
     #[test]
     fn trimming_keeps_every_status_and_replay_after_a_gap_starts_with_a_snapshot() {
         let job = LiveJob::new(Progress::start(Phase::Queued), 0);
-        job.publish(status());
+        job.publish(status_at("1"));
         for i in 0..LOG_CAP + 10 {
             job.publish(progress(i as f64 / 10_000.0));
             if i == 500 {
-                job.publish(status());
+                job.publish(status_at("2"));
             }
         }
-        job.publish(status());
+        job.publish(status_at("3"));
         let all = job.subscribe(None);
         assert!(!all.snapshot);
         assert_eq!(all.replay.len(), LOG_CAP);
@@ -259,6 +273,24 @@ mod tests {
         let tail = job.subscribe(Some(last - 1));
         assert!(!tail.snapshot);
         assert_eq!(tail.replay.len(), 1);
+    }
+
+    #[test]
+    fn the_same_status_again_is_not_an_event() {
+        let job = LiveJob::new(Progress::start(Phase::Queued), 0);
+        let sub = job.subscribe(None);
+        for s in ["1", "1", "2", "2", "1"] {
+            job.publish(status_at(s));
+        }
+        let mut rx = sub.rx;
+        let mut got = Vec::new();
+        while let Ok(ev) = rx.try_recv() {
+            if let EventData::Status(v) = ev.data {
+                got.push(v.updated_at);
+            }
+        }
+        assert_eq!(got, ["1", "2", "1"]);
+        assert_eq!(job.subscribe(None).replay.len(), 3);
     }
 
     #[test]

@@ -85,7 +85,7 @@ impl Engine {
                             engine.drive(row, prompt_id, live, order, slot).await;
                             tracing::debug!(job = %id, "driver finished");
                         });
-                        self.refresh_queue_positions().await;
+                        self.queue_moved();
                         continue;
                     }
                     Ok(None) => {}
@@ -198,6 +198,8 @@ impl Engine {
             Ok(None) => {}
             Err(e) => tracing::error!(job = %id, "recording the outcome: {e}"),
         }
+        // The jobs behind it in ComfyUI's queue moved up.
+        self.queue_moved();
         self.cleanup_inputs(&id).await;
     }
 
@@ -365,7 +367,7 @@ impl Engine {
                                     Ok(None) => {}
                                     Err(e) => tracing::warn!(job = %id, "recording the start: {e}"),
                                 }
-                                self.refresh_queue_positions().await;
+                                self.queue_moved();
                             }
                             if let Some(p) = tracker.apply(other) {
                                 self.metrics.progress_events.fetch_add(1, Ordering::Relaxed);

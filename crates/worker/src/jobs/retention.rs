@@ -38,7 +38,7 @@ impl Engine {
                     self.publish_status(id).await;
                 }
                 if !ids.is_empty() {
-                    self.refresh_queue_positions().await;
+                    self.queue_moved();
                 }
             }
             Err(e) => tracing::error!("failing overdue jobs: {e}"),
