@@ -20,10 +20,13 @@ image an uploaded asset). Prints a Markdown section for docs/benchmarks.md.
 4. A 100 MB asset upload (multipart, streamed from a file): time, and the server's peak
    RSS above its RSS before (sampled every 2 ms).
 5. 200 concurrent submits, BURSTS times per server in turn (the order alternating from round to
-   round): answers, submit latency, time until every accepted job ended (each pending job's
-   status polled every 0.2 s, or at once again when a round of polls took longer), and until
-   each succeeded job's output was downloaded as well (8 at once); times are the bursts'
-   medians. ComfyUI's output directory is emptied after each burst: SaveImage lists it to
+   round): answers, submit latency, time until every accepted job ended as its event stream
+   told it (every accepted job's stream opened once every submit was answered, as a client
+   waiting on its jobs does; a stream refused or closed early: the job polled every 0.2 s),
+   and until each succeeded job's output was downloaded as well (8 at once); times are the
+   bursts' medians. Status polls every 0.2 s cannot tell the servers apart here: the last job's
+   end reaches a poller up to a round of polls late (0.2-0.4 s of a ~1 s burst), while either
+   server records it within a few milliseconds of ComfyUI. ComfyUI's output directory is emptied after each burst: SaveImage lists it to
    number its file, so without that each burst would run slower than the one before it; its
    history is cleared then too, so each burst meets a ComfyUI in the same state (neither server
    reads a finished burst's history again). Before
@@ -53,6 +56,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -69,8 +73,10 @@ from harness import (  # noqa: E402
 TRACE = "CR_TEST_NODES_TRACE"
 # 200-submit bursts per server, taken in turn (ours, theirs; theirs, ours; ...).
 BURSTS = 9
-# Per server: job event streams that closed before their job ended (run_job then polls).
+# Per server: job event streams that closed before their job ended (the job was then polled).
 SSE_CLOSED_EARLY: dict[str, int] = {}
+# Per server and status: job event streams a server refused (the job was then polled).
+SSE_REFUSED: dict[str, int] = {}
 # Steps of latency each server's (and the floor's) event row is computed from, at least.
 EVENT_SAMPLES = 120
 EVENT_MAX_JOBS = 80
@@ -452,22 +458,28 @@ def bench_burst(s: Server, asset_ref: object, n: int) -> dict:
     with concurrent.futures.ThreadPoolExecutor(n) as pool:
         answers = list(pool.map(one, range(n)))
     accepted = [jid for st, _, jid in answers if st == 201 and jid]
-    pending = set(accepted)
-    ended: dict[str, str] = {}
-    polls = 0
-    poller = KeepAlive(s.url)
-    while pending:
-        # Each pending job is polled every 0.2 s (a round that takes longer is followed by the next
-        # at once): a server that answers sooner is not polled more often.
-        round0 = time.perf_counter()
-        for jid in list(pending):
-            st = poller.get_json(f"/api/v2/jobs/{jid}")["status"]
-            polls += 1
-            if st in TERMINAL:
-                ended[jid] = st
-                pending.discard(jid)
-        time.sleep(max(0.0, 0.2 - (time.perf_counter() - round0)))
-    total = time.perf_counter() - t0
+
+    def watch(jid: str) -> tuple[str, float]:
+        """The job's end, as its event stream tells it (a stream refused, or closed first: polled)."""
+        try:
+            for ev in sse(f"{s.url}/api/v2/jobs/{jid}/events"):
+                st = (ev.get("data") or {}).get("status") if ev.get("event") == "status" else None
+                if st in TERMINAL:
+                    return st, time.perf_counter()
+            SSE_CLOSED_EARLY[s.name] = SSE_CLOSED_EARLY.get(s.name, 0) + 1
+        except urllib.error.HTTPError as e:
+            key = f"{s.name} {e.code}"
+            SSE_REFUSED[key] = SSE_REFUSED.get(key, 0) + 1
+        poller = KeepAlive(s.url)
+        while (st := poller.get_json(f"/api/v2/jobs/{jid}")["status"]) not in TERMINAL:
+            time.sleep(0.2)
+        return st, time.perf_counter()
+
+    # Every accepted job's event stream, opened once every submit was answered.
+    with concurrent.futures.ThreadPoolExecutor(max(1, len(accepted))) as pool:
+        seen = list(pool.map(watch, accepted))
+    ended = {jid: st for jid, (st, _) in zip(accepted, seen)}
+    total = max((t for _, t in seen), default=time.perf_counter()) - t0
 
     # What the client came for: every succeeded job's output, downloaded (8 at a time).
     def fetch(jid: str) -> bool:
@@ -483,21 +495,30 @@ def bench_burst(s: Server, asset_ref: object, n: int) -> dict:
     return {"codes": codes, "lat": [t * 1000 for _, t, _ in answers], "total_s": total,
             "with_outputs_s": with_outputs, "fetched": fetched,
             "succeeded": sum(1 for v in ended.values() if v == "succeeded"), "accepted": len(accepted),
-            "polls": polls}
+            "ended": {v: sum(1 for x in ended.values() if x == v) for v in set(ended.values())}}
 
 
 def merge_bursts(runs: list[dict]) -> dict:
     """Several bursts as one: answers and submit latencies pooled, times as medians."""
     codes: dict[int, int] = {}
+    ended: dict[str, int] = {}
     for r in runs:
         for k, v in r["codes"].items():
             codes[k] = codes.get(k, 0) + v
+        for k, v in r["ended"].items():
+            ended[k] = ended.get(k, 0) + v
     med = statistics.median
     return {"codes": codes, "lat": [x for r in runs for x in r["lat"]],
             "total_s": med(r["total_s"] for r in runs), "with_outputs_s": med(r["with_outputs_s"] for r in runs),
             "totals": [r["total_s"] for r in runs], "fetched": sum(r["fetched"] for r in runs),
             "succeeded": sum(r["succeeded"] for r in runs), "accepted": sum(r["accepted"] for r in runs),
-            "bursts": len(runs)}
+            "bursts": len(runs), "ended": ended}
+
+
+def refused(name: str) -> str:
+    """The event streams `name` refused in the bursts, by status."""
+    got = {k.split(" ")[-1]: v for k, v in SSE_REFUSED.items() if k.rsplit(" ", 1)[0] == name}
+    return ", ".join(f"{v} ({k})" for k, v in sorted(got.items())) or "0"
 
 
 def main() -> int:
@@ -562,7 +583,7 @@ def main() -> int:
                     cpu1 = cpu_seconds(s.proc.pid), cpu_seconds(comfy_proc.pid)
                     r = runs[s.name][-1]
                     log(f"burst of {s.name}: {r['total_s']:.2f} s, outputs {r['with_outputs_s']:.2f} s, "
-                        f"{r['polls']} status polls; CPU s: "
+                        f"ended {r['ended']}, event streams refused so far {SSE_REFUSED}; CPU s: "
                         f"server {cpu1[0] - cpu0[0]:.2f}, ComfyUI {cpu1[1] - cpu0[1]:.2f}; "
                         f"ComfyUI executing (s): {executing(comfy_url)}")
                     shutil.rmtree(outputs)
@@ -626,13 +647,16 @@ def main() -> int:
         up[theirs]["rss_added"] / 2**20, "{:.1f}")
     for s in (ours, theirs):
         b = burst[s]
-        b["desc"] = (f"{b['accepted']}/{200 * b['bursts']} accepted, {b['succeeded']} succeeded, answers "
+        lost = ", ".join(f"{v} {k}" for k, v in sorted(b["ended"].items()) if k != "succeeded")
+        b["desc"] = (f"{b['accepted']}/{200 * b['bursts']} accepted, {b['succeeded']} succeeded"
+                     + (f" ({lost})" if lost else "") + ", answers "
                      + ", ".join(f"{k}: {v}" for k, v in sorted(b["codes"].items())))
     lines.append(f"| 200 concurrent submits, {BURSTS} bursts each, in alternating turns | {burst[ours]['desc']} | "
                  f"{burst[theirs]['desc']} | |")
     row("200 concurrent submits, submit p99 ms", pct(burst[ours]["lat"], 0.99), pct(burst[theirs]["lat"], 0.99), "{:.0f}")
     each = {k: "/".join(f"{t:.1f}" for t in burst[k]["totals"]) for k in (ours, theirs)}
-    row(f"200 concurrent submits, until all ended (median s; each burst: {each[ours]} and {each[theirs]})",
+    row(f"200 concurrent submits, until every job's event stream told its end (median s; each burst: "
+        f"{each[ours]} and {each[theirs]})",
         burst[ours]["total_s"], burst[theirs]["total_s"], "{:.1f}")
     row(f"200 concurrent submits, until every output was downloaded too (median s; {burst[ours]['fetched']} and "
         f"{burst[theirs]['fetched']} outputs)", burst[ours]["with_outputs_s"], burst[theirs]["with_outputs_s"], "{:.1f}")
@@ -647,7 +671,8 @@ def main() -> int:
                     "other. " if pinned else "")
                  + "Job event streams that closed before their job ended "
                  f"(the job was then polled until it did, in the time): comfy-remote {SSE_CLOSED_EARLY.get(ours, 0)}, "
-                 f"comfy-api-proxy {SSE_CLOSED_EARLY.get(theirs, 0)}.")
+                 f"comfy-api-proxy {SSE_CLOSED_EARLY.get(theirs, 0)}. Event streams refused in the bursts (the job was "
+                 f"then polled): comfy-remote {refused(ours)}, comfy-api-proxy {refused(theirs)}.")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
