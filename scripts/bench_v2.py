@@ -26,8 +26,8 @@ image an uploaded asset). Prints a Markdown section for docs/benchmarks.md.
    and until each succeeded job's output was downloaded as well (8 at once); times are the
    bursts' medians. Status polls every 0.2 s cannot tell the servers apart here: the last job's
    end reaches a poller up to a round of polls late (0.2-0.4 s of a ~1 s burst), while either
-   server records it within a few milliseconds of ComfyUI. ComfyUI's output directory is emptied after each burst: SaveImage lists it to
-   number its file, so without that each burst would run slower than the one before it; its
+   server records it within a few milliseconds of ComfyUI. ComfyUI's output directory is
+   emptied after each burst: SaveImage lists it to number its file, so without that each burst would run slower than the one before it; its
    history is cleared then too, so each burst meets a ComfyUI in the same state (neither server
    reads a finished burst's history again). Before
    each burst ComfyUI is asked to free memory (POST /free), which runs its garbage collection
@@ -75,8 +75,8 @@ TRACE = "CR_TEST_NODES_TRACE"
 BURSTS = 9
 # Per server: job event streams that closed before their job ended (the job was then polled).
 SSE_CLOSED_EARLY: dict[str, int] = {}
-# Per server and status: job event streams a server refused (the job was then polled).
-SSE_REFUSED: dict[str, int] = {}
+# Per (server, HTTP status): job event streams a server refused (the job was then polled).
+SSE_REFUSED: dict[tuple[str, int], int] = {}
 # Steps of latency each server's (and the floor's) event row is computed from, at least.
 EVENT_SAMPLES = 120
 EVENT_MAX_JOBS = 80
@@ -468,8 +468,7 @@ def bench_burst(s: Server, asset_ref: object, n: int) -> dict:
                     return st, time.perf_counter()
             SSE_CLOSED_EARLY[s.name] = SSE_CLOSED_EARLY.get(s.name, 0) + 1
         except urllib.error.HTTPError as e:
-            key = f"{s.name} {e.code}"
-            SSE_REFUSED[key] = SSE_REFUSED.get(key, 0) + 1
+            SSE_REFUSED[s.name, e.code] = SSE_REFUSED.get((s.name, e.code), 0) + 1
         poller = KeepAlive(s.url)
         while (st := poller.get_json(f"/api/v2/jobs/{jid}")["status"]) not in TERMINAL:
             time.sleep(0.2)
@@ -478,7 +477,9 @@ def bench_burst(s: Server, asset_ref: object, n: int) -> dict:
     # Every accepted job's event stream, opened once every submit was answered.
     with concurrent.futures.ThreadPoolExecutor(max(1, len(accepted))) as pool:
         seen = list(pool.map(watch, accepted))
-    ended = {jid: st for jid, (st, _) in zip(accepted, seen)}
+    ended: dict[str, int] = {}
+    for st, _ in seen:
+        ended[st] = ended.get(st, 0) + 1
     total = max((t for _, t in seen), default=time.perf_counter()) - t0
 
     # What the client came for: every succeeded job's output, downloaded (8 at a time).
@@ -487,15 +488,14 @@ def bench_burst(s: Server, asset_ref: object, n: int) -> dict:
         return bool(outs) and request("GET", outs[0]["url"]).status == 200
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        fetched = sum(pool.map(fetch, [j for j, st in ended.items() if st == "succeeded"]))
+        fetched = sum(pool.map(fetch, [j for j, (st, _) in zip(accepted, seen) if st == "succeeded"]))
     with_outputs = time.perf_counter() - t0
     codes: dict[int, int] = {}
     for st, _, _ in answers:
         codes[st] = codes.get(st, 0) + 1
     return {"codes": codes, "lat": [t * 1000 for _, t, _ in answers], "total_s": total,
             "with_outputs_s": with_outputs, "fetched": fetched,
-            "succeeded": sum(1 for v in ended.values() if v == "succeeded"), "accepted": len(accepted),
-            "ended": {v: sum(1 for x in ended.values() if x == v) for v in set(ended.values())}}
+            "succeeded": ended.get("succeeded", 0), "accepted": len(accepted), "ended": ended}
 
 
 def merge_bursts(runs: list[dict]) -> dict:
@@ -517,8 +517,7 @@ def merge_bursts(runs: list[dict]) -> dict:
 
 def refused(name: str) -> str:
     """The event streams `name` refused in the bursts, by status."""
-    got = {k.split(" ")[-1]: v for k, v in SSE_REFUSED.items() if k.rsplit(" ", 1)[0] == name}
-    return ", ".join(f"{v} ({k})" for k, v in sorted(got.items())) or "0"
+    return ", ".join(f"{v} ({code})" for (n, code), v in sorted(SSE_REFUSED.items()) if n == name) or "0"
 
 
 def main() -> int:
